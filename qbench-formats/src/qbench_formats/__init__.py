@@ -1,0 +1,1 @@
+"""Registers this package's components with QBench (entry point in pyproject.toml)."""

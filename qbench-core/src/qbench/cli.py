@@ -1,0 +1,273 @@
+"""The ``qbench`` command line (DESIGN.md §7).
+
+User errors exit with status 2 and one line per problem, no traceback (``--debug`` shows it).
+torch and the plugins are imported only inside the commands that need them, so
+``qbench --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ConfigError, QBenchError
+
+EXIT_USER_ERROR = 2
+
+
+class _State:
+    debug = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="qbench-core", prog_name="qbench")
+def cli(debug: bool) -> None:
+    """QBench: what a low-precision number format does to a PyTorch model."""
+    _State.debug = debug
+
+
+# ----------------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override the config's device.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report root (default: the config's output.dir).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def run(configs: tuple[Path, ...], limit: int | None, device: str | None, output: Path | None, progress: bool) -> None:
+    """Run CONFIG(s): FP32 and quantized model side by side, then write the reports."""
+    from .config import load_config
+    from .runner import run as run_config
+
+    loaded = [load_config(path) for path in configs]  # refuse any invalid config before running one
+    for cfg in loaded:
+        result = run_config(
+            cfg, limit=limit, device=device, output=output, progress=_progress_bar if progress else None
+        )
+        _print_summary(result)
+
+
+def _progress_bar(batches: Any, total: int | None, label: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("batches", total=total)
+        for item in batches:
+            yield item
+            bar.advance(task)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    report = result.report
+    metrics = report["metrics"]
+    table = Table(title=f"{report['model']} / {report['name']} ({report['dataset']['images']} images)")
+    table.add_column("metric")
+    table.add_column("FP32", justify="right")
+    table.add_column("quantized", justify="right")
+    acc = metrics.get("accuracy") or {}
+    for key, label in (("top1", "top-1 %"), ("top5", "top-5 %"), ("certainty", "certainty")):
+        ref, q = (acc.get("reference") or {}).get(key), (acc.get("quantized") or {}).get(key)
+        if ref is not None and q is not None:
+            table.add_row(label, _num(ref), _num(q))
+    compliance = metrics.get("compliance")
+    if isinstance(compliance, dict) and "status" in compliance:
+        table.add_row("compliance", "", str(compliance["status"]))
+    layers = (metrics.get("layerwise") or {}).get("layers") or []
+    cosines = [row.get("cosine") for row in layers if isinstance(row.get("cosine"), (int, float))]
+    if cosines:
+        table.add_row("min layer cosine", "", _num(min(cosines)))
+    console = Console()
+    console.print(table)
+    console.print(f"report: {result.out_dir}")
+    for path in result.files:
+        console.print(f"  {path}")
+
+
+def _num(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+# ------------------------------------------------------------------------ validate
+
+
+@cli.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def validate(configs: tuple[Path, ...]) -> None:
+    """Check CONFIG(s) against the schema without running anything."""
+    from .config import config_schema, load_config
+
+    schema = config_schema()
+    problems: list[str] = []
+    for path in configs:
+        try:
+            load_config(path, schema=schema)
+            click.echo(f"{path}: ok")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+
+
+# ------------------------------------------------------------------------- plugins
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, what each registered, and any that are broken or disabled."""
+    from .plugins import host
+
+    infos = [info.as_dict() for info in host().plugins]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for info in infos:
+        line = f"{info['name']:<24} {info['distribution']} {info['version']:<10} {info['status']}"
+        click.echo(line)
+        if info["error"]:
+            click.echo(f"    error: {info['error']}")
+        for kind, names in info["components"].items():
+            click.echo(f"    {kind}s: {', '.join(names)}")
+
+
+# ------------------------------------------------------------------------- formats
+
+
+@cli.command()
+@click.argument("name", required=False)
+def formats(name: str | None) -> None:
+    """List installed formats, or print the value table of format NAME."""
+    from .plugins import registry
+
+    reg = registry("format")
+    if name is not None:
+        fmt = reg.get(name)
+        info = _summary(fmt)
+        click.echo(f"{name}: {info.get('description', '')} (plugin: {reg.plugin_of(name).label})")
+        for key in ("bits", "effective_bits", "max", "min_normal", "min_subnormal", "inf", "nan"):
+            if key in info:
+                click.echo(f"  {key:<15} {info[key]}")
+        values = fmt.values()
+        count = int(values.numel())
+        shown = values if count <= 512 else values[values >= 0]
+        click.echo(f"  {count} finite values{' (non-negative half shown)' if count > 512 else ''}:")
+        for start in range(0, int(shown.numel()), 8):
+            chunk = shown[start : start + 8].tolist()
+            click.echo("   " + " ".join(f"{v:>12.6g}" for v in chunk))
+        return
+    header = f"{'name':<16} {'kind':<7} {'bits':>5} {'eff.':>5} {'max':>12} {'min subnormal':>14} {'inf':<4} {'nan':<11} plugin"
+    click.echo(header)
+    for fmt_name, fmt in reg.items():
+        info = _summary(fmt)
+        click.echo(
+            f"{fmt_name:<16} {info.get('kind', ''):<7} {info.get('bits', ''):>5} "
+            f"{_g(info.get('effective_bits')):>5} {_g(info.get('max')):>12} "
+            f"{_g(info.get('min_subnormal')):>14} {str(info.get('inf', '')):<4} "
+            f"{str(info.get('nan', '')):<11} {reg.plugin_of(fmt_name).distribution}"
+        )
+
+
+def _summary(fmt: Any) -> dict[str, Any]:
+    summary = getattr(fmt, "summary", None)
+    if callable(summary):
+        return dict(summary())
+    return {
+        "bits": getattr(fmt, "bits", ""),
+        "max": getattr(fmt, "max_value", ""),
+        "min_subnormal": getattr(fmt, "min_subnormal", ""),
+    }
+
+
+def _g(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+# -------------------------------------------------------------------------- schema
+
+
+@cli.command()
+def schema() -> None:
+    """Print the merged JSON Schema of config files (core + installed plugins)."""
+    from .config import config_schema
+
+    click.echo(json.dumps(config_schema(), indent=2))
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@cli.group()
+def data() -> None:
+    """Get evaluation datasets."""
+
+
+@data.command("download")
+@click.argument("dataset")
+@click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where to put it.")
+@click.option("--url", default=None, help="Download from this URL instead of the dataset's default source.")
+@click.option("--progress/--no-progress", default=True)
+def download(dataset: str, root: Path, url: str | None, progress: bool) -> None:
+    """Download and extract DATASET (e.g. imagenette, tiny-imagenet) under --root."""
+    from .plugins import get, registry
+
+    component = get("dataset", dataset)
+    fetch = getattr(component, "download", None)
+    if fetch is None:
+        able = [n for n, d in registry("dataset").items() if callable(getattr(d, "download", None))]
+        raise QBenchError(f"dataset {dataset!r} cannot be downloaded; downloadable datasets: {', '.join(able) or '(none)'}")
+    path = fetch(root, url=url, progress=progress)
+    click.echo(f"{dataset}: ready at {path}")
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the click group, turning QBench errors into exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="qbench", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("qbench: aborted", err=True)
+        sys.exit(130)
+    except QBenchError as exc:
+        if _State.debug:
+            raise
+        lines = exc.problems if isinstance(exc, ConfigError) else [str(exc).replace("\n", " ")]
+        for line in lines:
+            click.echo(f"qbench: error: {line}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        click.echo("qbench: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # an internal error: one line, the traceback behind --debug
+        if _State.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(f"qbench: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

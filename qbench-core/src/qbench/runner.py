@@ -1,0 +1,168 @@
+"""``qbench run``: config -> components -> FP32 and quantized forwards in lockstep -> reports.
+
+DESIGN.md §8. Metrics stream (each batch is seen once and dropped), the quantized twin is
+prepared once (weights quantized once), and reporters write atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, load_config
+from .errors import QBenchError
+from .plugins import get
+from .types import BatchOutputs
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the report mapping, where it was written, and the files."""
+
+    report: dict[str, Any]
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.report["metrics"]
+
+
+def resolve_device(requested: str | None) -> str:
+    import torch
+
+    requested = requested or "auto"
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise QBenchError("device 'cuda' was requested but CUDA is not available here; use --device cpu or auto")
+    if requested not in ("cpu", "cuda"):
+        raise QBenchError(f"unknown device {requested!r}; allowed: auto, cpu, cuda")
+    return requested
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", part).strip("._") or "unnamed"
+
+
+class _FanOut:
+    """One observer for ``qbench.prepare.observe`` that forwards to every metric that observes."""
+
+    def __init__(self, observers: list[Any]):
+        self.observers = observers
+
+    def on_tensor(self, layer: str, role: str, result: Any) -> None:
+        for observer in self.observers:
+            observer.on_tensor(layer, role, result)
+
+
+def run(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config,
+    *,
+    limit: int | None = None,
+    device: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None = None,
+) -> RunResult:
+    """Run one config end to end and write its reports. Returns a :class:`RunResult`."""
+    import torch
+
+    from .prepare import observe, prepare, preparation_report
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    data = cfg.data
+    dev = resolve_device(device or data.get("device"))
+    torch.manual_seed(int(data.get("seed", 0)))
+    started = time.perf_counter()
+
+    model_options = dict(data["model"])
+    bundle = get("adapter", model_options["adapter"]).build(model_options, device=dev)
+    reference = bundle.model.to(dev).eval()
+
+    dataset_options = dict(data["dataset"])
+    if limit is not None:
+        if limit < 1:
+            raise QBenchError(f"--limit must be >= 1, found {limit}")
+        dataset_options["limit"] = limit
+    batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
+
+    quantization = dict(data.get("quantization") or {})
+    quantized = prepare(reference, quantization).to(dev).eval()
+    prep = preparation_report(quantized)
+
+    evaluation = data.get("evaluation") or {}
+    metrics: dict[str, Any] = {}
+    for name in evaluation.get("metrics", []):
+        metrics[name] = get("metric", name)(evaluation.get(name))
+    context = {
+        "config_dir": cfg.directory,
+        "device": dev,
+        "bundle": bundle,
+        "quantization": quantization,
+        "preparation": prep,
+    }
+    for metric in metrics.values():
+        metric.attach(reference, quantized, context)
+
+    observers = [m for m in metrics.values() if hasattr(m, "on_tensor")]
+    images = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            if observers:
+                stack.enter_context(observe(quantized, _FanOut(observers)))
+            stack.enter_context(torch.inference_mode())
+            total = _length(batches)
+            iterator = progress(batches, total, cfg.name) if progress is not None else batches
+            for index, (inputs, targets) in enumerate(iterator):
+                inputs = inputs.to(dev, non_blocking=True)
+                reference_logits = reference(inputs)
+                quantized_logits = quantized(inputs)
+                batch = BatchOutputs(targets.to(dev), reference_logits, quantized_logits, index)
+                for metric in metrics.values():
+                    metric.update(batch)
+                images += int(targets.shape[0])
+    finally:
+        for metric in metrics.values():
+            close = getattr(metric, "close", None)
+            if close is not None:
+                close()
+    if images == 0:
+        raise QBenchError(f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit")
+
+    report: dict[str, Any] = {
+        "qbench_version": __version__,
+        "name": cfg.name,
+        "model": bundle.name,
+        "config_file": str(cfg.path) if cfg.path is not None else None,
+        "dataset": {
+            "name": dataset_options["name"],
+            "split": dataset_options.get("split"),
+            "images": images,
+        },
+        "device": dev,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "quantization": quantization,
+        "preparation": prep,
+        "metrics": {name: metric.result() for name, metric in metrics.items()},
+    }
+    # Relative output dirs are relative to the working directory, like every other CLI path.
+    out_root = Path(output) if output is not None else Path(data["output"]["dir"])
+    out_dir = out_root / _safe(bundle.name) / _safe(cfg.name)
+    files: list[Path] = []
+    for reporter_name in data["output"]["reporters"]:
+        files.extend(Path(p) for p in get("reporter", reporter_name).write(report, out_dir))
+    return RunResult(report, out_dir, files)
+
+
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:
+        return None

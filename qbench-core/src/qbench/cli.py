@@ -173,7 +173,12 @@ def formats(name: str | None) -> None:
         return
     header = f"{'name':<16} {'kind':<7} {'bits':>5} {'eff.':>5} {'max':>12} {'min subnormal':>14} {'inf':<4} {'nan':<11} plugin"
     click.echo(header)
+    conflicts = reg.conflicts()
     for fmt_name, fmt in reg.items():
+        if fmt_name in conflicts:
+            labels = " and ".join(p.label for p in conflicts[fmt_name])
+            click.echo(f"{fmt_name:<16} CONFLICT: registered by {labels}")
+            continue
         info = _summary(fmt)
         click.echo(
             f"{fmt_name:<16} {info.get('kind', ''):<7} {info.get('bits', ''):>5} "

@@ -96,6 +96,10 @@ class Registry:
         self.get(name)
         return self._entries[name].plugin
 
+    def conflicts(self) -> dict[str, list[PluginInfo]]:
+        """Names registered by more than one plugin (unusable until one is removed)."""
+        return dict(self._conflicts)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -1,0 +1,87 @@
+"""Test sessions: one per package (only it and its declared dependencies installed), an
+integration session (everything + the repository-level tests), lint and benchmarks.
+
+Every session venv is made by uv and installs the torch pinned in constraints.txt; uv's cache
+hard-links the same wheel into each venv, so torch is downloaded at most once per machine.
+pytest's exit code 5 ("no tests collected") deliberately fails a session: every package must
+ship tests, and a session that silently ran nothing would hide a broken test path.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["core", "formats", "ops", "adapters", "eval", "integration", "lint"]
+
+CONSTRAINTS = ("-c", "constraints.txt")
+PYTEST = ("pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu")
+
+# package -> the editable installs its tests need (itself with its `test` extra, and the
+# sibling packages it declares as dependencies).
+PACKAGES = {
+    "core": ["./qbench-core[test]"],
+    "formats": ["./qbench-core", "./qbench-formats[test]"],
+    "ops": ["./qbench-core", "./qbench-formats", "./qbench-ops[test]"],
+    "adapters": ["./qbench-core", "./qbench-adapters[test]"],
+    "eval": ["./qbench-core", "./qbench-formats", "./qbench-ops", "./qbench-adapters", "./qbench-eval[test]"],
+}
+ALL = [
+    "./qbench-core[test]",
+    "./qbench-formats[test]",
+    "./qbench-ops[test]",
+    "./qbench-adapters[test]",
+    "./qbench-eval[test]",
+]
+
+
+def _install(session: nox.Session, *specs: str) -> None:
+    editable = [arg for spec in specs for arg in ("-e", spec)]
+    session.install(*CONSTRAINTS, *editable)
+
+
+def _package_session(name: str):
+    def session_function(session: nox.Session) -> None:
+        _install(session, *PACKAGES[name])
+        session.run(*PYTEST, f"qbench-{name}/tests", *session.posargs)
+
+    session_function.__name__ = name
+    session_function.__doc__ = f"qbench-{name}'s own tests, with only its declared dependencies."
+    return nox.session(name=name)(session_function)
+
+
+for _name in PACKAGES:
+    globals()[_name] = _package_session(_name)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Every package together: configs, end-to-end CLI runs, third-party plugin install."""
+    _install(session, *ALL)
+    session.install(*CONSTRAINTS, "ml_dtypes>=0.5", "numpy>=1.26")
+    session.run(*PYTEST, "tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Print the performance ratios (not pass/fail): quantize kernels, model and run overhead."""
+    _install(session, *ALL)
+    for script in ("quantize.py", "model_overhead.py", "run_overhead.py"):
+        session.run("python", f"benchmarks/{script}", *session.posargs)
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """The README's demo: the zoo ResNet on the built-in digits data."""
+    _install(session, *ALL)
+    session.run("qbench", "run", "configs/quickstart.yaml")

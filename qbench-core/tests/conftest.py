@@ -140,7 +140,60 @@ class JsonReporter:
         return [path]
 
 
+class ToyQuantLinear:
+    """A minimal op: quantizes a Linear's weight once and its input every call."""
+
+    name = "toy_linear"
+    roles = ("weight", "input")
+
+    @classmethod
+    def module_types_(cls):
+        from torch import nn
+
+        return (nn.Linear,)
+
+    @classmethod
+    def from_module(cls, module, specs, *, name):
+        import copy
+
+        import torch
+        from torch import nn
+
+        import qbench
+
+        class Quantized(nn.Linear):
+            def forward(self, x):
+                fmt = qbench.get_format(specs.input.format)
+                observe = self.observers
+                result = fmt.quantize(x, specs.input, return_codes=bool(observe))
+                x_q = result.dequantized if observe else result
+                for observer in observe:
+                    observer.on_tensor(name, "input", result)
+                return torch.nn.functional.linear(x_q, self.weight_q, self.bias)
+
+            def qbench_attach_observer(self, observer):
+                self.observers.append(observer)
+                observer.on_tensor(name, "weight", self.weight_result)
+
+            def qbench_detach_observer(self, observer):
+                self.observers.remove(observer)
+
+        new = copy.deepcopy(module)
+        new.__class__ = Quantized
+        new.observers = []
+        new.weight_result = qbench.get_format(specs.weight.format).quantize(
+            module.weight.detach(), specs.weight, return_codes=True
+        )
+        new.weight_q = new.weight_result.dequantized
+        return new
+
+
 class ToyPlugin:
+    @hookimpl
+    def qbench_register_ops(self, register):
+        op = type("ToyLinearOp", (ToyQuantLinear,), {"module_types": ToyQuantLinear.module_types_()})
+        register(op)
+
     @hookimpl
     def qbench_register_formats(self, register):
         register(ToyFormat("toy3"))

@@ -1,0 +1,73 @@
+"""The run flow of DESIGN §8 with toy components: config -> adapter/dataset -> prepared twin
+-> lockstep forwards -> streaming metrics -> atomic reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import qbench
+from conftest import toy_config
+from qbench.cli import main
+
+
+def test_run_end_to_end_with_toy_components(toy_plugins, tmp_path):
+    result = qbench.run(toy_config(name="toyrun"), output=tmp_path)
+    assert result.out_dir == tmp_path / "toy_mlp" / "toyrun"
+    assert [p.name for p in result.files] == ["report.json"]
+    saved = json.loads((result.out_dir / "report.json").read_text())
+    assert saved["name"] == "toyrun" and saved["model"] == "toy_mlp"
+    assert saved["dataset"] == {"name": "toyset", "split": "test", "images": 20}
+    accuracy = saved["metrics"]["accuracy"]
+    assert accuracy["images"] == 20
+    # the observer saw the cached weights once on entry and inputs on every call
+    assert accuracy["roles"] == ["0:input", "0:weight", "2:input", "2:weight"]
+    quantized = {entry["name"] for entry in saved["preparation"]["quantized"]}
+    assert quantized == {"0", "2"}
+    assert {entry["name"] for entry in saved["preparation"]["not_quantized"]} >= {"1"}
+
+
+def test_agreement_is_computed_from_both_models(toy_plugins, tmp_path):
+    """Recompute the toy metric's agreement independently from the same models and data."""
+    result = qbench.run(toy_config(name="agree"), output=tmp_path)
+    bundle = toy_plugins.registries["adapter"].get("toy").build({"width": 4})
+    twin = qbench.prepare(bundle.model, {"format": "toy3"})
+    batches = toy_plugins.registries["dataset"].get("toyset").build({"batch_size": 8}, bundle=bundle)
+    agree = sum(int((bundle.model(x).argmax(1) == twin(x).argmax(1)).sum()) for x, _ in batches)
+    assert result.metrics["accuracy"]["agreement"] == pytest.approx(agree / 20)
+
+
+def test_limit_and_device_flags(toy_plugins, tmp_path, capsys):
+    path = tmp_path / "limited.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(toy_config()))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--limit", "5", "--device", "cpu", "--output", str(tmp_path / "out"), "--no-progress"])
+    assert info.value.code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "out" / "toy_mlp" / "limited" / "report.json").read_text())
+    assert saved["dataset"]["images"] == 5
+    assert saved["device"] == "cpu"
+    out = capsys.readouterr().out
+    assert "report:" in out and "limited" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_request_without_cuda_is_a_user_error(toy_plugins, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "cuda.yaml"
+    path.write_text(yaml.safe_dump(toy_config(device="cuda")))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path)])
+    assert info.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_quantize_api_uses_preset_scaling(toy_plugins):
+    x = torch.tensor([[0.5, -1.5, 3.0, 0.25, 6.0, 1.0, -2.0, 0.0]])
+    result = qbench.quantize(x, "toy3", return_codes=True)
+    assert torch.equal(result.codes.float() * result.scales, result.dequantized)
+    assert torch.equal(qbench.quantize(x, "toy3"), result.dequantized)

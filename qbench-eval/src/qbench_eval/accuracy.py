@@ -1,0 +1,111 @@
+"""The ``accuracy`` metric: top-1/top-k, certainty and agreement of FP32 vs quantized logits.
+
+Everything is kept as running sums (counts and float64 totals), so memory does not depend on
+the number of images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from qbench.errors import QBenchError
+from qbench.types import BatchOutputs
+
+_SIDES = ("reference", "quantized")
+
+
+class AccuracyMetric:
+    """Top-1, top-k (default 5) and average certainty for both models, and their agreement.
+
+    *Certainty* is the mean over images of the largest softmax probability: a format can keep
+    top-1 while making the model markedly less sure of itself, which is worth seeing.
+    *Agreement* is the share of images on which both models predict the same top-1 class,
+    whatever the label: it measures the quantized model's fidelity to the FP32 one.
+    """
+
+    name = "accuracy"
+    options_schema: dict[str, Any] = {
+        "description": "Options of the accuracy metric (or null for the defaults).",
+        "type": ["object", "null"],
+        "properties": {
+            "top_k": {
+                "description": "k of the top-k accuracy reported beside top-1.",
+                "type": "integer",
+                "minimum": 1,
+                "default": 5,
+            }
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"top_k"})
+        if unknown:
+            raise QBenchError(f"evaluation.accuracy: unknown key {unknown[0]!r}; allowed: top_k")
+        top_k = options.get("top_k", 5)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise QBenchError(
+                f"evaluation.accuracy.top_k: found {top_k!r}; allowed: an integer >= 1"
+            )
+        self.top_k = top_k
+        self.images = 0
+        self.agree = 0
+        self.nonfinite_images = {side: 0 for side in _SIDES}
+        self.top1 = {side: 0 for side in _SIDES}
+        self.topk = {side: 0 for side in _SIDES}
+        self.certainty = {side: 0.0 for side in _SIDES}
+        self.classes: int | None = None
+
+    def attach(self, reference: Any, quantized: Any, context: Mapping[str, Any]) -> None:
+        """Nothing to hook: this metric only looks at the logits given to :meth:`update`."""
+
+    @torch.no_grad()
+    def update(self, batch: BatchOutputs) -> None:
+        targets = batch.targets.reshape(-1).to(torch.long)
+        predictions = {}
+        for side in _SIDES:
+            logits = getattr(batch, side)
+            logits = logits.reshape(logits.shape[0], -1).float()
+            if logits.shape[0] != targets.shape[0]:
+                raise QBenchError(
+                    f"accuracy: {side} logits have {logits.shape[0]} rows for {targets.shape[0]} targets"
+                )
+            self.classes = int(logits.shape[1])
+            k = min(self.top_k, self.classes)
+            topk = logits.topk(k, dim=1).indices
+            targets_on = targets.to(topk.device)
+            hits = topk == targets_on[:, None]
+            self.top1[side] += int(hits[:, 0].sum())
+            self.topk[side] += int(hits.any(dim=1).sum())
+            # A row with NaN/inf logits has no meaningful certainty: it counts as 0 here and
+            # is reported in ``nonfinite_images`` instead of turning the whole mean into NaN.
+            probabilities = torch.nan_to_num(torch.softmax(logits, dim=1), nan=0.0)
+            self.certainty[side] += float(probabilities.max(dim=1).values.sum(dtype=torch.float64))
+            self.nonfinite_images[side] += int((~torch.isfinite(logits)).any(dim=1).sum())
+            predictions[side] = topk[:, 0]
+        same = predictions["reference"] == predictions["quantized"].to(
+            predictions["reference"].device
+        )
+        self.agree += int(same.sum())
+        self.images += int(targets.shape[0])
+
+    def result(self) -> dict[str, Any]:
+        n = max(self.images, 1)
+        k = self.top_k if self.classes is None else min(self.top_k, self.classes)
+        out: dict[str, Any] = {"images": self.images, "top_k": k}
+        for side in _SIDES:
+            out[side] = {
+                "top1": self.top1[side] / n,
+                "topk": self.topk[side] / n,
+                "certainty": self.certainty[side] / n,
+                "nonfinite_images": self.nonfinite_images[side],
+            }
+        out["delta"] = {
+            key: out["quantized"][key] - out["reference"][key]
+            for key in ("top1", "topk", "certainty")
+        }
+        out["agreement"] = self.agree / n
+        return out

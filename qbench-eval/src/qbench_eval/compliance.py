@@ -1,0 +1,530 @@
+"""The ``compliance`` metric: an audit that every quantized tensor is legal in its format.
+
+For every tensor a layer really quantized (reported through ``qbench.prepare.observe`` as a
+:class:`qbench.types.QuantResult`) the audit checks, independently of the quantizer's own
+claims:
+
+* **grid** — the element codes decode to values of the element format's grid
+  (``format.values()``, plus NaN and, where the format has them, infinities);
+* **reconstruction** — ``decode(codes) * expand_scales()`` equals the dequantized tensor the
+  layer used, bit for bit (NaN matches NaN);
+* **scale** — every scale level is legal for its scale format: finite and positive always;
+  ``e8m0`` a power of two 2^e with -127 <= e <= 127 (OCP MX v1.0 §5.4.1, E8M0); any other
+  format of at most 16 bits on that format's grid (e.g. fp8_e4m3 for NVFP4 block scales);
+  ``fp32`` (and wider) finite and positive;
+* **observed** — every role the preparation report lists as quantized was reported at least
+  once (a layer that bypasses its quantizer is caught here).
+
+Counts are exact; only the first ``max_examples`` failing elements per tensor are kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import qbench
+import torch
+import yaml
+from qbench.errors import QBenchError
+from qbench.types import ROLES, BatchOutputs, QuantResult
+
+DEFAULT_CONFIG_NAME = "compliance_default.yaml"
+CHECKS = ("grid", "reconstruction", "scale", "shape", "observed")
+
+#: OCP MX v1.0 §5.4.1: E8M0 encodes 2^(e) for e in -127..127 (0xFF is NaN).
+E8M0_MIN_EXPONENT = -127
+E8M0_MAX_EXPONENT = 127
+#: Grids of scale formats wider than this are not enumerated (fp32: finite positive suffices).
+MAX_ENUMERATED_BITS = 16
+
+
+@dataclass(frozen=True)
+class ComplianceConfig:
+    """What the audit checks; loaded from YAML (see ``compliance_default.yaml``)."""
+
+    roles: tuple[str, ...] = ROLES
+    skip_layers: tuple[str, ...] = ()
+    max_examples: int = 5
+    require_observed: bool = True
+    activation_batches: int | None = None
+    source: str = "default"
+
+    def audits(self, layer: str, role: str) -> bool:
+        return role in self.roles and not any(
+            fnmatch.fnmatchcase(layer, p) for p in self.skip_layers
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "roles": list(self.roles),
+            "skip_layers": list(self.skip_layers),
+            "max_examples": self.max_examples,
+            "require_observed": self.require_observed,
+            "activation_batches": self.activation_batches,
+            "source": self.source,
+        }
+
+
+def default_config_text() -> str:
+    """The YAML text of the default compliance configuration shipped with qbench-eval."""
+    return resources.files("qbench_eval").joinpath(DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
+
+
+def load_config(options: Any, config_dir: Path | None = None) -> ComplianceConfig:
+    """The audit configuration for ``evaluation.compliance``: None (the shipped default), a
+    path to a YAML file (relative to the run's config directory) or an inline mapping.
+    Keys left out keep their default values."""
+    values = _parse_mapping(yaml.safe_load(default_config_text()), DEFAULT_CONFIG_NAME)
+    source = "default"
+    if isinstance(options, (str, Path)):
+        path = Path(options)
+        if not path.is_absolute() and config_dir is not None:
+            path = Path(config_dir) / path
+        source = str(path)
+        if not path.is_file():
+            raise QBenchError(
+                f"evaluation.compliance: file {str(path)!r} not found (give a YAML path relative to the config file)"
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QBenchError(f"{path}: not valid YAML: {first}") from None
+        values.update(_parse_mapping({} if loaded is None else loaded, str(path)))
+    elif isinstance(options, Mapping):
+        source = "inline"
+        values.update(_parse_mapping(options, "evaluation.compliance"))
+    elif options is not None:
+        raise QBenchError(
+            f"evaluation.compliance: found {type(options).__name__} {options!r}; allowed: a YAML file path or a mapping"
+        )
+    return _validated(values, source)
+
+
+def _parse_mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise QBenchError(
+            f"{where}: found {type(value).__name__}; allowed: a mapping of audit settings"
+        )
+    allowed = ("roles", "skip_layers", "max_examples", "require_observed", "activation_batches")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise QBenchError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    return {key: (value[key], where) for key in value}
+
+
+def _validated(values: Mapping[str, Any], source: str) -> ComplianceConfig:
+    def bad(key: str, found: Any, allowed: str) -> QBenchError:
+        where = values[key][1]
+        return QBenchError(f"{where}: {key}: found {found!r}; allowed: {allowed}")
+
+    roles, _ = values["roles"]
+    if not isinstance(roles, list) or not all(r in ROLES for r in roles):
+        raise bad("roles", roles, f"a list of {', '.join(ROLES)}")
+    skip, _ = values["skip_layers"]
+    if not isinstance(skip, list) or not all(isinstance(p, str) for p in skip):
+        raise bad("skip_layers", skip, "a list of glob strings")
+    max_examples, _ = values["max_examples"]
+    if not isinstance(max_examples, int) or isinstance(max_examples, bool) or max_examples < 0:
+        raise bad("max_examples", max_examples, "an integer >= 0")
+    require, _ = values["require_observed"]
+    if not isinstance(require, bool):
+        raise bad("require_observed", require, "true or false")
+    batches, _ = values["activation_batches"]
+    if batches is not None and (
+        not isinstance(batches, int) or isinstance(batches, bool) or batches < 1
+    ):
+        raise bad("activation_batches", batches, "null or an integer >= 1")
+    return ComplianceConfig(tuple(roles), tuple(skip), max_examples, require, batches, source)
+
+
+# --------------------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------------------
+
+
+class _Grid:
+    """A format's finite values, sorted, for membership tests and nearest-value lookups."""
+
+    def __init__(self, fmt: Any):
+        self.format = fmt
+        values = torch.as_tensor(fmt.values()).detach().flatten().cpu().to(torch.float64)
+        self.values = torch.unique(values)  # sorted; -0.0 and 0.0 collapse into one entry
+        self.sorted_list = self.values.tolist()
+        self._on_device: dict[tuple[Any, Any], torch.Tensor] = {}
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = self.values.to(device=device, dtype=dtype)
+        return self._on_device[key]
+
+    def contains(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise: is ``x`` exactly one of the grid's finite values?"""
+        # float16/bfloat16 values are exact in float32; the grids enumerated here (<= 16 bits)
+        # are exact in float32 too, so the comparison below is exact.
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        values = self.on(x.device, dtype)
+        flat = x.reshape(-1).to(dtype).contiguous()
+        index = torch.searchsorted(values, flat).clamp_(max=values.numel() - 1)
+        return (values[index] == flat).reshape(x.shape)
+
+    def nearest(self, value: float) -> list[float]:
+        """The grid values either side of ``value`` (one value when it is on the grid)."""
+        if not math.isfinite(value):
+            return (
+                [self.sorted_list[0], self.sorted_list[-1]]
+                if value != value
+                else ([self.sorted_list[-1]] if value > 0 else [self.sorted_list[0]])
+            )
+        i = bisect.bisect_left(self.sorted_list, value)
+        if i < len(self.sorted_list) and self.sorted_list[i] == value:
+            return [value]
+        below = self.sorted_list[i - 1] if i > 0 else None
+        above = self.sorted_list[i] if i < len(self.sorted_list) else None
+        return [v for v in (below, above) if v is not None]
+
+
+# --------------------------------------------------------------------------------------
+# The audit of one tensor
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorAudit:
+    """Everything the audit found for one (layer, role): counts and a few examples."""
+
+    layer: str
+    role: str
+    format: str = ""
+    element_format: str = ""
+    scale_formats: dict[str, str] = field(default_factory=dict)
+    observations: int = 0
+    skipped_observations: int = 0
+    elements: int = 0
+    scales: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHECKS, 0))
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "role": self.role,
+            "status": "FAIL" if self.failed else "PASS",
+            "format": self.format,
+            "element_format": self.element_format,
+            "scale_formats": dict(self.scale_formats),
+            "observations": self.observations,
+            "skipped_observations": self.skipped_observations,
+            "elements": self.elements,
+            "scales": self.scales,
+            "failures": {k: v for k, v in self.failures.items() if v},
+            "failed": self.failed,
+            "examples": list(self.examples),
+        }
+
+
+def _unravel(flat_index: int, shape: tuple[int, ...]) -> list[int]:
+    index = []
+    for size in reversed(shape):
+        index.append(flat_index % size if size else 0)
+        flat_index = flat_index // size if size else 0
+    return list(reversed(index))
+
+
+def _number(value: float) -> float | str:
+    """Example values stay numbers when finite; NaN/inf become strings (strict JSON)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+class ComplianceMetric:
+    """The compliance audit (see the module docstring). Observes quantizations through
+    ``on_tensor``; ``update`` only counts batches; ``result`` gives PASS/FAIL per role."""
+
+    name = "compliance"
+    options_schema: dict[str, Any] = {
+        "description": (
+            "The compliance audit's settings: null (the default shipped in qbench-eval), a path "
+            "to a YAML file relative to the config file, or the settings inline."
+        ),
+        "anyOf": [
+            {"type": "null"},
+            {"type": "string", "minLength": 1},
+            {
+                "type": "object",
+                "properties": {
+                    "roles": {"type": "array", "items": {"enum": list(ROLES)}},
+                    "skip_layers": {"type": "array", "items": {"type": "string"}},
+                    "max_examples": {"type": "integer", "minimum": 0},
+                    "require_observed": {"type": "boolean"},
+                    "activation_batches": {"type": ["integer", "null"], "minimum": 1},
+                },
+                "additionalProperties": False,
+            },
+        ],
+    }
+
+    def __init__(self, options: Any = None):
+        self.options = options
+        self.config: ComplianceConfig | None = None
+        if not isinstance(options, (str, Path)):  # a file path waits for the config dir
+            self.config = load_config(options)
+        self.audits: dict[tuple[str, str], TensorAudit] = {}
+        self.expected: list[tuple[str, str]] = []
+        self.batches = 0
+        self._grids: dict[str, _Grid] = {}
+
+    def attach(self, reference: Any, quantized: Any, context: Mapping[str, Any]) -> None:
+        if self.config is None:
+            self.config = load_config(self.options, context.get("config_dir"))
+        preparation = context.get("preparation") or {}
+        for entry in preparation.get("quantized", []):
+            for role in entry.get("roles") or {}:
+                if self.config.audits(entry["name"], role):
+                    self.expected.append((entry["name"], role))
+
+    def _config(self) -> ComplianceConfig:
+        if self.config is None:
+            self.config = load_config(self.options)
+        return self.config
+
+    def _grid(self, name: str) -> _Grid:
+        if name not in self._grids:
+            self._grids[name] = _Grid(qbench.get_format(name))
+        return self._grids[name]
+
+    # -- observation ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def on_tensor(self, layer: str, role: str, result: QuantResult) -> None:
+        """Audit one quantization a layer actually used."""
+        config = self._config()
+        if not config.audits(layer, role):
+            return
+        audit = self.audits.get((layer, role))
+        if audit is None:
+            audit = self.audits[(layer, role)] = TensorAudit(layer, role)
+        limited = config.activation_batches is not None and role in ("input", "act")
+        if limited and self.batches >= config.activation_batches:
+            audit.skipped_observations += 1
+            return
+        self._audit(audit, result, config.max_examples)
+
+    def _audit(self, audit: TensorAudit, result: QuantResult, max_examples: int) -> None:
+        spec = result.spec
+        fmt = qbench.get_format(spec.format)
+        element_name = getattr(fmt, "element", None) or spec.format
+        element = qbench.get_format(element_name)
+        audit.format = spec.describe()
+        audit.element_format = element_name
+        audit.observations += 1
+
+        codes, dequantized = result.codes, result.dequantized
+        audit.elements += dequantized.numel()
+        if tuple(codes.shape) != tuple(dequantized.shape):
+            audit.failures["shape"] += 1
+            self._example(
+                audit,
+                max_examples,
+                check="shape",
+                codes_shape=list(codes.shape),
+                dequantized_shape=list(dequantized.shape),
+            )
+            return
+
+        decoded = element.decode(codes)
+        grid = self._grid(element_name)
+        on_grid = grid.contains(decoded)
+        nan = torch.isnan(decoded)
+        infinite = torch.isinf(decoded)
+        if bool(infinite.any()):  # inf is legal only in formats that have it
+            on_grid |= infinite & element.is_representable(decoded).to(torch.bool)
+        off_grid = ~(on_grid | nan)
+
+        expanded = result.expand_scales()
+        reconstructed = decoded * expanded
+        same = (reconstructed == dequantized) | (
+            torch.isnan(reconstructed) & torch.isnan(dequantized)
+        )
+        mismatch = ~same
+
+        scale_checks = self._scale_checks(result)
+        counts = torch.stack(
+            [off_grid.sum(), mismatch.sum(), *[bad.sum() for _, _, _, bad in scale_checks]]
+        ).tolist()  # one host sync per audited tensor
+        off_count, mismatch_count, scale_counts = int(counts[0]), int(counts[1]), counts[2:]
+        audit.failures["grid"] += off_count
+        audit.failures["reconstruction"] += mismatch_count
+        audit.scales += sum(values.numel() for _, _, values, _ in scale_checks)
+        for (level, scale_format, _, _), count in zip(scale_checks, scale_counts, strict=True):
+            audit.scale_formats[level] = scale_format
+            audit.failures["scale"] += int(count)
+
+        shape = tuple(dequantized.shape)
+        if off_count and len(audit.examples) < max_examples:
+            for i in self._first(off_grid, max_examples - len(audit.examples)):
+                value = float(decoded.reshape(-1)[i])
+                self._example(
+                    audit,
+                    max_examples,
+                    check="grid",
+                    index=_unravel(i, shape),
+                    code=int(codes.reshape(-1)[i]),
+                    value=_number(value),
+                    nearest=[_number(v) for v in grid.nearest(value)],
+                )
+        if mismatch_count and len(audit.examples) < max_examples:
+            scales_full = torch.broadcast_to(expanded, shape)
+            for i in self._first(mismatch, max_examples - len(audit.examples)):
+                used = float(dequantized.reshape(-1)[i])
+                scale = float(scales_full.reshape(-1)[i])
+                element_value = used / scale if scale else math.nan
+                self._example(
+                    audit,
+                    max_examples,
+                    check="reconstruction",
+                    index=_unravel(i, shape),
+                    code=int(codes.reshape(-1)[i]),
+                    value=_number(used),
+                    expected=_number(float(reconstructed.reshape(-1)[i])),
+                    scale=_number(scale),
+                    nearest=[_number(v * scale) for v in grid.nearest(element_value)]
+                    if math.isfinite(element_value)
+                    else [],
+                )
+        for (level, scale_format, values, bad), count in zip(
+            scale_checks, scale_counts, strict=True
+        ):
+            if not count or len(audit.examples) >= max_examples:
+                continue
+            for i in self._first(bad, max_examples - len(audit.examples)):
+                value = float(values.reshape(-1)[i])
+                nearest: list[Any] = []
+                if self._enumerable(scale_format) and math.isfinite(value):
+                    nearest = [_number(v) for v in self._grid(scale_format).nearest(value)]
+                elif scale_format == "e8m0" and math.isfinite(value) and value > 0:
+                    e = math.floor(math.log2(value))
+                    nearest = [2.0**e, 2.0 ** (e + 1)] if 2.0**e != value else [value]
+                self._example(
+                    audit,
+                    max_examples,
+                    check="scale",
+                    level=level,
+                    scale_format=scale_format,
+                    index=_unravel(i, tuple(values.shape)),
+                    value=_number(value),
+                    nearest=nearest,
+                )
+
+    def _scale_checks(
+        self, result: QuantResult
+    ) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
+        """(level, scale format, scale values, illegal mask) for every scale level."""
+        parts = dict(result.scale_parts or {})
+        if not parts:
+            parts = {"scale": (result.scales, result.spec.scaling.scale_format)}
+        checks = []
+        for level, (values, scale_format) in parts.items():
+            values = torch.as_tensor(values)
+            v = values.to(torch.float64)
+            legal = torch.isfinite(v) & (v > 0)
+            if scale_format == "e8m0":
+                mantissa, exponent = torch.frexp(v)
+                # 2^e has frexp mantissa 0.5 and exponent e + 1.
+                legal &= (
+                    (mantissa == 0.5)
+                    & (exponent - 1 >= E8M0_MIN_EXPONENT)
+                    & (exponent - 1 <= E8M0_MAX_EXPONENT)
+                )
+            elif self._enumerable(scale_format):
+                legal &= self._grid(scale_format).contains(v)
+            checks.append((level, scale_format, values, ~legal))
+        return checks
+
+    def _enumerable(self, format_name: str) -> bool:
+        """Is the scale format's grid small enough to test membership (fp8 yes, fp32 no)?"""
+        if format_name in ("e8m0", "fp32", "fp64"):
+            return False
+        return int(getattr(qbench.get_format(format_name), "bits", 32)) <= MAX_ENUMERATED_BITS
+
+    @staticmethod
+    def _first(mask: torch.Tensor, count: int) -> list[int]:
+        if count <= 0:
+            return []
+        return torch.nonzero(mask.reshape(-1))[:count, 0].tolist()
+
+    @staticmethod
+    def _example(audit: TensorAudit, max_examples: int, **example: Any) -> None:
+        if len(audit.examples) < max_examples:
+            audit.examples.append(example)
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def update(self, batch: BatchOutputs) -> None:
+        self.batches += 1
+
+    def result(self) -> dict[str, Any]:
+        config = self._config()
+        tensors = [audit.as_dict() for audit in self.audits.values()]
+        observed = {
+            key
+            for key, audit in self.audits.items()
+            if audit.observations or audit.skipped_observations
+        }
+        missing = []
+        if config.require_observed:
+            missing = [
+                {"layer": layer, "role": role}
+                for layer, role in self.expected
+                if (layer, role) not in observed
+            ]
+        roles: dict[str, Any] = {}
+        for role in ROLES:
+            mine = [t for t in tensors if t["role"] == role]
+            missing_here = sum(1 for m in missing if m["role"] == role)
+            failed = sum(1 for t in mine if t["status"] == "FAIL") + missing_here
+            roles[role] = {
+                "audited": role in config.roles,
+                "status": ("FAIL" if failed else "PASS") if mine or missing_here else "NOT RUN",
+                "tensors": len(mine),
+                "failed_tensors": failed,
+                "missing": missing_here,
+                "elements": sum(t["elements"] for t in mine),
+                "failed_elements": sum(
+                    t["failures"].get("grid", 0) + t["failures"].get("reconstruction", 0)
+                    for t in mine
+                ),
+            }
+        scale_failures = sum(t["failures"].get("scale", 0) for t in tensors)
+        scales = {
+            "status": ("FAIL" if scale_failures else "PASS") if tensors else "NOT RUN",
+            "checked": sum(t["scales"] for t in tensors),
+            "failed": scale_failures,
+        }
+        failing = [t for t in tensors if t["status"] == "FAIL"]
+        status = "FAIL" if failing or missing else ("PASS" if tensors else "NOT RUN")
+        return {
+            "status": status,
+            "config": config.as_dict(),
+            "batches": self.batches,
+            "roles": roles,
+            "scales": scales,
+            "missing": missing,
+            "failures": failing,
+            "tensors": tensors,
+        }

@@ -1,0 +1,290 @@
+"""The ``layerwise`` metric: how far each quantized layer's output is from its FP32 twin.
+
+Forward hooks on the same module names in both models (``qbench.prepare`` keeps names)
+capture each layer's output; the two outputs of one call are compared as soon as both exist
+and then dropped, so memory holds at most one batch's outputs and the totals are running
+float64 sums on the model's device (no host sync per layer).
+
+Each layer's error is measured *inside the full quantized model*: its input already carries
+the error of the layers before it, which is what a user of the quantized model experiences.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from qbench.errors import QBenchError
+from qbench.types import BatchOutputs
+from torch import nn
+
+# Slots of the per-layer sum accumulator.
+_ELEMENTS, _SSE, _REF_SQ, _Q_SQ, _DOT, _NONFINITE, _IN_ELEMENTS, _IN_ZEROS = range(8)
+# Slots of the per-layer min/max accumulators (input magnitudes).
+_IN_MIN_ABS, _IN_MIN_NONZERO = range(2)
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a module's output or input (tuples from e.g. MultiheadAttention)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+class _LayerStats:
+    """Running sums for one layer, kept on the device of the layer's output."""
+
+    def __init__(self, name: str, info: Mapping[str, Any]):
+        self.name = name
+        self.info = dict(info)
+        self.calls = 0
+        self.sums: torch.Tensor | None = None
+        self.mins: torch.Tensor | None = None
+        self.max_abs: torch.Tensor | None = None
+        self.pending: dict[str, deque[torch.Tensor]] = {"reference": deque(), "quantized": deque()}
+
+    def add_pair(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
+        if reference.shape != quantized.shape:
+            raise QBenchError(
+                f"layerwise: layer {self.name!r} output shapes differ between the FP32 model "
+                f"{tuple(reference.shape)} and the quantized model {tuple(quantized.shape)}"
+            )
+        r = reference.detach().to(torch.float64)
+        q = quantized.detach().to(device=r.device, dtype=torch.float64)
+        diff = q - r
+        row = torch.stack(
+            [
+                torch.tensor(float(r.numel()), dtype=torch.float64, device=r.device),
+                (diff * diff).sum(),
+                (r * r).sum(),
+                (q * q).sum(),
+                (r * q).sum(),
+                (~torch.isfinite(q)).sum().to(torch.float64),
+                torch.zeros((), dtype=torch.float64, device=r.device),
+                torch.zeros((), dtype=torch.float64, device=r.device),
+            ]
+        )
+        self._accumulate(row)
+        self.calls += 1
+
+    def add_input(self, x: torch.Tensor) -> None:
+        magnitude = x.detach().abs().to(torch.float32)
+        nonzero_min = torch.where(
+            magnitude > 0, magnitude, torch.full_like(magnitude, math.inf)
+        ).amin()
+        zeros = (magnitude == 0).sum().to(torch.float64)
+        row = torch.zeros(8, dtype=torch.float64, device=magnitude.device)
+        row[_IN_ELEMENTS] = float(magnitude.numel())
+        row[_IN_ZEROS] = zeros
+        self._accumulate(row)
+        mins = torch.stack([magnitude.amin(), nonzero_min])
+        biggest = magnitude.amax()
+        if self.mins is None:
+            self.mins, self.max_abs = mins, biggest
+        else:
+            self.mins = torch.minimum(self.mins, mins)
+            self.max_abs = torch.maximum(self.max_abs, biggest)
+
+    def _accumulate(self, row: torch.Tensor) -> None:
+        self.sums = row if self.sums is None else self.sums + row.to(self.sums.device)
+
+    def result(self) -> dict[str, Any]:
+        sums = [0.0] * 8 if self.sums is None else self.sums.tolist()
+        elements, sse, ref_sq, q_sq, dot = (
+            sums[i] for i in (_ELEMENTS, _SSE, _REF_SQ, _Q_SQ, _DOT)
+        )
+        out: dict[str, Any] = {
+            "name": self.name,
+            **self.info,
+            "calls": self.calls,
+            "elements": int(elements),
+        }
+        if elements:
+            out["mse"] = sse / elements
+            # Cosine of the whole flattened output (all batches): dot / (|r| |q|).
+            out["cosine"] = dot / math.sqrt(ref_sq * q_sq) if ref_sq > 0 and q_sq > 0 else None
+            # SQNR = 10 log10(signal power / noise power); infinite when the outputs are equal.
+            if sse == 0:
+                out["sqnr_db"] = math.inf
+            elif ref_sq == 0:
+                out["sqnr_db"] = -math.inf
+            else:
+                out["sqnr_db"] = 10.0 * math.log10(ref_sq / sse) if math.isfinite(sse) else math.nan
+            out["nonfinite"] = int(sums[_NONFINITE])
+        else:
+            out.update(mse=None, cosine=None, sqnr_db=None, nonfinite=0)
+        out["input"] = self._input_result(sums)
+        return out
+
+    def _input_result(self, sums: list[float]) -> dict[str, Any]:
+        if self.mins is None or self.max_abs is None:
+            return {"elements": 0}
+        min_abs, min_nonzero = self.mins.tolist()
+        max_abs = float(self.max_abs)
+        nonzero = math.isfinite(min_nonzero)
+        log2_range = None
+        if nonzero and max_abs > 0 and math.isfinite(max_abs):
+            log2_range = math.log2(max_abs / min_nonzero)
+        return {
+            "elements": int(sums[_IN_ELEMENTS]),
+            "min_abs": min_abs,
+            "min_nonzero_abs": min_nonzero if nonzero else None,
+            "max_abs": max_abs,
+            "log2_range": log2_range,
+            "zero_fraction": sums[_IN_ZEROS] / sums[_IN_ELEMENTS] if sums[_IN_ELEMENTS] else None,
+        }
+
+
+class LayerwiseMetric:
+    """Per quantized layer: MSE, cosine similarity and SQNR (dB) of its output against the FP32
+    model's same layer on the same batch, and the dynamic range of the input it quantized."""
+
+    name = "layerwise"
+    options_schema: dict[str, Any] = {
+        "description": "Options of the layerwise metric (or null: every quantized layer).",
+        "type": ["object", "null"],
+        "properties": {
+            "include": {
+                "description": "Glob patterns on module names; only matching layers are measured.",
+                "type": "array",
+                "items": {"type": "string"},
+                "default": ["*"],
+            },
+            "exclude": {
+                "description": "Glob patterns on module names of layers not to measure.",
+                "type": "array",
+                "items": {"type": "string"},
+                "default": [],
+            },
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"include", "exclude"})
+        if unknown:
+            raise QBenchError(
+                f"evaluation.layerwise: unknown key {unknown[0]!r}; allowed: include, exclude"
+            )
+        for key in ("include", "exclude"):
+            value = options.get(key)
+            if value is not None and (
+                not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+            ):
+                raise QBenchError(
+                    f"evaluation.layerwise.{key}: found {value!r}; allowed: a list of glob strings"
+                )
+        self.include: list[str] = options.get("include") or ["*"]
+        self.exclude: list[str] = options.get("exclude") or []
+        self.layers: dict[str, _LayerStats] = {}
+        self.missing_in_reference: list[str] = []
+        self.unpaired_calls = 0
+        self.batches = 0
+        self._handles: list[Any] = []
+
+    # -- wiring -----------------------------------------------------------------------
+
+    def attach(
+        self, reference: nn.Module, quantized: nn.Module, context: Mapping[str, Any]
+    ) -> None:
+        entries = _quantized_layers(quantized, context)
+        reference_modules = dict(reference.named_modules())
+        quantized_modules = dict(quantized.named_modules())
+        order = {name: i for i, name in enumerate(quantized_modules)}
+        entries.sort(key=lambda e: order.get(e["name"], len(order)))
+        for entry in entries:
+            name = entry["name"]
+            if not self._selected(name) or name not in quantized_modules:
+                continue
+            if name not in reference_modules:
+                self.missing_in_reference.append(name)
+                continue
+            info = {k: entry[k] for k in ("type", "op") if k in entry}
+            stats = self.layers[name] = _LayerStats(name, info)
+            self._handles.append(
+                reference_modules[name].register_forward_hook(self._output_hook(stats, "reference"))
+            )
+            self._handles.append(
+                quantized_modules[name].register_forward_hook(self._output_hook(stats, "quantized"))
+            )
+            self._handles.append(
+                quantized_modules[name].register_forward_pre_hook(self._input_hook(stats))
+            )
+
+    def _selected(self, name: str) -> bool:
+        included = any(fnmatch.fnmatchcase(name, p) for p in self.include)
+        return included and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    @staticmethod
+    def _output_hook(stats: _LayerStats, side: str) -> Any:
+        other = "quantized" if side == "reference" else "reference"
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is None or not tensor.is_floating_point():
+                return
+            waiting = stats.pending[other]
+            if waiting:
+                partner = waiting.popleft()
+                pair = (tensor, partner) if side == "reference" else (partner, tensor)
+                stats.add_pair(*pair)
+            else:
+                # Cloned: a later in-place op (ReLU(inplace=True)) would otherwise change it.
+                stats.pending[side].append(tensor.detach().clone())
+
+        return hook
+
+    @staticmethod
+    def _input_hook(stats: _LayerStats) -> Any:
+        def hook(module: nn.Module, inputs: Any) -> None:
+            tensor = first_tensor(inputs)
+            if tensor is not None and tensor.is_floating_point():
+                stats.add_input(tensor)
+
+        return hook
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def update(self, batch: BatchOutputs) -> None:
+        """Both forwards of this batch are done: anything still unpaired cannot be paired."""
+        for stats in self.layers.values():
+            for side in ("reference", "quantized"):
+                self.unpaired_calls += len(stats.pending[side])
+                stats.pending[side].clear()
+        self.batches += 1
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "layers": [stats.result() for stats in self.layers.values()],
+            "missing_in_reference": list(self.missing_in_reference),
+            "unpaired_calls": self.unpaired_calls,
+        }
+
+
+def _quantized_layers(quantized: nn.Module, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The quantized layers, from the run's preparation report (or qbench.prepare directly)."""
+    preparation = context.get("preparation")
+    if preparation is not None:
+        return [dict(entry) for entry in preparation.get("quantized", [])]
+    from qbench.prepare import quantized_modules
+
+    return [
+        {"name": name, "type": type(module).__name__}
+        for name, module in quantized_modules(quantized).items()
+    ]

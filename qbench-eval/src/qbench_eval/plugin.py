@@ -1,0 +1,30 @@
+"""Registers qbench-eval's metrics and reporters (entry point ``qbench`` in pyproject.toml).
+
+Built-ins go through the same hooks as any third-party plugin (DESIGN.md §2). Metrics are
+registered as classes (QBench makes a fresh instance per run with the config's options);
+reporters as instances.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qbench import hookimpl
+
+
+@hookimpl
+def qbench_register_metrics(register: Any) -> None:
+    from .accuracy import AccuracyMetric
+    from .compliance import ComplianceMetric
+    from .layerwise import LayerwiseMetric
+
+    for metric_class in (AccuracyMetric, LayerwiseMetric, ComplianceMetric):
+        register(metric_class)
+
+
+@hookimpl
+def qbench_register_reporters(register: Any) -> None:
+    from .reporters import HtmlReporter, JsonReporter, TextReporter
+
+    for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
+        register(reporter)

@@ -1,0 +1,135 @@
+"""The ``text`` reporter: ``comparison_report.txt`` with the seed's four sections.
+
+1. accuracy metrics; 2. compliance PASS/FAIL for weights and the other quantized
+parameters, inputs, activations and scales; 3. the layer-wise table (MSE, cosine, SQNR,
+input dynamic range); 4. detailed failures. Metrics from other plugins follow generically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_text
+from ._common import (
+    KNOWN_METRICS,
+    LAYER_COLUMNS,
+    accuracy_rows,
+    compliance_rows,
+    failure_lines,
+    generic_lines,
+    header_lines,
+    layer_rows,
+    percent,
+)
+
+FILE_NAME = "comparison_report.txt"
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+) -> list[str]:
+    """A plain-text table with a rule under the header; numeric columns right-aligned."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+    right = right or [i > 0 for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
+        return "  ".join(out).rstrip()
+
+    return [line(header), "  ".join("-" * w for w in widths), *[line(row) for row in rows]]
+
+
+def section(title: str) -> list[str]:
+    return ["", title, "=" * len(title)]
+
+
+class TextReporter:
+    """Writes ``comparison_report.txt``: readable in a terminal, diffable between runs."""
+
+    name = "text"
+    file_name = FILE_NAME
+
+    def render(self, report: Mapping[str, Any]) -> str:
+        metrics = report.get("metrics") or {}
+        lines = ["QBench comparison report", "========================"]
+        labels = header_lines(report)
+        width = max(len(label) for label, _ in labels)
+        lines += [f"{label.ljust(width)} : {value}" for label, value in labels]
+
+        lines += section("1. Accuracy metrics")
+        accuracy = metrics.get("accuracy")
+        if accuracy is None:
+            lines.append("(accuracy metric not run)")
+        else:
+            lines += table(
+                ("Metric", "FP32", "Quantized", "Delta (points)"), accuracy_rows(accuracy)
+            )
+            lines.append("")
+            lines.append(
+                f"Top-1 agreement FP32 vs quantized: {percent(accuracy.get('agreement'))} % of {accuracy.get('images', 0)} images"
+            )
+            for side in ("reference", "quantized"):
+                bad = (accuracy.get(side) or {}).get("nonfinite_images")
+                if bad:
+                    lines.append(f"WARNING: {bad} images with NaN/inf logits ({side})")
+
+        lines += section("2. Compliance")
+        compliance = metrics.get("compliance")
+        if compliance is None:
+            lines.append("(compliance audit not run)")
+        else:
+            lines.append(f"Overall: {compliance.get('status', '-')}")
+            lines.append("")
+            lines += table(
+                ("Tensors", "Status", "Detail"),
+                compliance_rows(compliance),
+                right=(False, False, False),
+            )
+
+        lines += section("3. Layer-wise error (quantized vs FP32 output, same batch)")
+        layerwise = metrics.get("layerwise")
+        if layerwise is None:
+            lines.append("(layerwise metric not run)")
+        else:
+            rows = layer_rows(layerwise)
+            if rows:
+                right = [column not in ("Layer", "Type") for column in LAYER_COLUMNS]
+                lines += table(
+                    LAYER_COLUMNS, [[row[c] for c in LAYER_COLUMNS] for row in rows], right
+                )
+                lines.append("")
+                lines.append(
+                    "min |x| / max |x|: smallest non-zero and largest input magnitude; log2 range = log2(max/min)."
+                )
+            else:
+                lines.append("(no quantized layers were measured)")
+        not_quantized = (report.get("preparation") or {}).get("not_quantized") or []
+        if not_quantized:
+            lines.append("")
+            lines.append(f"Not quantized ({len(not_quantized)} modules):")
+            for entry in not_quantized:
+                lines.append(f"  {entry.get('name')} ({entry.get('type')}): {entry.get('reason')}")
+
+        lines += section("4. Failure details")
+        if compliance is None:
+            lines.append("(compliance audit not run)")
+        else:
+            details = failure_lines(compliance)
+            lines += (
+                details
+                if details
+                else ["None: every audited value is representable and every scale is legal."]
+            )
+
+        others = [name for name in metrics if name not in KNOWN_METRICS]
+        for number_, name in enumerate(others, start=5):
+            lines += section(f"{number_}. {name}")
+            lines += generic_lines(metrics[name])
+        return "\n".join(lines) + "\n"
+
+    def write(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return [atomic_write_text(Path(out_dir) / self.file_name, self.render(report))]

@@ -1,0 +1,68 @@
+"""The accuracy metric against a direct numpy computation over all images at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qbench.errors import QBenchError
+from qbench.types import BatchOutputs
+from qbench_eval.accuracy import AccuracyMetric
+
+
+def _numpy_reference(targets: np.ndarray, logits: np.ndarray, k: int) -> dict[str, float]:
+    order = np.argsort(-logits, axis=1, kind="stable")
+    top1 = float(np.mean(order[:, 0] == targets))
+    topk = float(np.mean([t in row[:k] for t, row in zip(targets, order)]))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return {"top1": top1, "topk": topk, "certainty": float(probabilities.max(axis=1).mean())}
+
+
+def test_accuracy_matches_numpy_over_batches() -> None:
+    generator = torch.Generator().manual_seed(0)
+    classes, images = 10, 203
+    targets = torch.randint(0, classes, (images,), generator=generator)
+    reference = torch.randn(images, classes, generator=generator) * 3
+    quantized = reference + torch.randn(images, classes, generator=generator) * 1.5
+    metric = AccuracyMetric(None)
+    metric.attach(None, None, {})
+    for index, start in enumerate(range(0, images, 32)):  # uneven last batch on purpose
+        end = start + 32
+        metric.update(
+            BatchOutputs(targets[start:end], reference[start:end], quantized[start:end], index)
+        )
+    result = metric.result()
+
+    t = targets.numpy()
+    expected_ref = _numpy_reference(t, reference.numpy(), 5)
+    expected_q = _numpy_reference(t, quantized.numpy(), 5)
+    assert result["images"] == images
+    for key in ("top1", "topk", "certainty"):
+        assert result["reference"][key] == pytest.approx(expected_ref[key], abs=1e-6)
+        assert result["quantized"][key] == pytest.approx(expected_q[key], abs=1e-6)
+        assert result["delta"][key] == pytest.approx(expected_q[key] - expected_ref[key], abs=1e-6)
+    agreement = np.mean(reference.numpy().argmax(1) == quantized.numpy().argmax(1))
+    assert result["agreement"] == pytest.approx(agreement)
+    # The data are noisy enough that the two models really differ.
+    assert result["agreement"] < 1.0
+    assert result["reference"]["top1"] != result["quantized"]["top1"]
+
+
+def test_top_k_is_capped_by_class_count_and_nan_rows_are_counted() -> None:
+    metric = AccuracyMetric({"top_k": 5})
+    targets = torch.tensor([0, 1, 2])
+    reference = torch.eye(3)
+    quantized = torch.tensor([[1.0, 0, 0], [float("nan"), 0, 0], [0, 0, 1.0]])
+    metric.update(BatchOutputs(targets, reference, quantized))
+    result = metric.result()
+    assert result["top_k"] == 3
+    assert result["reference"]["topk"] == 1.0
+    assert result["quantized"]["nonfinite_images"] == 1
+    assert result["reference"]["nonfinite_images"] == 0
+
+
+@pytest.mark.parametrize("options", [{"top_k": 0}, {"top_k": "five"}, {"topk": 5}])
+def test_bad_options_are_user_errors(options: dict) -> None:
+    with pytest.raises(QBenchError, match="evaluation.accuracy"):
+        AccuracyMetric(options)

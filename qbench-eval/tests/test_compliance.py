@@ -1,0 +1,208 @@
+"""The compliance audit: clean quantizations PASS; planted violations FAIL, naming the layer,
+the role, the count and examples with their indices and nearest representable values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import quantize, spec
+from qbench.errors import QBenchError
+from qbench.types import BatchOutputs, QuantResult
+from qbench_eval.compliance import ComplianceMetric, load_config
+
+
+def _metric(options=None, expected=None) -> ComplianceMetric:
+    metric = ComplianceMetric(options)
+    preparation = {
+        "quantized": [
+            {"name": n, "type": "Linear", "roles": {r: "" for r in roles}}
+            for n, roles in (expected or {}).items()
+        ]
+    }
+    metric.attach(None, None, {"preparation": preparation, "config_dir": Path.cwd()})
+    return metric
+
+
+def test_clean_quantizations_pass() -> None:
+    torch.manual_seed(0)
+    metric = _metric(expected={"fc1": ["weight", "input"], "fc2": ["weight"]})
+    metric.on_tensor("fc1", "weight", quantize(torch.randn(8, 16), spec("test_int4")))
+    metric.on_tensor(
+        "fc2", "weight", quantize(torch.randn(4, 32), spec("test_int8", "chunk", 8, "e8m0"))
+    )
+    for _ in range(3):
+        metric.on_tensor(
+            "fc1", "input", quantize(torch.randn(5, 16), spec("test_int4", "chunk", 4, "e8m0"))
+        )
+        metric.update(BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1)))
+    result = metric.result()
+    assert result["status"] == "PASS", result["failures"]
+    assert (
+        result["roles"]["weight"]["status"] == "PASS" and result["roles"]["weight"]["tensors"] == 2
+    )
+    assert result["roles"]["input"]["elements"] == 3 * 80
+    assert result["roles"]["stats"]["status"] == "NOT RUN"
+    assert result["scales"]["status"] == "PASS" and result["scales"]["checked"] == 1 + 16 + 3 * 20
+    fc1_input = next(t for t in result["tensors"] if t["layer"] == "fc1" and t["role"] == "input")
+    assert fc1_input["observations"] == 3 and fc1_input["scale_formats"] == {"block": "e8m0"}
+
+
+def test_format_whose_rounding_skips_values_fails_with_examples() -> None:
+    x = torch.tensor([[0.0, 0.3, 7.0, -0.9], [2.0, 1.2, -7.0, 3.0]])  # amax 7 = qmax: scale 1
+    metric = _metric({"max_examples": 2}, expected={"good": ["weight"], "conv": ["weight"]})
+    metric.on_tensor("good", "weight", quantize(x, spec("test_int4")))
+    metric.on_tensor("conv", "weight", quantize(x, spec("test_skip_int4")))
+    result = metric.result()
+    assert result["status"] == "FAIL"
+    assert result["roles"]["weight"]["status"] == "FAIL"
+    [failure] = result["failures"]
+    assert (failure["layer"], failure["role"]) == ("conv", "weight")
+    # 0.3, -0.9 and 1.2 were left unrounded (|x| < 1.5); 0.0 is on the grid anyway.
+    assert failure["failures"] == {"reconstruction": 3}
+    assert failure["failed"] == 3 and failure["elements"] == 8
+    assert len(failure["examples"]) == 2  # capped by max_examples; the count stays exact
+    first = failure["examples"][0]
+    assert first["check"] == "reconstruction" and first["index"] == [0, 1]
+    assert first["value"] == pytest.approx(0.3) and first["expected"] == 0.0 and first["code"] == 0
+    assert first["nearest"] == [0.0, 1.0]
+    assert failure["examples"][1]["index"] == [0, 3]
+    assert failure["examples"][1]["nearest"] == [-1.0, 0.0]
+
+
+def test_codes_off_the_grid_fail() -> None:
+    good = quantize(torch.tensor([1.0, -7.0, 3.0]), spec("test_int4"))
+    codes = good.codes.clone()
+    codes[1] = -9  # outside -7..7; dequantized made consistent so only the grid check trips
+    bad = QuantResult(
+        codes.float() * good.scales, codes, good.scales, good.spec, dict(good.scale_parts)
+    )
+    metric = _metric()
+    metric.on_tensor("fc", "input", bad)
+    [failure] = metric.result()["failures"]
+    assert failure["failures"] == {"grid": 1}
+    example = failure["examples"][0]
+    assert example["index"] == [1] and example["code"] == -9 and example["nearest"] == [-7.0]
+
+
+def test_illegal_e8m0_scale_fails() -> None:
+    good = quantize(torch.randn(2, 8), spec("test_int8", "chunk", 4, "e8m0"))
+    scales = good.scales.clone()
+    scales[2] = scales[2] * 1.5  # not a power of two
+    expand = good.expand
+    bad = QuantResult(
+        good.codes.float() * expand(scales),
+        good.codes,
+        scales,
+        good.spec,
+        {"block": (scales, "e8m0")},
+        expand,
+    )
+    metric = _metric()
+    metric.on_tensor("fc", "weight", bad)
+    result = metric.result()
+    assert result["scales"]["status"] == "FAIL" and result["scales"]["failed"] == 1
+    [failure] = result["failures"]
+    assert failure["failures"] == {"scale": 1}
+    example = failure["examples"][0]
+    assert example["level"] == "block" and example["index"] == [2, 0]
+    low, high = example["nearest"]
+    assert high == 2 * low and low < example["value"] < high
+
+
+@pytest.mark.parametrize("value", [0.0, -0.25, math.inf, math.nan, 2.0**-128])
+def test_e8m0_scale_range(value: float) -> None:
+    good = quantize(torch.ones(1, 4), spec("test_int8", "chunk", 4, "e8m0"))
+    scales = torch.full_like(good.scales, value)
+    bad = QuantResult(
+        good.codes.float() * scales,
+        good.codes,
+        scales,
+        good.spec,
+        {"block": (scales, "e8m0")},
+        good.expand,
+    )
+    metric = _metric()
+    metric.on_tensor("fc", "weight", bad)
+    assert metric.result()["scales"]["failed"] == 1
+
+
+def test_layer_that_bypasses_quantization_fails() -> None:
+    metric = _metric(expected={"fc1": ["weight", "input"], "fc2": ["weight", "input"]})
+    for layer in ("fc1", "fc2"):
+        metric.on_tensor(layer, "weight", quantize(torch.randn(4, 4), spec("test_int4")))
+    metric.on_tensor("fc1", "input", quantize(torch.randn(4, 4), spec("test_int4")))
+    result = metric.result()
+    assert result["status"] == "FAIL"
+    assert result["missing"] == [{"layer": "fc2", "role": "input"}]
+    assert (
+        result["roles"]["input"]["status"] == "FAIL"
+        and result["roles"]["weight"]["status"] == "PASS"
+    )
+
+
+def test_config_skips_layers_and_roles_and_limits_activation_batches(tmp_path: Path) -> None:
+    (tmp_path / "audit.yaml").write_text(
+        "skip_layers: ['head*']\nroles: [weight, input]\nactivation_batches: 1\n"
+    )
+    metric = ComplianceMetric("audit.yaml")
+    metric.attach(
+        None,
+        None,
+        {
+            "config_dir": tmp_path,
+            "preparation": {
+                "quantized": [
+                    {"name": "head", "roles": {"weight": ""}},
+                    {"name": "body", "roles": {"weight": "", "act": ""}},
+                ]
+            },
+        },
+    )
+    skipping = quantize(torch.tensor([0.3, 7.0]), spec("test_skip_int4"))
+    metric.on_tensor("head", "weight", skipping)  # skipped layer: not audited
+    metric.on_tensor("body", "act", skipping)  # role not audited
+    metric.on_tensor("body", "weight", quantize(torch.tensor([0.3, 7.0]), spec("test_int4")))
+    metric.on_tensor("body", "input", quantize(torch.tensor([1.0]), spec("test_int4")))
+    metric.update(BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1)))
+    metric.on_tensor("body", "input", skipping)  # after activation_batches: not audited
+    result = metric.result()
+    assert result["status"] == "PASS", result
+    assert result["config"]["source"] == str(tmp_path / "audit.yaml")
+    body_input = next(t for t in result["tensors"] if t["role"] == "input")
+    assert body_input["observations"] == 1 and body_input["skipped_observations"] == 1
+    assert result["roles"]["act"]["audited"] is False
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"roles": ["weights"]}, "roles: found"),
+        ({"max_examples": -1}, "max_examples: found -1"),
+        ({"skip": []}, "unknown key 'skip'"),
+        ({"activation_batches": 0}, "activation_batches"),
+        (42, "evaluation.compliance: found int"),
+    ],
+)
+def test_bad_inline_config(options: object, message: str) -> None:
+    with pytest.raises(QBenchError, match=message):
+        load_config(options)
+
+
+def test_missing_or_invalid_config_file(tmp_path: Path) -> None:
+    with pytest.raises(QBenchError, match="not found"):
+        load_config("nope.yaml", tmp_path)
+    (tmp_path / "bad.yaml").write_text("roles: [weight\n")
+    with pytest.raises(QBenchError, match="bad.yaml: not valid YAML"):
+        load_config("bad.yaml", tmp_path)
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(QBenchError, match="list.yaml: found list"):
+        load_config("list.yaml", tmp_path)
+
+
+def test_default_config_is_shipped() -> None:
+    config = load_config(None)
+    assert config.roles == ("weight", "stats", "input", "act") and config.max_examples == 5
+    assert config.source == "default" and config.require_observed

@@ -1,0 +1,122 @@
+"""The layerwise metric against outputs captured independently and compared with numpy."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from qbench.types import BatchOutputs
+from qbench_eval.layerwise import LayerwiseMetric
+from torch import nn
+
+
+def _models() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(12, 16), nn.ReLU(inplace=True), nn.Linear(16, 5)).eval()
+    quantized = copy.deepcopy(reference)
+    with torch.no_grad():  # a crude "quantization": weights rounded to multiples of 1/8
+        for p in quantized.parameters():
+            p.copy_(torch.round(p * 8) / 8)
+    return reference, quantized
+
+
+PREPARATION = {
+    "quantized": [
+        {"name": "0", "type": "Linear", "op": "linear", "roles": {"weight": "x", "input": "x"}},
+        {"name": "1", "type": "ReLU", "op": "relu", "roles": {"act": "x"}},
+        {"name": "2", "type": "Linear", "op": "linear", "roles": {"weight": "x", "input": "x"}},
+    ],
+    "not_quantized": [],
+}
+
+
+def test_layerwise_matches_independent_computation() -> None:
+    reference, quantized = _models()
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(7, 12, generator=generator) for _ in range(4)]
+    batches[2][0] = 0.0  # zeros in an input: the dynamic range must use the smallest non-zero
+
+    metric = LayerwiseMetric(None)
+    metric.attach(reference, quantized, {"preparation": PREPARATION})
+    with torch.inference_mode():
+        for i, x in enumerate(batches):
+            ref_logits, q_logits = reference(x), quantized(x)
+            metric.update(BatchOutputs(torch.zeros(7, dtype=torch.long), ref_logits, q_logits, i))
+    metric.close()
+    result = metric.result()
+
+    # Independent: run the models step by step (no hooks) and compare with numpy.
+    def outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+        with torch.no_grad():
+            h0 = model[0](x)
+            h1 = torch.relu(h0)
+            h2 = model[2](h1)
+        return [
+            h0.numpy().astype(np.float64),
+            h1.numpy().astype(np.float64),
+            h2.numpy().astype(np.float64),
+        ]
+
+    ref_all = [np.concatenate(parts) for parts in zip(*[outputs(reference, x) for x in batches])]
+    q_all = [np.concatenate(parts) for parts in zip(*[outputs(quantized, x) for x in batches])]
+    with torch.no_grad():
+        q_inputs = [
+            np.concatenate([x.numpy() for x in batches]),
+            np.concatenate([quantized[0](x).numpy() for x in batches]),
+            np.concatenate([torch.relu(quantized[0](x)).numpy() for x in batches]),
+        ]
+    assert [layer["name"] for layer in result["layers"]] == ["0", "1", "2"]
+    assert result["batches"] == 4 and result["unpaired_calls"] == 0
+    for layer, r, q, inp in zip(result["layers"], ref_all, q_all, q_inputs):
+        assert layer["calls"] == 4
+        assert layer["elements"] == r.size
+        assert layer["mse"] == pytest.approx(np.mean((r - q) ** 2), rel=1e-9)
+        cosine = np.dot(r.ravel(), q.ravel()) / (np.linalg.norm(r) * np.linalg.norm(q))
+        assert layer["cosine"] == pytest.approx(cosine, rel=1e-9)
+        assert layer["sqnr_db"] == pytest.approx(
+            10 * math.log10(np.sum(r**2) / np.sum((r - q) ** 2)), rel=1e-9
+        )
+        magnitude = np.abs(inp.astype(np.float64))
+        nonzero = magnitude[magnitude > 0]
+        assert layer["input"]["max_abs"] == pytest.approx(magnitude.max())
+        assert layer["input"]["min_abs"] == pytest.approx(magnitude.min())
+        assert layer["input"]["min_nonzero_abs"] == pytest.approx(nonzero.min())
+        assert layer["input"]["log2_range"] == pytest.approx(
+            math.log2(magnitude.max() / nonzero.min()), rel=1e-6
+        )
+        assert layer["input"]["zero_fraction"] == pytest.approx(np.mean(magnitude == 0))
+        assert layer["mse"] > 0  # the rounding really changed something
+    # The ReLU's input has zeros (negative pre-activations), so min |x| is 0 there.
+    assert result["layers"][2]["input"]["min_abs"] == 0.0
+
+
+def test_identical_models_give_zero_error_and_infinite_sqnr() -> None:
+    reference, _ = _models()
+    quantized = copy.deepcopy(reference)
+    metric = LayerwiseMetric({"include": ["0", "2"], "exclude": ["2"]})
+    metric.attach(reference, quantized, {"preparation": PREPARATION})
+    x = torch.randn(3, 12)
+    with torch.inference_mode():
+        metric.update(BatchOutputs(torch.zeros(3), reference(x), quantized(x)))
+    result = metric.result()
+    assert [layer["name"] for layer in result["layers"]] == ["0"]
+    layer = result["layers"][0]
+    assert (
+        layer["mse"] == 0.0
+        and layer["cosine"] == pytest.approx(1.0)
+        and layer["sqnr_db"] == math.inf
+    )
+
+
+def test_hooks_are_removed_on_close() -> None:
+    reference, quantized = _models()
+    metric = LayerwiseMetric(None)
+    metric.attach(reference, quantized, {"preparation": PREPARATION})
+    metric.close()
+    with torch.inference_mode():
+        quantized(torch.randn(2, 12))
+        reference(torch.randn(2, 12))
+    assert all(layer["calls"] == 0 for layer in metric.result()["layers"])

@@ -28,9 +28,16 @@ def test_help_does_not_import_torch():
 
 def test_user_error_has_no_traceback_but_debug_shows_it(tmp_path):
     missing = tmp_path / "missing.yaml"
-    plain = run_python("import sys; from qbench.cli import main; main(sys.argv[1:])", "run", str(missing))
+    plain = run_python(
+        "import sys; from qbench.cli import main; main(sys.argv[1:])", "run", str(missing)
+    )
     assert plain.returncode == 2
     assert plain.stderr.strip().splitlines()[-1] == f"qbench: error: {missing}: file not found"
     assert "Traceback" not in plain.stderr
-    debug = run_python("import sys; from qbench.cli import main; main(sys.argv[1:])", "--debug", "run", str(missing))
+    debug = run_python(
+        "import sys; from qbench.cli import main; main(sys.argv[1:])",
+        "--debug",
+        "run",
+        str(missing),
+    )
     assert "Traceback" in debug.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import QBENCH, REPO, run_python
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

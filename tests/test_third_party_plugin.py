@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from conftest import QBENCH, REPO, install_target, run_python
 
 

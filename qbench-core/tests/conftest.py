@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import qbench.plugins as plugins
 from qbench import hookimpl
 from qbench.types import ModelBundle, QuantResult, Scaling
@@ -53,7 +52,9 @@ class ToyFormat:
         deq = self.decode(codes) * scale
         if not return_codes:
             return deq
-        return QuantResult(deq, codes, scale.reshape(1), spec, {"tensor": (scale.reshape(1), "fp32")})
+        return QuantResult(
+            deq, codes, scale.reshape(1), spec, {"tensor": (scale.reshape(1), "fp32")}
+        )
 
 
 class ToyAdapter:
@@ -69,7 +70,9 @@ class ToyAdapter:
         from torch import nn
 
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, options.get("width", 4)), nn.ReLU(), nn.Linear(options.get("width", 4), 3))
+        model = nn.Sequential(
+            nn.Linear(4, options.get("width", 4)), nn.ReLU(), nn.Linear(options.get("width", 4), 3)
+        )
         return ModelBundle(model=model.eval(), name="toy_mlp", num_classes=3)
 
 
@@ -96,7 +99,10 @@ class ToyMetric:
     """Counts images and top-1 agreement, and records every observed tensor role."""
 
     name = "accuracy"
-    options_schema = {"type": ["object", "null"], "properties": {"topk": {"type": "integer", "minimum": 1}}}
+    options_schema = {
+        "type": ["object", "null"],
+        "properties": {"topk": {"type": "integer", "minimum": 1}},
+    }
 
     def __init__(self, options):
         self.options = options
@@ -116,7 +122,11 @@ class ToyMetric:
         self.agree += int((batch.reference.argmax(1) == batch.quantized.argmax(1)).sum())
 
     def result(self):
-        return {"images": self.images, "agreement": self.agree / max(self.images, 1), "roles": sorted(self.roles)}
+        return {
+            "images": self.images,
+            "agreement": self.agree / max(self.images, 1),
+            "roles": sorted(self.roles),
+        }
 
     def close(self):
         self.closed = True
@@ -156,10 +166,9 @@ class ToyQuantLinear:
     def from_module(cls, module, specs, *, name):
         import copy
 
+        import qbench
         import torch
         from torch import nn
-
-        import qbench
 
         class Quantized(nn.Linear):
             def forward(self, x):
@@ -191,13 +200,19 @@ class ToyQuantLinear:
 class ToyPlugin:
     @hookimpl
     def qbench_register_ops(self, register):
-        op = type("ToyLinearOp", (ToyQuantLinear,), {"module_types": ToyQuantLinear.module_types_()})
+        op = type(
+            "ToyLinearOp", (ToyQuantLinear,), {"module_types": ToyQuantLinear.module_types_()}
+        )
         register(op)
 
     @hookimpl
     def qbench_register_formats(self, register):
         register(ToyFormat("toy3"))
-        register(ToyFormat("toy3_block", Scaling(mode="chunk", chunk_size=4, axis=-1, scale_format="toy3")))
+        register(
+            ToyFormat(
+                "toy3_block", Scaling(mode="chunk", chunk_size=4, axis=-1, scale_format="toy3")
+            )
+        )
 
     @hookimpl
     def qbench_register_adapters(self, register):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from qbench.cli import main
 from qbench.config import load_config
 
@@ -63,20 +62,44 @@ CASES = [
     ("unknown mode", _with("quantization.mode", "block"), "quantization.mode"),
     ("unknown weight_mode", _with("quantization.weight_mode", "row"), "quantization.weight_mode"),
     ("zero chunk size", _with("quantization.chunk_size", 0), "quantization.chunk_size"),
-    ("negative chunk size", _with("quantization.input_chunk_size", -128), "quantization.input_chunk_size"),
+    (
+        "negative chunk size",
+        _with("quantization.input_chunk_size", -128),
+        "quantization.input_chunk_size",
+    ),
     ("float chunk size", _with("quantization.act_chunk_size", 12.5), "quantization.act_chunk_size"),
-    ("chunk without size", _with("quantization.weight_mode", "chunk"), "quantization.weight_chunk_size"),
+    (
+        "chunk without size",
+        _with("quantization.weight_mode", "chunk"),
+        "quantization.weight_chunk_size",
+    ),
     ("unknown act_format", _with("quantization.act_format", "int3"), "quantization.act_format"),
     ("unknown rounding", _with("quantization.rounding", "banker"), "quantization.rounding"),
     ("unknown overflow", _with("quantization.overflow", "wrap"), "quantization.overflow"),
     ("unknown quant key", _with("quantization.chunksize", 128), "unknown key 'chunksize'"),
     ("layers not list", _with("quantization.layers", {"match": "x"}), "quantization.layers"),
-    ("layer without match", _with("quantization.layers", [{"format": "toy3"}]), "quantization.layers[0]"),
-    ("layer bad format", _with("quantization.layers", [{"match": "0", "format": "nope"}]), "quantization.layers[0].format"),
-    ("layer unknown key", _with("quantization.layers", [{"match": "0", "enable": False}]), "quantization.layers[0]"),
+    (
+        "layer without match",
+        _with("quantization.layers", [{"format": "toy3"}]),
+        "quantization.layers[0]",
+    ),
+    (
+        "layer bad format",
+        _with("quantization.layers", [{"match": "0", "format": "nope"}]),
+        "quantization.layers[0].format",
+    ),
+    (
+        "layer unknown key",
+        _with("quantization.layers", [{"match": "0", "enable": False}]),
+        "quantization.layers[0]",
+    ),
     ("unknown metric", _with("evaluation.metrics", ["acuracy"]), "evaluation.metrics[0]"),
     ("metrics not list", _with("evaluation.metrics", "accuracy"), "evaluation.metrics"),
-    ("missing referenced file", _with("evaluation.compliance", "no_such_rules.yaml"), "evaluation.compliance"),
+    (
+        "missing referenced file",
+        _with("evaluation.compliance", "no_such_rules.yaml"),
+        "evaluation.compliance",
+    ),
     ("unknown reporter", _with("output.reporters", ["pdf"]), "output.reporters[0]"),
     ("bad device", _with("device", "tpu"), "device"),
     ("bad name", _with("name", "has spaces/and slashes"), "name"),
@@ -85,7 +108,9 @@ CASES = [
 
 @pytest.mark.parametrize("case_id, text, expected", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("command", ["validate", "run"])
-def test_malformed_config_exits_2_with_one_line(toy_plugins, tmp_path, capsys, case_id, text, expected, command):
+def test_malformed_config_exits_2_with_one_line(
+    toy_plugins, tmp_path, capsys, case_id, text, expected, command
+):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(SystemExit) as exit_info:
@@ -111,8 +136,15 @@ def test_every_problem_is_reported_at_once(toy_plugins, tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SystemExit):
         main(["validate", str(path)])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("qbench: error:")]
-    paths = {"quantization.mode", "quantization.chunk_size", "quantization.format", "dataset.batch_size"}
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("qbench: error:")
+    ]
+    paths = {
+        "quantization.mode",
+        "quantization.chunk_size",
+        "quantization.format",
+        "dataset.batch_size",
+    }
     assert len(err) == 4
     for p in paths:
         assert any(f": {p}:" in line for line in err), (p, err)
@@ -164,7 +196,14 @@ def test_schema_command_prints_merged_schema(toy_plugins, capsys):
     assert schema["$schema"].endswith("2020-12/schema")
     quant = schema["properties"]["quantization"]["properties"]
     assert quant["format"]["enum"] == ["toy3", "toy3_block"]
-    for key in ("weight_mode", "weight_chunk_size", "input_mode", "input_chunk_size", "act_mode", "act_chunk_size"):
+    for key in (
+        "weight_mode",
+        "weight_chunk_size",
+        "input_mode",
+        "input_chunk_size",
+        "act_mode",
+        "act_chunk_size",
+    ):
         assert key in quant
     adapters = schema["properties"]["model"]["allOf"]
     assert adapters[0]["then"]["properties"]["width"]["minimum"] == 1

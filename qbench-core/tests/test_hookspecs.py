@@ -7,7 +7,6 @@ import inspect
 from pathlib import Path
 
 import pytest
-
 import qbench.plugins as plugins
 from qbench import hookimpl, hookspecs
 

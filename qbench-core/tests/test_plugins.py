@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-FORMAT_CLASS = '''
+FORMAT_CLASS = """
 class Fmt:
     def __init__(self, name):
         self.name = name
@@ -32,7 +32,7 @@ class Fmt:
         import torch
 
         return torch.tensor([-1.0, 0.0, 1.0])
-'''
+"""
 
 DISTRIBUTIONS = {
     "qbench-good-plugin": FORMAT_CLASS
@@ -101,9 +101,28 @@ def _write_distribution(root: Path, dist: str, module_source: str) -> Path:
 def _install(sources: list[Path], target: Path) -> None:
     uv = shutil.which("uv")
     if uv:
-        cmd = [uv, "pip", "install", "--quiet", "--no-deps", "--python", sys.executable, "--target", str(target)]
+        cmd = [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--python",
+            sys.executable,
+            "--target",
+            str(target),
+        ]
     else:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+        ]
     subprocess.run([*cmd, *map(str, sources)], check=True, capture_output=True, text=True)
 
 
@@ -123,7 +142,9 @@ def qbench(site: Path, *args: str, disable: str = "") -> subprocess.CompletedPro
     blocked = ["qbench-formats", "qbench-ops", "qbench-adapters", "qbench-eval"]
     env["QBENCH_DISABLE_PLUGINS"] = ",".join(blocked + ([disable] if disable else []))
     code = "import sys; from qbench.cli import main; main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def _by_name(listing: list[dict]) -> dict[str, dict]:
@@ -144,14 +165,19 @@ def test_broken_plugins_are_isolated_and_reported(site):
     result = qbench(site, "plugins", "--json")
     plugins = _by_name(json.loads(result.stdout))
     assert plugins["qbench-broken-import"]["status"] == "broken"
-    assert "ImportError: this plugin needs a library that is missing" in plugins["qbench-broken-import"]["error"]
+    assert (
+        "ImportError: this plugin needs a library that is missing"
+        in plugins["qbench-broken-import"]["error"]
+    )
     assert plugins["qbench-broken-register"]["status"] == "broken"
     assert "RuntimeError: registration exploded" in plugins["qbench-broken-register"]["error"]
     assert plugins["qbench-typo-hook"]["status"] == "broken"
     assert "qbench_register_format" in plugins["qbench-typo-hook"]["error"]
     # reported once each on stderr, naming distribution and version
     for dist in ("qbench-broken-import", "qbench-broken-register", "qbench-typo-hook"):
-        lines = [line for line in result.stderr.splitlines() if f"from {dist} 1.2.3 is broken" in line]
+        lines = [
+            line for line in result.stderr.splitlines() if f"from {dist} 1.2.3 is broken" in line
+        ]
         assert len(lines) == 1, result.stderr
 
 
@@ -181,7 +207,9 @@ def test_disable_env_blocks_a_plugin(site):
     listing = _by_name(json.loads(qbench(site, "plugins", "--json", disable="qbench-dup-b").stdout))
     assert listing["qbench-dup-b"]["status"] == "disabled"
     assert listing["qbench-dup-a"]["components"] == {"format": ["dupfmt"]}
-    blocked_good = _by_name(json.loads(qbench(site, "plugins", "--json", disable="qbench-good-plugin").stdout))
+    blocked_good = _by_name(
+        json.loads(qbench(site, "plugins", "--json", disable="qbench-good-plugin").stdout)
+    )
     assert blocked_good["qbench-good-plugin"]["status"] == "disabled"
     assert qbench(site, "formats", "goodfmt", disable="qbench-good-plugin").returncode == 2
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
 import qbench
+import torch
 from conftest import toy_config
 from qbench.cli import main
 
@@ -34,7 +33,9 @@ def test_agreement_is_computed_from_both_models(toy_plugins, tmp_path):
     result = qbench.run(toy_config(name="agree"), output=tmp_path)
     bundle = toy_plugins.registries["adapter"].get("toy").build({"width": 4})
     twin = qbench.prepare(bundle.model, {"format": "toy3"})
-    batches = toy_plugins.registries["dataset"].get("toyset").build({"batch_size": 8}, bundle=bundle)
+    batches = (
+        toy_plugins.registries["dataset"].get("toyset").build({"batch_size": 8}, bundle=bundle)
+    )
     agree = sum(int((bundle.model(x).argmax(1) == twin(x).argmax(1)).sum()) for x, _ in batches)
     assert result.metrics["accuracy"]["agreement"] == pytest.approx(agree / 20)
 
@@ -45,7 +46,19 @@ def test_limit_and_device_flags(toy_plugins, tmp_path, capsys):
 
     path.write_text(yaml.safe_dump(toy_config()))
     with pytest.raises(SystemExit) as info:
-        main(["run", str(path), "--limit", "5", "--device", "cpu", "--output", str(tmp_path / "out"), "--no-progress"])
+        main(
+            [
+                "run",
+                str(path),
+                "--limit",
+                "5",
+                "--device",
+                "cpu",
+                "--output",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
     assert info.value.code == 0, capsys.readouterr().err
     saved = json.loads((tmp_path / "out" / "toy_mlp" / "limited" / "report.json").read_text())
     assert saved["dataset"]["images"] == 5

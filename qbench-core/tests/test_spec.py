@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pytest
-
 from qbench.errors import QBenchError
 from qbench.spec import layer_specs, role_spec, spec_from_arguments
 from qbench.types import Scaling
 
 
 def test_role_keys_override_global(toy_plugins):
-    q = {"format": "toy3", "mode": "chunk", "chunk_size": 64, "weight_mode": "channel", "act_chunk_size": 16}
+    q = {
+        "format": "toy3",
+        "mode": "chunk",
+        "chunk_size": 64,
+        "weight_mode": "channel",
+        "act_chunk_size": 16,
+    }
     assert role_spec(q, "weight").scaling.mode == "channel"
     assert role_spec(q, "input").scaling == Scaling(mode="chunk", chunk_size=64)
     assert role_spec(q, "act").scaling == Scaling(mode="chunk", chunk_size=16)
@@ -28,7 +33,9 @@ def test_role_format_override_and_disable(toy_plugins):
 def test_preset_brings_its_scaling_and_explicit_role_keys_win(toy_plugins):
     q = {"format": "toy3", "mode": "tensor", "weight_format": "toy3_block"}
     # the global mode belongs to the global format, not to the weight preset
-    assert role_spec(q, "weight").scaling == Scaling(mode="chunk", chunk_size=4, axis=-1, scale_format="toy3")
+    assert role_spec(q, "weight").scaling == Scaling(
+        mode="chunk", chunk_size=4, axis=-1, scale_format="toy3"
+    )
     q["weight_chunk_size"] = 8
     assert role_spec(q, "weight").scaling.chunk_size == 8
     # a global preset with explicit global keys: the explicit keys win

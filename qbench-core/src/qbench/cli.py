@@ -36,11 +36,29 @@ def cli(debug: bool) -> None:
 
 @cli.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override the config's device.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report root (default: the config's output.dir).")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Override the config's device.",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report root (default: the config's output.dir).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def run(configs: tuple[Path, ...], limit: int | None, device: str | None, output: Path | None, progress: bool) -> None:
+def run(
+    configs: tuple[Path, ...],
+    limit: int | None,
+    device: str | None,
+    output: Path | None,
+    progress: bool,
+) -> None:
     """Run CONFIG(s): FP32 and quantized model side by side, then write the reports."""
     from .config import load_config
     from .runner import run as run_config
@@ -48,7 +66,11 @@ def run(configs: tuple[Path, ...], limit: int | None, device: str | None, output
     loaded = [load_config(path) for path in configs]  # refuse any invalid config before running one
     for cfg in loaded:
         result = run_config(
-            cfg, limit=limit, device=device, output=output, progress=_progress_bar if progress else None
+            cfg,
+            limit=limit,
+            device=device,
+            output=output,
+            progress=_progress_bar if progress else None,
         )
         _print_summary(result)
 
@@ -56,7 +78,12 @@ def run(configs: tuple[Path, ...], limit: int | None, device: str | None, output
 def _progress_bar(batches: Any, total: int | None, label: str) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = [TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, transient=True, console=_stderr_console()) as bar:
         task = bar.add_task("batches", total=total)
         for item in batches:
@@ -76,7 +103,9 @@ def _print_summary(result: Any) -> None:
 
     report = result.report
     metrics = report["metrics"]
-    table = Table(title=f"{report['model']} / {report['name']} ({report['dataset']['images']} images)")
+    table = Table(
+        title=f"{report['model']} / {report['name']} ({report['dataset']['images']} images)"
+    )
     table.add_column("metric")
     table.add_column("FP32", justify="right")
     table.add_column("quantized", justify="right")
@@ -224,8 +253,15 @@ def data() -> None:
 
 @data.command("download")
 @click.argument("dataset")
-@click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where to put it.")
-@click.option("--url", default=None, help="Download from this URL instead of the dataset's default source.")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to put it.",
+)
+@click.option(
+    "--url", default=None, help="Download from this URL instead of the dataset's default source."
+)
 @click.option("--progress/--no-progress", default=True)
 def download(dataset: str, root: Path, url: str | None, progress: bool) -> None:
     """Download and extract DATASET (e.g. imagenette, tiny-imagenet) under --root."""
@@ -235,7 +271,9 @@ def download(dataset: str, root: Path, url: str | None, progress: bool) -> None:
     fetch = getattr(component, "download", None)
     if fetch is None:
         able = [n for n, d in registry("dataset").items() if callable(getattr(d, "download", None))]
-        raise QBenchError(f"dataset {dataset!r} cannot be downloaded; downloadable datasets: {', '.join(able) or '(none)'}")
+        raise QBenchError(
+            f"dataset {dataset!r} cannot be downloaded; downloadable datasets: {', '.join(able) or '(none)'}"
+        )
     path = fetch(root, url=url, progress=progress)
     click.echo(f"{dataset}: ready at {path}")
 
@@ -269,7 +307,10 @@ def main(argv: list[str] | None = None) -> None:
         if _State.debug:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"qbench: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        click.echo(
+            f"qbench: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            err=True,
+        )
         sys.exit(1)
     sys.exit(0)
 

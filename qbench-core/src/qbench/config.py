@@ -35,9 +35,16 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
     common: dict[str, Any] = {
         "format": {**fmt, "description": "number format (or block-scaled preset) name"},
         "mode": {"enum": list(MODES), "description": "scaling granularity"},
-        "chunk_size": {"type": "integer", "minimum": 1, "description": "elements per chunk (mode chunk)"},
+        "chunk_size": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "elements per chunk (mode chunk)",
+        },
         "axis": {"type": "integer", "description": "channel axis / axis chunks run along"},
-        "scale_format": {**fmt, "description": "format the scales are rounded to (fp32, e8m0, ...)"},
+        "scale_format": {
+            **fmt,
+            "description": "format the scales are rounded to (fp32, e8m0, ...)",
+        },
         "scale_method": {"enum": list(SCALE_METHODS)},
         "rounding": {"enum": list(ROUNDINGS)},
     }
@@ -45,11 +52,17 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
     for key, schema in common.items():
         props[key] = schema
     props["overflow"] = {"enum": list(OVERFLOWS)}
-    props["enabled"] = {"type": "boolean", "description": "false keeps the model (or layer) in FP32"}
+    props["enabled"] = {
+        "type": "boolean",
+        "description": "false keeps the model (or layer) in FP32",
+    }
     for role in CONFIG_ROLES:
         for key in QUANT_KEYS:
             props[f"{role}_{key}"] = {**common[key], "description": f"{role} override of `{key}`"}
-        props[f"{role}_enabled"] = {"type": "boolean", "description": f"false leaves {role}s in FP32"}
+        props[f"{role}_enabled"] = {
+            "type": "boolean",
+            "description": f"false leaves {role}s in FP32",
+        }
     props["stats_enabled"] = {
         "type": "boolean",
         "description": "false leaves internal statistics (BatchNorm running mean/var) in FP32",
@@ -68,10 +81,16 @@ def base_schema(
     """Core's schema with the component option schemas merged in."""
     quant_props = _quant_properties(formats)
     layer_props = {k: v for k, v in quant_props.items()}
-    layer_props["match"] = {"type": "string", "minLength": 1, "description": "glob on the module name"}
+    layer_props["match"] = {
+        "type": "string",
+        "minLength": 1,
+        "description": "glob on the module name",
+    }
     layer_props["type"] = {"type": "string", "minLength": 1, "description": "module class name"}
 
-    def merged(kind_key: str, names: Mapping[str, dict[str, Any]], common: dict[str, Any]) -> dict[str, Any]:
+    def merged(
+        kind_key: str, names: Mapping[str, dict[str, Any]], common: dict[str, Any]
+    ) -> dict[str, Any]:
         branches = []
         for name, options in names.items():
             options = copy.deepcopy(options or {"type": "object"})
@@ -81,7 +100,10 @@ def base_schema(
             props[kind_key] = {"const": name}
             options["properties"] = props
             branches.append(
-                {"if": {"properties": {kind_key: {"const": name}}, "required": [kind_key]}, "then": options}
+                {
+                    "if": {"properties": {kind_key: {"const": name}}, "required": [kind_key]},
+                    "then": options,
+                }
             )
         return {
             "type": "object",
@@ -112,7 +134,11 @@ def base_schema(
         "additionalProperties": False,
         "required": ["model", "dataset"],
         "properties": {
-            "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.+-]+$", "description": "default: the file's stem"},
+            "name": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9_.+-]+$",
+                "description": "default: the file's stem",
+            },
             "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
             "seed": {"type": "integer", "default": 0},
             "model": merged("adapter", adapters, {}),
@@ -213,7 +239,9 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
         raise ConfigError([f"{path}: not valid YAML: {where}{problem}"]) from None
 
 
-def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *, schema: dict[str, Any] | None = None) -> Config:
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any], *, schema: dict[str, Any] | None = None
+) -> Config:
     """Load, validate and fill defaults. Raises :class:`ConfigError` listing every problem."""
     if isinstance(source, Mapping):
         path, label, raw = None, "<config>", copy.deepcopy(dict(source))
@@ -222,9 +250,17 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *, schema: d
         label = str(path)
         raw = load_yaml(path)
     if raw is None:
-        raise ConfigError([f"{label}: the file is empty; expected a mapping with keys model, dataset, quantization, ..."])
+        raise ConfigError(
+            [
+                f"{label}: the file is empty; expected a mapping with keys model, dataset, quantization, ..."
+            ]
+        )
     if not isinstance(raw, dict):
-        raise ConfigError([f"{label}: top level is a {_type_name(raw)}; expected a mapping with keys model, dataset, quantization, ..."])
+        raise ConfigError(
+            [
+                f"{label}: top level is a {_type_name(raw)}; expected a mapping with keys model, dataset, quantization, ..."
+            ]
+        )
     schema = schema if schema is not None else config_schema()
     base_dir = path.parent if path is not None else Path.cwd()
     problems = validate(raw, schema, label, base_dir)
@@ -280,7 +316,9 @@ def _leaf_errors(errors: Any) -> list[Any]:
         if error.validator in ("allOf", "anyOf", "oneOf", "if", "then") and error.context:
             deepest = max(len(e.absolute_path) for e in error.context)
             if deepest > len(error.absolute_path):
-                out.extend(_leaf_errors([e for e in error.context if len(e.absolute_path) == deepest]))
+                out.extend(
+                    _leaf_errors([e for e in error.context if len(e.absolute_path) == deepest])
+                )
                 continue
         out.append(error)
     return out

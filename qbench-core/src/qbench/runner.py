@@ -42,7 +42,9 @@ def resolve_device(requested: str | None) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise QBenchError("device 'cuda' was requested but CUDA is not available here; use --device cpu or auto")
+        raise QBenchError(
+            "device 'cuda' was requested but CUDA is not available here; use --device cpu or auto"
+        )
     if requested not in ("cpu", "cuda"):
         raise QBenchError(f"unknown device {requested!r}; allowed: auto, cpu, cuda")
     return requested
@@ -74,7 +76,7 @@ def run(
     """Run one config end to end and write its reports. Returns a :class:`RunResult`."""
     import torch
 
-    from .prepare import observe, prepare, preparation_report
+    from .prepare import observe, preparation_report, prepare
 
     cfg = config if isinstance(config, Config) else load_config(config)
     data = cfg.data
@@ -134,7 +136,9 @@ def run(
             if close is not None:
                 close()
     if images == 0:
-        raise QBenchError(f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit")
+        raise QBenchError(
+            f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit"
+        )
 
     report: dict[str, Any] = {
         "qbench_version": __version__,

@@ -68,7 +68,9 @@ def role_spec(q: Mapping[str, Any], role: str) -> QuantSpec | None:
     )
 
 
-def layer_override(q: Mapping[str, Any], name: str, module: Any) -> tuple[int, Mapping[str, Any]] | None:
+def layer_override(
+    q: Mapping[str, Any], name: str, module: Any
+) -> tuple[int, Mapping[str, Any]] | None:
     """The first ``layers:`` entry matching a module (by name glob and/or type), with its index."""
     for index, entry in enumerate(q.get("layers") or ()):
         if override_matches(entry, name, module):
@@ -101,7 +103,9 @@ def layer_specs(q: Mapping[str, Any], name: str = "", module: Any = None) -> Lay
         merged.update({k: v for k, v in entry.items() if k not in ("match", "type")})
     if merged.get("enabled", True) is False:
         return LayerSpecs()
-    return LayerSpecs(**{role: role_spec(merged, role) for role in ("weight", "input", "act", "stats")})
+    return LayerSpecs(
+        **{role: role_spec(merged, role) for role in ("weight", "input", "act", "stats")}
+    )
 
 
 def spec_from_arguments(fmt_name: str, **overrides: Any) -> QuantSpec:

@@ -227,7 +227,7 @@ def generic_lines(value: Any, indent: int = 0) -> list[str]:
 
 def scalar_text(value: Any) -> str:
     if isinstance(value, float):
-        return number(value, 6)
+        return f"{value:.6g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)

@@ -1,0 +1,258 @@
+"""Reporters: all three files are written, atomically, with the seed's sections and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+import qbench.plugins
+from qbench_eval.reporters import HtmlReporter, JsonReporter, TextReporter
+
+
+def _report(status: str = "PASS") -> dict:
+    failures = []
+    if status == "FAIL":
+        failures = [
+            {
+                "layer": "layer1.0.conv1",
+                "role": "weight",
+                "status": "FAIL",
+                "format": "fp4_e2m1 tensor",
+                "failed": 3,
+                "elements": 64,
+                "failures": {"reconstruction": 3},
+                "examples": [
+                    {
+                        "check": "reconstruction",
+                        "index": [0, 1],
+                        "code": 0,
+                        "value": 0.3,
+                        "expected": 0.0,
+                        "scale": 1.0,
+                        "nearest": [0.0, 0.5],
+                    }
+                ],
+            }
+        ]
+    return {
+        "qbench_version": "0.1.0",
+        "name": "demo",
+        "model": "zoo_resnet",
+        "config_file": "configs/demo.yaml",
+        "dataset": {"name": "digits", "split": "test", "images": 64},
+        "device": "cpu",
+        "elapsed_s": 1.5,
+        "quantization": {"format": "fp4_e2m1", "mode": "tensor"},
+        "preparation": {
+            "quantized": [],
+            "not_quantized": [{"name": "flatten", "type": "Flatten", "reason": "no op registered"}],
+        },
+        "metrics": {
+            "accuracy": {
+                "images": 64,
+                "top_k": 5,
+                "agreement": 0.96875,
+                "reference": {
+                    "top1": 0.984375,
+                    "topk": 1.0,
+                    "certainty": 0.95,
+                    "nonfinite_images": 0,
+                },
+                "quantized": {
+                    "top1": 0.953125,
+                    "topk": 1.0,
+                    "certainty": 0.9,
+                    "nonfinite_images": 0,
+                },
+                "delta": {"top1": -0.03125, "topk": 0.0, "certainty": -0.05},
+            },
+            "layerwise": {
+                "batches": 1,
+                "unpaired_calls": 0,
+                "missing_in_reference": [],
+                "layers": [
+                    {
+                        "name": "conv1",
+                        "type": "Conv2d",
+                        "mse": 1.5e-4,
+                        "cosine": 0.9991,
+                        "sqnr_db": 30.2,
+                        "calls": 1,
+                        "elements": 10,
+                        "input": {
+                            "min_abs": 0.0,
+                            "min_nonzero_abs": 0.0078125,
+                            "max_abs": 2.5,
+                            "log2_range": 8.32,
+                            "zero_fraction": 0.1,
+                        },
+                    },
+                    {
+                        "name": "fc",
+                        "type": "Linear",
+                        "mse": 0.0,
+                        "cosine": 1.0,
+                        "sqnr_db": math.inf,
+                        "calls": 1,
+                        "elements": 10,
+                        "input": {
+                            "min_abs": 0.0,
+                            "min_nonzero_abs": None,
+                            "max_abs": 0.0,
+                            "log2_range": None,
+                            "zero_fraction": 1.0,
+                        },
+                    },
+                ],
+            },
+            "compliance": {
+                "status": status,
+                "roles": {
+                    "weight": {
+                        "audited": True,
+                        "status": status,
+                        "tensors": 2,
+                        "failed_tensors": len(failures),
+                        "missing": 0,
+                        "elements": 128,
+                    },
+                    "stats": {
+                        "audited": True,
+                        "status": "PASS",
+                        "tensors": 1,
+                        "failed_tensors": 0,
+                        "missing": 0,
+                        "elements": 16,
+                    },
+                    "input": {
+                        "audited": True,
+                        "status": "PASS",
+                        "tensors": 2,
+                        "failed_tensors": 0,
+                        "missing": 0,
+                        "elements": 999,
+                    },
+                    "act": {
+                        "audited": False,
+                        "status": "NOT RUN",
+                        "tensors": 0,
+                        "failed_tensors": 0,
+                        "missing": 0,
+                        "elements": 0,
+                    },
+                },
+                "scales": {"status": "PASS", "checked": 5, "failed": 0},
+                "missing": [],
+                "failures": failures,
+                "tensors": failures,
+            },
+            "energy": {"joules": 1.25, "per_layer": {"conv1": 0.5}},
+        },
+    }
+
+
+@pytest.mark.parametrize("status", ["PASS", "FAIL"])
+def test_all_three_files_written(tmp_path: Path, status: str) -> None:
+    out = tmp_path / "reports" / "zoo_resnet" / "demo"
+    written = []
+    for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
+        written += reporter.write(_report(status), out)
+    assert sorted(p.name for p in written) == [
+        "comparison_report.txt",
+        "report.html",
+        "report.json",
+    ]
+    assert sorted(os.listdir(out)) == [
+        "comparison_report.txt",
+        "report.html",
+        "report.json",
+    ]  # no temp files left
+
+    text = (out / "comparison_report.txt").read_text()
+    sections = [
+        "1. Accuracy metrics",
+        "2. Compliance",
+        "3. Layer-wise error",
+        "4. Failure details",
+        "5. energy",
+    ]
+    positions = [text.index(s) for s in sections]
+    assert positions == sorted(positions)
+    assert re.search(r"Top-1 accuracy \(%\)\s+98\.44\s+95\.31\s+-3\.12", text)
+    assert re.search(r"Weights\s+" + status, text)
+    assert re.search(r"Parameters \(BatchNorm running statistics\)\s+PASS", text)
+    assert re.search(r"Activations\s+NOT AUDITED", text)
+    assert re.search(
+        r"conv1\s+Conv2d\s+1\.500e-04\s+0\.999100\s+30\.20\s+0\.0078\s+2\.5000\s+8\.32", text
+    )
+    assert re.search(r"fc\s+Linear\s+0\s+1\.000000\s+inf", text)
+    assert "flatten (Flatten): no op registered" in text
+    assert "\njoules: 1.25\n" in text and "\n  conv1: 0.5\n" in text
+    if status == "FAIL":
+        assert (
+            "layer1.0.conv1 [weight] fp4_e2m1 tensor: FAIL - 3 failing of 64 values (reconstruction: 3)"
+            in text
+        )
+        assert (
+            "at (0, 1); code 0; value 0.300000; expected codes x scales = 0; scale 1.000000; nearest representable: 0, 0.500000"
+            in text
+        )
+    else:
+        assert "None: every audited value is representable" in text
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    data = json.loads((out / "report.json").read_text(), parse_constant=no_constants)
+    assert data["metrics"]["layerwise"]["layers"][1]["sqnr_db"] == "Infinity"
+    assert data["metrics"]["accuracy"] == _report(status)["metrics"]["accuracy"]
+    assert data["metrics"]["compliance"]["status"] == status
+
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 4  # accuracy bars, cosine, MSE, dynamic range
+    assert "<script" not in html and not re.search(r"(src|href)=", html)  # self-contained
+    assert re.search(r'class="[^"]*' + status, html)
+    assert "conv1" in html and "&quot;joules&quot;: 1.25" in html
+
+
+def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    JsonReporter().write(_report(), out)
+    before = (out / "report.json").read_text()
+    replaced = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        replaced.append((Path(src).parent, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
+        reporter.write(_report("FAIL"), out)
+    # Each file arrived by one rename from a temporary file in the same directory.
+    assert replaced == [(out, "comparison_report.txt"), (out, "report.json"), (out, "report.html")]
+
+    def failing(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        JsonReporter().write(_report(), out)
+    assert (out / "report.json").read_text() != before  # the FAIL report from above, intact
+    assert (
+        json.loads((out / "report.json").read_text())["metrics"]["compliance"]["status"] == "FAIL"
+    )
+    assert sorted(os.listdir(out)) == ["comparison_report.txt", "report.html", "report.json"]
+
+
+def test_registered_through_the_entry_point() -> None:
+    assert {"text", "json", "html"} <= set(qbench.plugins.registry("reporter").names())
+    assert {"accuracy", "layerwise", "compliance"} <= set(qbench.plugins.registry("metric").names())
+    info = qbench.plugins.registry("metric").plugin_of("compliance")
+    assert info.distribution == "qbench-eval"
+    assert isinstance(qbench.plugins.get("metric", "compliance"), type)  # classes
+    assert qbench.plugins.get("reporter", "html").name == "html"  # instances

@@ -1,1 +1,12 @@
-"""Registers this package's components with QBench (entry point in pyproject.toml)."""
+"""QBench number formats: bit-exact families (float, int, lookup table), the named formats
+and block-scaled presets of DESIGN §4, and fused fake quantization.
+
+Format families are frozen dataclasses (:class:`FloatFormat`, :class:`IntFormat`,
+:class:`LutFormat`); a third-party format is one instance registered through the
+``qbench_register_formats`` hook.
+"""
+
+from .families import NAN_CODE_NONE, FloatFormat, IntFormat, LutFormat
+from .presets import BlockPreset
+
+__all__ = ["NAN_CODE_NONE", "BlockPreset", "FloatFormat", "IntFormat", "LutFormat"]

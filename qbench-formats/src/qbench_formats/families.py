@@ -1,0 +1,386 @@
+"""Format families as data: binary floating point, symmetric integer, lookup table.
+
+A named format (``fp8_e4m3``, ``int4``, ``nf4``...) is an *instance* of one of these frozen
+dataclasses; every number the format can hold follows from its fields. The arithmetic lives
+in two twins that the tests hold to each other and to ml_dtypes:
+
+* :mod:`qbench_formats.reference` — slow and obviously correct (float64, explicit
+  neighbours, explicit tie rule);
+* :mod:`qbench_formats.fused` — float32 bit arithmetic that ``torch.compile`` fuses.
+
+Encoding conventions (the codes the compliance audit reads):
+
+* float: ``sign << (e + m) | exponent_field << m | mantissa`` (ml_dtypes' bit layout);
+* int: two's complement in ``bits`` bits (int4: -7 is 0b1001);
+* lookup table: the index into the sorted table.
+
+QBench's tensors are floats, so NaN in gives NaN out even for formats that cannot encode NaN
+(fp4_e2m1, fp4_e3m0, int, lookup tables). Such a NaN has no code: ``encode`` returns
+``NAN_CODE_NONE`` (-1) for it and ``decode(-1)`` is NaN, so ``decode(codes) * scales`` still
+reproduces the dequantized tensor and an audit sees the illegal value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from qbench.errors import QBenchError
+from qbench.types import OVERFLOWS, ROUNDINGS, QuantSpec, Scaling
+
+from . import fused, reference
+
+#: Code returned by ``encode`` for NaN in a format that has no NaN encoding.
+NAN_CODE_NONE = -1
+
+#: Inf/NaN encodings of the float family (issue 3, DESIGN §4).
+#: ieee: all-ones exponent field is inf (mantissa 0) or NaN; "fn" (finite): no inf, NaN only
+#: where every exponent and mantissa bit is one (S.1111.111); "fnuz": no inf, no negative
+#: zero, NaN is the code of -0 (0x80); "none": every code is a finite number.
+SPECIALS = ("ieee", "fn", "fnuz", "none")
+
+#: Formats with more codes than this cannot list ``values()`` (fp32 has 2^32).
+MAX_ENUMERABLE_BITS = 16
+
+
+def check_rounding(rounding: str, overflow: str) -> None:
+    if rounding not in ROUNDINGS:
+        raise QBenchError(
+            f"rounding {rounding!r} is not supported; allowed: {', '.join(ROUNDINGS)}"
+        )
+    if overflow not in OVERFLOWS:
+        raise QBenchError(
+            f"overflow {overflow!r} is not supported; allowed: {', '.join(OVERFLOWS)}"
+        )
+
+
+def _fmt_number(value: float) -> float:
+    return float(value)
+
+
+class _FormatBase:
+    """Behaviour shared by every element format: scaling, codes, summary."""
+
+    name: str
+    bits: int
+    description: str
+    kind: str
+    default_scaling: Scaling | None = None
+
+    @property
+    def element(self) -> str:
+        return self.name
+
+    @property
+    def effective_bits(self) -> float:
+        return float(self.bits)
+
+    @property
+    def emax(self) -> int:
+        """floor(log2(max_value)): the element exponent OCP MX v1.0 §6.3 subtracts."""
+        return math.frexp(self.max_value)[1] - 1  # type: ignore[attr-defined]
+
+    def values(self) -> torch.Tensor:
+        """Every finite representable value, sorted ascending, as float32 (±0 listed once)."""
+        if self.bits > MAX_ENUMERABLE_BITS:
+            raise QBenchError(
+                f"format {self.name!r} has 2^{self.bits} codes; values() lists formats of at most "
+                f"{MAX_ENUMERABLE_BITS} bits"
+            )
+        codes = torch.arange(2**self.bits, dtype=torch.int64)
+        decoded = self.decode(codes)
+        finite = decoded[torch.isfinite(decoded)]
+        return torch.unique(finite.double()).to(torch.float32)
+
+    def is_representable(self, x: torch.Tensor) -> torch.Tensor:
+        """True where ``x`` is exactly a value of this format (NaN/inf only if encodable)."""
+        rounded = reference.round_values(self, x, "nearest_even", "format", None)
+        same = rounded == x.to(rounded.dtype)
+        if self.has_nan:  # type: ignore[attr-defined]
+            same = same | torch.isnan(x)
+        return same
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        return_codes: bool = False,
+        generator: torch.Generator | None = None,
+        path: str = "auto",
+    ) -> Any:
+        """Fake-quantize ``x`` with ``spec`` (see :func:`qbench_formats.quantizer.quantize`)."""
+        from .quantizer import quantize
+
+        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)
+
+    def summary(self) -> dict[str, Any]:
+        """One row of ``qbench formats``."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "bits": self.bits,
+            "effective_bits": self.effective_bits,
+            "max": _fmt_number(self.max_value),  # type: ignore[attr-defined]
+            "min_normal": _fmt_number(self.min_normal),  # type: ignore[attr-defined]
+            "min_subnormal": _fmt_number(self.min_subnormal),  # type: ignore[attr-defined]
+            "inf": bool(self.has_inf),  # type: ignore[attr-defined]
+            "nan": self.nan_description,  # type: ignore[attr-defined]
+            "description": self.description,
+        }
+
+    def round(
+        self,
+        x: torch.Tensor,
+        rounding: str = "nearest_even",
+        overflow: str = "saturate",
+        generator: torch.Generator | None = None,
+        *,
+        path: str = "auto",
+    ) -> torch.Tensor:
+        """Round ``x`` onto this format's grid (no scaling); same shape and dtype as ``x``.
+
+        ``path="reference"`` forces the slow float64 twin; ``"auto"`` uses the float32 bit
+        arithmetic where the format allows it. Both give identical bits (tested).
+        """
+        check_rounding(rounding, overflow)
+        noise = None
+        if rounding == "stochastic":
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        exact_in_f32 = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        if path != "reference" and exact_in_f32 and fused.supports(self):
+            out = fused.round_values(self, x.to(torch.float32), rounding, overflow, noise)
+        else:
+            out = reference.round_values(self, x, rounding, overflow, noise)
+        return out.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class FloatFormat(_FormatBase):
+    """Binary floating point: ``exponent_bits``, ``mantissa_bits``, ``bias``, inf/NaN rule.
+
+    ``subnormals=False`` makes exponent field 0 an ordinary binade and removes zero (OCP
+    E8M0). ``signed=False`` drops the sign bit (E8M0).
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int
+    special: str = "ieee"
+    signed: bool = True
+    subnormals: bool = True
+    description: str = ""
+    kind: str = "float"
+
+    def __post_init__(self) -> None:
+        if self.special not in SPECIALS:
+            raise QBenchError(
+                f"format {self.name!r}: special {self.special!r} not one of {', '.join(SPECIALS)}"
+            )
+        if self.exponent_bits < 1 or self.mantissa_bits < 0:
+            raise QBenchError(f"format {self.name!r}: needs >=1 exponent and >=0 mantissa bits")
+
+    # --- derived facts ---------------------------------------------------------------
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return int(self.signed) + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def has_inf(self) -> bool:
+        return self.special == "ieee"
+
+    @property
+    def has_nan(self) -> bool:
+        return self.special != "none"
+
+    @property
+    def has_negative_zero(self) -> bool:
+        return self.signed and self.special != "fnuz" and self.has_zero
+
+    @property
+    def has_zero(self) -> bool:
+        return self.subnormals
+
+    @property
+    def exponent_all_ones(self) -> int:
+        return 2**self.exponent_bits - 1
+
+    @property
+    def max_field(self) -> int:
+        """Largest exponent field holding finite numbers."""
+        reserved = self.special == "ieee" or (self.special == "fn" and self.mantissa_bits == 0)
+        return self.exponent_all_ones - 1 if reserved else self.exponent_all_ones
+
+    @property
+    def max_mantissa(self) -> int:
+        """Largest mantissa at ``max_field`` (fn loses the all-ones mantissa to NaN)."""
+        top = 2**self.mantissa_bits - 1
+        if (
+            self.special == "fn"
+            and self.mantissa_bits > 0
+            and self.max_field == self.exponent_all_ones
+        ):
+            return top - 1
+        return top
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal number."""
+        return (1 if self.subnormals else 0) - self.bias
+
+    @property
+    def max_value(self) -> float:
+        return math.ldexp(1 + self.max_mantissa / 2**self.mantissa_bits, self.max_field - self.bias)
+
+    @property
+    def min_normal(self) -> float:
+        return math.ldexp(1.0, self.emin)
+
+    @property
+    def min_subnormal(self) -> float:
+        if self.subnormals and self.mantissa_bits > 0:
+            return math.ldexp(1.0, self.emin - self.mantissa_bits)
+        return self.min_normal
+
+    @property
+    def nan_code(self) -> int:
+        if self.special == "ieee":
+            quiet = 1 << (self.mantissa_bits - 1) if self.mantissa_bits else 0
+            return (self.exponent_all_ones << self.mantissa_bits) | quiet
+        if self.special == "fn":
+            return 2 ** (self.exponent_bits + self.mantissa_bits) - 1
+        if self.special == "fnuz":
+            return 1 << (self.bits - 1)
+        return NAN_CODE_NONE
+
+    @property
+    def nan_description(self) -> str:
+        if self.special == "ieee":
+            return "IEEE"
+        if self.special == "none":
+            return "none"
+        if self.special == "fnuz":
+            return f"0x{self.nan_code:02x}"
+        sign = "S." if self.signed else ""
+        return (
+            sign
+            + "1" * self.exponent_bits
+            + ("." + "1" * self.mantissa_bits if self.mantissa_bits else "")
+        )
+
+    # --- codes ---------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes (int32) of ``round(x)`` (nearest_even, saturate; NaN -> NaN code)."""
+        return reference.encode_float(self, self.round(x).to(torch.float32))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """float32 values of integer codes (a code of -1 decodes to NaN)."""
+        return reference.decode_float(self, codes)
+
+    def encode_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Codes of values already on the grid (skips the rounding ``encode`` does)."""
+        return reference.encode_float(self, values)
+
+
+@dataclass(frozen=True)
+class IntFormat(_FormatBase):
+    """Symmetric two's-complement integer: k * 2**scale_exponent for |k| <= 2**(bits-1) - 1.
+
+    The most negative code (-2**(bits-1)) is unused so the grid is symmetric, as int8/int4
+    weight quantization in PyTorch/Brevitas does; ``scale_exponent=-6`` gives MXINT8's element
+    (OCP MX v1.0 §5.4: an 8-bit two's-complement value with an implicit 2^-6).
+    """
+
+    name: str
+    int_bits: int
+    scale_exponent: int = 0
+    description: str = ""
+    kind: str = "int"
+
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return self.int_bits
+
+    @property
+    def max_int(self) -> int:
+        return 2 ** (self.int_bits - 1) - 1
+
+    @property
+    def max_value(self) -> float:
+        return math.ldexp(self.max_int, self.scale_exponent)
+
+    @property
+    def min_normal(self) -> float:
+        return math.ldexp(1.0, self.scale_exponent)
+
+    @property
+    def min_subnormal(self) -> float:
+        return self.min_normal
+
+    has_inf = False
+    has_nan = False
+    has_negative_zero = False
+    nan_code = NAN_CODE_NONE
+    nan_description = "none"
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.encode_int(self, self.round(x).to(torch.float32))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return reference.decode_int(self, codes)
+
+    def encode_grid(self, values: torch.Tensor) -> torch.Tensor:
+        return reference.encode_int(self, values)
+
+
+@dataclass(frozen=True)
+class LutFormat(_FormatBase):
+    """A lookup table of values (e.g. NF4); the code is the index into the sorted table."""
+
+    name: str
+    table: tuple[float, ...]
+    description: str = ""
+    kind: str = "lut"
+
+    def __post_init__(self) -> None:
+        if list(self.table) != sorted(self.table) or len(set(self.table)) != len(self.table):
+            raise QBenchError(f"format {self.name!r}: table must be strictly increasing")
+        if len(self.table) & (len(self.table) - 1):
+            raise QBenchError(f"format {self.name!r}: table length must be a power of two")
+
+    @property
+    def bits(self) -> int:  # type: ignore[override]
+        return len(self.table).bit_length() - 1
+
+    @property
+    def max_value(self) -> float:
+        return max(abs(self.table[0]), abs(self.table[-1]))
+
+    @property
+    def min_normal(self) -> float:
+        return min(abs(v) for v in self.table if v != 0)
+
+    @property
+    def min_subnormal(self) -> float:
+        return self.min_normal
+
+    has_inf = False
+    has_nan = False
+    has_negative_zero = False
+    nan_code = NAN_CODE_NONE
+    nan_description = "none"
+
+    def table_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.tensor(self.table, dtype=torch.float32, device=device)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.encode_lut(self, self.round(x).to(torch.float32))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return reference.decode_lut(self, codes)
+
+    def encode_grid(self, values: torch.Tensor) -> torch.Tensor:
+        return reference.encode_lut(self, values)

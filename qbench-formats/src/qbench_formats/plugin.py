@@ -1,0 +1,17 @@
+"""Registers this package's formats and presets with QBench (entry point in pyproject.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from qbench import hookimpl
+
+
+@hookimpl
+def qbench_register_formats(register: Callable[..., Any]) -> None:
+    """Every element format, scale format and block-scaled preset of DESIGN §4 (plus nf4)."""
+    from .catalog import ALL_FORMATS
+
+    for fmt in ALL_FORMATS:
+        register(fmt)

@@ -1,0 +1,382 @@
+"""Scaled fake quantization: groups (tensor / channel / chunk), scales, element rounding.
+
+One algorithm, three ways to run it, all giving the same bits:
+
+* ``reference``: float64 element rounding (:mod:`.reference`), exponents from ``frexp``;
+* ``eager``: the float32 bit arithmetic of :mod:`.fused`, op by op (cheap per call, used for
+  small tensors such as per-layer activations);
+* ``compiled``: the same function through ``torch.compile(dynamic=True)``: one fused loop
+  per format/scaling, not one compile per shape.
+
+Scales (issue 3 §4):
+
+* ``fp32``: s = amax / max_value over the *finite* values of the group (an inf saturates to
+  ±max, a NaN stays NaN, the rest of the group is unaffected).
+* ``e8m0`` (OCP MX v1.0 §6.3): s = 2^(floor(log2(amax)) - emax_element), the exponent read
+  from the bits and clamped to the E8M0 range [-127, 127]. A NaN or ±inf in the block makes
+  the shared scale NaN (E8M0's NaN code 0xFF) and the whole block decodes to NaN, as the
+  spec authors' microxcaling library does.
+* another registered format (``fp8_e4m3`` for NVFP4): s = amax / max_element rounded to that
+  format (clamped to its [min_normal, max] first), optionally divided by a ``second_level``
+  fp32 per-tensor scale amax_tensor / (max_scale_format * max_element) — NVIDIA's NVFP4
+  recipe as torchao implements it.
+
+A group of zeros gets scale 1 (fp32), 2^-127 (e8m0) or the smallest block scale (fp8), so it
+quantizes to zeros, never NaN. Non-float32 inputs are computed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from qbench.errors import QBenchError
+from qbench.types import MODES, QuantResult, QuantSpec
+
+from . import fused, reference
+from .bits import floor_log2_f32, pow2_f32
+
+#: Below this many elements the eager twin is faster than a compiled call (guard checks and
+#: dispatch cost tens of microseconds; eager costs ~a dozen small kernels).
+COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 17))
+#: QBENCH_COMPILE=0 turns torch.compile off (the eager twin gives the same bits).
+COMPILE_ENABLED = os.environ.get("QBENCH_COMPILE", "1") not in ("0", "false", "no")
+
+#: OCP MX v1.0 §5.4: E8M0 encodes 2^-127 ... 2^127.
+E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
+#: Smallest positive float32 (a subnormal): the floor for fp32 scales of tiny groups.
+F32_TINY = 2.0**-149
+PATHS = ("auto", "compiled", "eager", "reference")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a kernel needs, hashable: one compiled kernel per distinct plan."""
+
+    element: Any
+    reduce_dims: tuple[int, ...]
+    scale_kind: str  # "fp32" | "e8m0" | "format"
+    scale_format: Any  # the scale format object for scale_kind "format"
+    second_level: bool
+    rounding: str
+    overflow: str
+    want_elements: bool
+
+
+# --- layout ------------------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    """How a tensor is viewed as groups, and how scales map back onto it."""
+
+    grouped: Callable[[torch.Tensor], torch.Tensor]
+    reduce_dims: tuple[int, ...]
+    restore: Callable[[torch.Tensor], torch.Tensor]
+    compact: Callable[[torch.Tensor], torch.Tensor]
+    expand: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _normalize_axis(axis: int, ndim: int, what: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise QBenchError(
+            f"{what} axis {axis} is out of range for a tensor of {ndim} dimension(s); "
+            f"allowed: {-ndim}...{ndim - 1}"
+        )
+    return axis % ndim
+
+
+def layout_for(shape: torch.Size, mode: str, axis: int | None, chunk_size: int | None) -> Layout:
+    ndim = len(shape)
+    if mode == "tensor" or ndim == 0:
+        return Layout(
+            grouped=lambda t: t.reshape(1) if t.dim() == 0 else t,
+            reduce_dims=tuple(range(max(ndim, 1))),
+            restore=lambda t: t.reshape(shape),
+            compact=lambda s: s.reshape(()),
+            expand=lambda s: s,
+        )
+    if mode == "channel":
+        a = _normalize_axis(0 if axis is None else axis, ndim, "channel")
+        channels = shape[a]
+        view = [1] * ndim
+        view[a] = channels
+        return Layout(
+            grouped=lambda t: t,
+            reduce_dims=tuple(d for d in range(ndim) if d != a),
+            restore=lambda t: t,
+            compact=lambda s: s.reshape(channels),
+            expand=lambda s: s.reshape(view),
+        )
+    a = _normalize_axis(-1 if axis is None else axis, ndim, "chunk")
+    c = int(chunk_size)  # type: ignore[arg-type]
+    length = shape[a]
+    blocks = max(1, -(-length // c))
+    pad = blocks * c - length
+
+    def grouped(t: torch.Tensor) -> torch.Tensor:
+        if pad:
+            # Zeros never change an absmax, so padding the short last block cannot leak
+            # into its scale; the padded lanes are cut off again in ``restore``.
+            pad_shape = list(t.shape)
+            pad_shape[a] = pad
+            t = torch.cat([t, t.new_zeros(pad_shape)], dim=a)
+        return t.unflatten(a, (blocks, c))
+
+    def restore(t: torch.Tensor) -> torch.Tensor:
+        t = t.flatten(a, a + 1)
+        return t.narrow(a, 0, length).contiguous() if pad else t
+
+    return Layout(
+        grouped=grouped,
+        reduce_dims=(a + 1,),
+        restore=restore,
+        compact=lambda s: s.squeeze(a + 1),
+        expand=lambda s: s.repeat_interleave(c, dim=a).narrow(a, 0, length),
+    )
+
+
+# --- the kernels -------------------------------------------------------------------------
+
+
+def _finite_amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    magnitude = torch.where(torch.isfinite(xg), xg.abs(), torch.zeros_like(xg))
+    return torch.amax(magnitude, dim=dims, keepdim=True)
+
+
+def _fp32_scale(amax: torch.Tensor, max_value: float) -> torch.Tensor:
+    scale = amax / max_value
+    # A group of zeros gets scale 1 (zeros out); a group so small that amax / max underflows
+    # gets the smallest float32 instead of 0, so x / scale never divides by zero.
+    fallback = torch.where(amax > 0, torch.full_like(amax, F32_TINY), torch.ones_like(amax))
+    return torch.where(scale > 0, scale, fallback)
+
+
+def _scales(
+    xg: torch.Tensor, plan: Plan, round_scale: Callable[..., torch.Tensor], log2: Callable
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(effective scale, block-level part, tensor-level part) with keepdim shapes."""
+    element = plan.element
+    if plan.scale_kind == "e8m0":
+        amax = torch.amax(xg.abs(), dim=plan.reduce_dims, keepdim=True)  # NaN propagates
+        shared = torch.clamp(log2(amax) - element.emax, E8M0_MIN_EXP, E8M0_MAX_EXP)
+        shared = torch.where(amax == 0, torch.full_like(shared, E8M0_MIN_EXP), shared)
+        scale = torch.where(torch.isfinite(amax), pow2_f32(shared), float("nan"))
+        return scale, scale, None
+    amax = _finite_amax(xg, plan.reduce_dims)
+    if plan.scale_kind == "fp32":
+        scale = _fp32_scale(amax, element.max_value)
+        return scale, scale, None
+    scale_format = plan.scale_format
+    tensor_scale = None
+    block = amax / element.max_value
+    if plan.second_level:
+        tensor_amax = torch.amax(amax)
+        tensor_scale = _fp32_scale(tensor_amax, scale_format.max_value * element.max_value)
+        block = block / tensor_scale
+    block = torch.clamp(block, scale_format.min_normal, scale_format.max_value)
+    block = round_scale(scale_format, block)
+    scale = block if tensor_scale is None else block * tensor_scale
+    scale = torch.where(scale > 0, scale, F32_TINY)  # only if tensor_scale * block underflows
+    return scale, block, tensor_scale
+
+
+def _fused_round(
+    fmt: Any, v: torch.Tensor, rounding: str, overflow: str, noise: Any
+) -> torch.Tensor:
+    if fused.supports(fmt):
+        return fused.round_values(fmt, v, rounding, overflow, noise)
+    return reference.round_values(fmt, v, rounding, overflow, noise)
+
+
+def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+    """The fast twin (eager or compiled): float32 bit arithmetic throughout."""
+    scale, block, tensor_scale = _scales(
+        xg,
+        plan,
+        lambda f, b: _fused_round(f, b, "nearest_even", "saturate", None),
+        floor_log2_f32,
+    )
+    elements = _fused_round(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
+    dequantized = elements * scale
+    if plan.want_elements:
+        return dequantized, elements, scale, block, tensor_scale
+    return (dequantized,)
+
+
+def _frexp_floor_log2(amax: torch.Tensor) -> torch.Tensor:
+    _, exponent = torch.frexp(amax.to(torch.float64))
+    return exponent.to(torch.int32) - 1
+
+
+def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+    """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours."""
+    scale, block, tensor_scale = _scales(
+        xg,
+        plan,
+        lambda f, b: reference.round_values(f, b, "nearest_even", "saturate", None),
+        _frexp_floor_log2,
+    )
+    elements = reference.round_values(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
+    return elements * scale, elements, scale, block, tensor_scale
+
+
+_COMPILED: dict[Plan, Callable] = {}
+_COMPILE_FAILED: set[Plan] = set()
+
+
+def compiled_kernel(plan: Plan) -> Callable | None:
+    """The compiled fused kernel for ``plan`` (built once; None if compile is unavailable)."""
+    if not COMPILE_ENABLED or plan in _COMPILE_FAILED:
+        return None
+    kernel = _COMPILED.get(plan)
+    if kernel is None:
+        kernel = torch.compile(functools.partial(fused_kernel, plan=plan), dynamic=True)
+        _COMPILED[plan] = kernel
+    return kernel
+
+
+def compilable(plan: Plan) -> bool:
+    return fused.supports(plan.element) and (
+        plan.scale_kind != "format" or fused.supports(plan.scale_format)
+    )
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def _scale_plan(spec: QuantSpec) -> tuple[str, Any, bool]:
+    scaling = spec.scaling
+    if scaling.second_level not in (None, "fp32"):
+        raise QBenchError(
+            f"second_level scale format {scaling.second_level!r} is not supported; allowed: fp32"
+        )
+    if scaling.scale_format in ("fp32", "e8m0"):
+        # A second fp32 level only matters under low-precision block scales; it is ignored
+        # here so that overriding nvfp4's scale_format (which keeps second_level) works.
+        return scaling.scale_format, None, False
+    from qbench.plugins import get
+
+    scale_format = get("format", scaling.scale_format)
+    scale_format = getattr(scale_format, "element_format", scale_format)
+    if not fused.supports(scale_format):
+        raise QBenchError(
+            f"scale_format {scaling.scale_format!r} cannot hold scales; allowed: fp32, e8m0, "
+            f"or a signed float/int format such as fp8_e4m3"
+        )
+    return "format", scale_format, scaling.second_level == "fp32"
+
+
+def validate(spec: QuantSpec) -> None:
+    """Refuse a spec this package cannot honour, with a one-line actionable message."""
+    from .families import check_rounding
+
+    scaling = spec.scaling
+    check_rounding(spec.rounding, spec.overflow)
+    if scaling.mode not in MODES:
+        raise QBenchError(f"mode {scaling.mode!r} is not supported; allowed: {', '.join(MODES)}")
+    if scaling.scale_method != "absmax":
+        raise QBenchError(
+            f"scale_method {scaling.scale_method!r} is not implemented by qbench-formats; "
+            f"allowed: absmax"
+        )
+    if scaling.mode == "chunk":
+        size = scaling.chunk_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise QBenchError(f"chunk_size must be a positive integer, found {size!r}")
+
+
+def quantize(
+    fmt: Any,
+    x: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    return_codes: bool = False,
+    generator: torch.Generator | None = None,
+    path: str = "auto",
+) -> Any:
+    """Fake-quantize ``x`` per ``spec`` with element format ``fmt`` (a preset passes its
+    element). Returns a tensor like ``x``, or a :class:`QuantResult` with codes and scales."""
+    if path not in PATHS:
+        raise QBenchError(f"path {path!r} is not one of {', '.join(PATHS)}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise QBenchError(f"quantize needs a floating-point tensor, found {type(x).__name__}")
+    validate(spec)
+    element = getattr(fmt, "element_format", fmt)
+    scale_kind, scale_format, second_level = _scale_plan(spec)
+    scaling = spec.scaling
+    layout = layout_for(x.shape, scaling.mode, scaling.axis, scaling.chunk_size)
+    plan = Plan(
+        element=element,
+        reduce_dims=layout.reduce_dims,
+        scale_kind=scale_kind,
+        scale_format=scale_format,
+        second_level=second_level,
+        rounding=spec.rounding,
+        overflow=spec.overflow,
+        want_elements=return_codes,
+    )
+    with torch.no_grad():
+        x32 = x.detach().to(torch.float32)
+        if x32.numel() == 0:
+            outputs: tuple[Any, ...] = (x32.clone(), x32.clone(), None, None, None)
+        else:
+            noise = None
+            if spec.rounding == "stochastic":
+                noise = torch.rand(x.shape, generator=generator, device=x.device)
+                noise = layout.grouped(noise)
+            xg = layout.grouped(x32)
+            outputs = _run(plan, xg, noise, path, x32.numel())
+        dequantized = layout.restore(outputs[0]).to(x.dtype)
+        if not return_codes:
+            return dequantized
+        if x32.numel() == 0:
+            codes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
+            empty = torch.zeros((), device=x.device)
+            return QuantResult(dequantized, codes, empty, spec, {}, lambda s: s)
+        _, elements, scale, block, tensor_scale = outputs
+        codes = element.encode_grid(layout.restore(elements))
+        parts = _scale_parts(scaling.mode, scaling.scale_format, layout, block, tensor_scale)
+        return QuantResult(
+            dequantized=dequantized,
+            codes=codes,
+            scales=layout.compact(scale),
+            spec=spec,
+            scale_parts=parts,
+            expand=layout.expand,
+        )
+
+
+def _scale_parts(
+    mode: str, scale_format: str, layout: Layout, block: Any, tensor_scale: Any
+) -> dict[str, tuple[Any, str]]:
+    level = {"tensor": "tensor", "channel": "channel", "chunk": "block"}[mode]
+    parts = {level: (layout.compact(block), scale_format)}
+    if tensor_scale is not None:
+        parts["tensor"] = (tensor_scale.reshape(()), "fp32")
+    return parts
+
+
+def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tuple[Any, ...]:
+    if path == "reference":
+        return reference_kernel(xg, noise, plan)
+    use_compile = path == "compiled" or (path == "auto" and numel >= COMPILE_MIN_NUMEL)
+    if use_compile and compilable(plan):
+        kernel = compiled_kernel(plan)
+        if kernel is not None:
+            try:
+                return kernel(xg, noise)
+            except Exception as exc:  # compile unavailable here: the eager twin is exact
+                _COMPILE_FAILED.add(plan)
+                warnings.warn(
+                    f"qbench-formats: torch.compile failed ({type(exc).__name__}: {exc}); "
+                    "using the bit-identical eager path",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return fused_kernel(xg, noise, plan)

@@ -1,0 +1,439 @@
+"""The model adapters: ``generic``, ``resnet``, ``vit`` and ``zoo``.
+
+Each turns a config's ``model:`` mapping into a :class:`qbench.types.ModelBundle`: the FP32
+model in eval mode on the requested device, the transform its inputs need, its class count and,
+for ImageNet-1k classifiers, the wnid -> class index map that folder datasets label with.
+
+``weights`` is one of ``DEFAULT`` (torchvision: the recommended pretrained weights, from the
+local hub cache; zoo: the weights shipped in this package), a torchvision weights name,
+``none`` (random initialisation from ``seed``, leaving the global RNG untouched) or a
+checkpoint path (see :mod:`qbench_adapters.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from qbench.errors import QBenchError
+from qbench.types import ModelBundle
+from torch import nn
+
+from . import checkpoints, imagenet, zoo
+
+#: ImageNet channel statistics used by torchvision's pretrained classifiers (torchvision
+#: ``ImageClassification`` preset defaults).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RESNET_NAMES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+)
+VIT_NAMES = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
+
+_WEIGHTS_SCHEMA = {
+    "type": "string",
+    "default": "DEFAULT",
+    "description": "DEFAULT, a torchvision weights name, none (random init) or a checkpoint path",
+}
+_SEED_SCHEMA = {"type": "integer", "default": 0, "description": "seed of random initialisation"}
+_NUM_CLASSES_SCHEMA = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "classifier outputs (only with weights: none or a checkpoint of that size)",
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise QBenchError(
+            f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, auto)"
+        ) from None
+
+
+def _weights_value(options: Mapping[str, Any], default: str = "DEFAULT") -> str:
+    value = options.get("weights", default)
+    return "none" if value is None else str(value)
+
+
+def _finish(
+    model: nn.Module,
+    *,
+    name: str,
+    transform: Any,
+    device: str | torch.device | None,
+    num_classes: int | None,
+    info: dict[str, Any],
+) -> ModelBundle:
+    model = model.to(resolve_device(device)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    class_index = imagenet.imagenet1k_class_index() if num_classes == imagenet.NUM_CLASSES else None
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    if attention:
+        info.setdefault("attention_modules", attention)
+    info.setdefault("image_mode", "RGB")
+    return ModelBundle(
+        model=model,
+        name=name,
+        transform=transform,
+        num_classes=num_classes,
+        class_index=class_index,
+        info=info,
+    )
+
+
+def _output_features(model: nn.Module) -> int | None:
+    """Output size of the last Linear layer: a model's class count when it ends in one."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last.out_features if last is not None else None
+
+
+# -- torchvision families ---------------------------------------------------------------------
+
+
+class TorchvisionAdapter:
+    """Shared logic of the ``resnet`` and ``vit`` adapters (torchvision classification models)."""
+
+    name = "torchvision"
+    family = "torchvision"
+    model_names: tuple[str, ...] = ()
+    default_model = ""
+
+    @property
+    def options_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "name": {"enum": list(self.model_names), "default": self.default_model},
+                "weights": _WEIGHTS_SCHEMA,
+                "num_classes": _NUM_CLASSES_SCHEMA,
+                "seed": _SEED_SCHEMA,
+            },
+        }
+
+    def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
+        from torchvision.models import get_model, get_model_weights
+
+        model_name = str(options.get("name", self.default_model))
+        if model_name not in self.model_names:
+            raise QBenchError(
+                f"model.name: {model_name!r} is not a {self.name} model; allowed: "
+                f"{', '.join(self.model_names)}"
+            )
+        weights_value = _weights_value(options)
+        num_classes = options.get("num_classes")
+        enum = get_model_weights(model_name)
+        # The model's input transform: its weights' preset, also for random init so that
+        # inputs look like the ones the architecture was designed for.
+        weights = None
+        path = None
+        if weights_value.lower() == "none":
+            pass
+        elif checkpoints.looks_like_path(weights_value):
+            path = Path(weights_value)
+        else:
+            weights = checkpoints.torchvision_weights(model_name, weights_value)
+            if num_classes is not None and num_classes != len(weights.meta["categories"]):
+                raise QBenchError(
+                    f"model.num_classes: {num_classes} does not match {weights} "
+                    f"({len(weights.meta['categories'])} classes)"
+                )
+        if num_classes is None:
+            if weights is not None:
+                num_classes = len(weights.meta["categories"])
+            elif path is not None:
+                num_classes = _checkpoint_classes(path) or imagenet.NUM_CLASSES
+            else:
+                num_classes = imagenet.NUM_CLASSES
+        seed = int(options.get("seed", 0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_model(model_name, weights=None, num_classes=int(num_classes))
+        if weights is not None:
+            checkpoints.load_torchvision_weights(model, weights)
+            described = str(weights)
+        elif path is not None:
+            checkpoints.load_into(model, checkpoints.load_state_dict(path), str(path))
+            described = str(path)
+        else:
+            described = f"none (random init, seed {seed})"
+        transform = (weights or enum.DEFAULT).transforms()
+        info = {"adapter": self.name, "architecture": model_name, "weights": described}
+        return _finish(
+            model,
+            name=model_name,
+            transform=transform,
+            device=device,
+            num_classes=int(num_classes),
+            info=info,
+        )
+
+
+def _checkpoint_classes(path: Path) -> int | None:
+    """Class count of a classifier checkpoint (its last 2-D weight's rows), before building."""
+    state = checkpoints.load_state_dict(path)
+    for key in ("fc.weight", "heads.head.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+class ResNetAdapter(TorchvisionAdapter):
+    """torchvision ResNets, wide ResNets and ResNeXts (``model.name: resnet18`` ...)."""
+
+    name = "resnet"
+    model_names = RESNET_NAMES
+    default_model = "resnet18"
+
+
+class ViTAdapter(TorchvisionAdapter):
+    """torchvision Vision Transformers (``model.name: vit_b_16`` ...).
+
+    Their attention runs through ``nn.MultiheadAttention`` modules (listed in
+    ``bundle.info["attention_modules"]``), which qbench-ops' ``QuantMultiheadAttention``
+    replaces so that Q/K/V projections, scores and softmax are quantized too.
+    """
+
+    name = "vit"
+    model_names = VIT_NAMES
+    default_model = "vit_b_16"
+
+
+# -- the zoo ----------------------------------------------------------------------------------
+
+
+class ZooTransform:
+    """PIL image (any mode) -> float tensor ``[1, 8, 8]`` in [0, 1], as the zoo was trained.
+
+    Grey conversion and an 8x8 bilinear resize happen only when the image is not already an
+    8x8 grey image, so the digits dataset's images pass through unchanged (pixel / 255).
+    """
+
+    size = (zoo.IMAGE_SIZE, zoo.IMAGE_SIZE)
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return image.float()
+        if image.mode != "L":
+            image = image.convert("L")
+        if image.size != self.size:
+            image = image.resize(self.size, Image.Resampling.BILINEAR)
+        data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        return data.view(1, *self.size[::-1]).float() / 255.0
+
+    def __repr__(self) -> str:
+        return "ZooTransform(grey, 8x8, [0, 1])"
+
+
+class ZooAdapter:
+    """QBench's tiny demo models (``model.name: tiny_cnn | tiny_resnet | tiny_vit``)."""
+
+    name = "zoo"
+    options_schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "name": {"enum": list(zoo.MODELS), "default": "tiny_resnet"},
+            "weights": {
+                "type": "string",
+                "default": "DEFAULT",
+                "description": "DEFAULT (weights shipped with qbench-adapters), none, or a path",
+            },
+            "seed": _SEED_SCHEMA,
+        },
+    }
+
+    def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
+        model_name = str(options.get("name", "tiny_resnet"))
+        if model_name not in zoo.MODELS:
+            raise QBenchError(
+                f"model.name: {model_name!r} is not a zoo model; allowed: {', '.join(zoo.MODELS)}"
+            )
+        weights_value = _weights_value(options)
+        seed = int(options.get("seed", 0))
+        model = zoo.build(model_name, seed=seed)
+        if weights_value.lower() == "none":
+            described = f"none (random init, seed {seed})"
+        else:
+            if weights_value == "DEFAULT":
+                path = zoo.weights_path(model_name)
+                if not path.is_file():
+                    raise QBenchError(
+                        f"model.weights: the zoo weights of {model_name} are missing from the "
+                        f"installed qbench-adapters (looked for {path}); reinstall it or run "
+                        "qbench-adapters/scripts/train_zoo.py"
+                    )
+            else:
+                path = Path(weights_value)
+            checkpoints.load_into(model, checkpoints.load_state_dict(path), str(path))
+            described = str(path)
+        info = {
+            "adapter": self.name,
+            "architecture": model_name,
+            "weights": described,
+            "image_mode": "L",
+            "input_size": (zoo.IN_CHANNELS, zoo.IMAGE_SIZE, zoo.IMAGE_SIZE),
+        }
+        return _finish(
+            model,
+            name=f"zoo_{model_name}",
+            transform=ZooTransform(),
+            device=device,
+            num_classes=zoo.NUM_CLASSES,
+            info=info,
+        )
+
+
+# -- generic ------------------------------------------------------------------------------------
+
+
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """``package.module:attribute`` -> the callable (a class or a function)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise QBenchError(
+            f"model.factory: {spec!r} is not an import path of the form package.module:factory"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise QBenchError(f"model.factory: cannot import {module_name!r} ({exc})") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise QBenchError(
+                f"model.factory: {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise QBenchError(f"model.factory: {spec!r} is not callable")
+    return target
+
+
+def imagenet_style_transform(options: Mapping[str, Any]) -> Any:
+    """Resize -> centre crop -> tensor -> normalise, the usual classifier input pipeline."""
+    from torchvision import transforms
+
+    resize = int(options.get("resize", 256))
+    crop = int(options.get("crop_size", 224))
+    mean = tuple(options.get("mean", IMAGENET_MEAN))
+    std = tuple(options.get("std", IMAGENET_STD))
+    return transforms.Compose(
+        [
+            transforms.Resize(resize, antialias=True),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+class GenericAdapter:
+    """Any ``nn.Module``: from an import path (``factory``) and/or a checkpoint (``weights``).
+
+    A safetensors checkpoint saved with :func:`qbench_adapters.checkpoints.save_with_factory`
+    names its own factory, so ``{adapter: generic, weights: model.safetensors}`` suffices.
+    """
+
+    name = "generic"
+    options_schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "factory": {
+                "type": "string",
+                "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                "description": "package.module:callable returning the nn.Module",
+            },
+            "kwargs": {"type": "object", "default": {}, "description": "arguments of factory"},
+            "name": {"type": "string", "description": "model name used in report paths"},
+            "weights": {
+                "type": "string",
+                "default": "none",
+                "description": "none (the factory's own init) or a checkpoint path",
+            },
+            "num_classes": _NUM_CLASSES_SCHEMA,
+            "seed": _SEED_SCHEMA,
+            "transform": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "resize": {"type": "integer", "minimum": 1, "default": 256},
+                    "crop_size": {"type": "integer", "minimum": 1, "default": 224},
+                    "mean": {"type": "array", "items": {"type": "number"}},
+                    "std": {"type": "array", "items": {"type": "number"}},
+                    "image_mode": {"enum": ["RGB", "L"], "default": "RGB"},
+                },
+                "description": "input pipeline (default: ImageNet-style 256 -> 224)",
+            },
+        },
+    }
+
+    def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
+        weights_value = _weights_value(options, default="none")
+        path = None if weights_value.lower() == "none" else Path(weights_value)
+        factory_spec = options.get("factory")
+        kwargs = dict(options.get("kwargs") or {})
+        if factory_spec is None and path is not None:
+            metadata = checkpoints.read_metadata(path) if path.is_file() else {}
+            factory_spec = metadata.get(checkpoints.FACTORY_KEY)
+            if factory_spec and not kwargs:
+                kwargs = json.loads(metadata.get(checkpoints.KWARGS_KEY, "{}"))
+        if not factory_spec:
+            raise QBenchError(
+                "model.factory: the generic adapter needs factory: package.module:callable "
+                f"(weights {weights_value!r} does not name one in its safetensors metadata)"
+            )
+        factory = import_factory(str(factory_spec))
+        seed = int(options.get("seed", 0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                model = factory(**kwargs)
+            except TypeError as exc:
+                raise QBenchError(
+                    f"model.kwargs: {factory_spec} rejected {kwargs}: {exc}"
+                ) from None
+        if not isinstance(model, nn.Module):
+            raise QBenchError(
+                f"model.factory: {factory_spec} returned {type(model).__name__}, not a torch nn.Module"
+            )
+        if path is not None:
+            checkpoints.load_into(model, checkpoints.load_state_dict(path), str(path))
+        num_classes = options.get("num_classes") or _output_features(model)
+        transform_options = dict(options.get("transform") or {})
+        name = options.get("name") or str(factory_spec).rpartition(":")[2].replace(".", "_")
+        info = {
+            "adapter": self.name,
+            "architecture": str(factory_spec),
+            "weights": str(path) if path is not None else f"none (factory init, seed {seed})",
+            "image_mode": transform_options.get("image_mode", "RGB"),
+        }
+        return _finish(
+            model,
+            name=str(name),
+            transform=imagenet_style_transform(transform_options),
+            device=device,
+            num_classes=int(num_classes) if num_classes else None,
+            info=info,
+        )

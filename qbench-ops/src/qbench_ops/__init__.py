@@ -1,1 +1,19 @@
-"""Registers this package's components with QBench (entry point in pyproject.toml)."""
+"""QBench's quantized operators: drop-in twins of torch modules that fake-quantize their
+weights, inputs, activations and statistics through the registered formats.
+
+Models are prepared with ``qbench.prepare(model, spec)`` (core), which swaps modules through
+the op registry this package fills (see :mod:`qbench_ops.plugin`).
+"""
+
+from .attention import QuantMultiheadAttention
+from .base import QuantModule
+from .layers import LAYER_OPS
+from .quantizer import CachedTensor, TensorQuantizer
+
+__all__ = [
+    "LAYER_OPS",
+    "CachedTensor",
+    "QuantModule",
+    "QuantMultiheadAttention",
+    "TensorQuantizer",
+]

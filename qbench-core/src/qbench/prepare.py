@@ -1,0 +1,309 @@
+"""Model preparation: the quantized twin of a model, built through the op registry.
+
+``prepare(model, spec)`` deep-copies the model and replaces every module whose type a
+registered op claims (``qbench_register_ops``) with ``op.from_module(module, specs, name=...)``,
+where ``specs`` is the layer's :class:`~qbench.types.LayerSpecs` resolved by
+:func:`qbench.spec.layer_specs` (per-role settings, presets, ``layers:`` overrides). Core knows
+no concrete op; everything below is generic over what plugins registered.
+
+The twin carries a record of what was done (:func:`preparation_report`): which modules were
+quantized, with which spec per role, and which stayed FP32 and why, so nothing is silently left
+unquantized.
+
+Observation protocol (what :func:`observe` relies on): a swapped module may implement
+``qbench_attach_observer(observer)`` — report its cached weight/statistics QuantResults to
+``observer.on_tensor(layer, role, result)`` now, then every quantization it performs in forward
+passes — and ``qbench_detach_observer(observer)``. Modules without these methods are not
+observable and are listed in the report with ``"observable": False``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .errors import QBenchError
+from .spec import layer_override, layer_specs, override_matches
+from .types import ROLES, LayerSpecs, QuantSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+#: Attribute of the twin's root module holding the preparation report.
+REPORT_ATTRIBUTE = "_qbench_preparation"
+
+__all__ = ["observe", "preparation_report", "prepare", "quantized_modules"]
+
+
+def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
+    """The quantized twin of ``model``: a deep copy with modules swapped by registered ops.
+
+    ``spec`` is a config's ``quantization`` mapping, or one :class:`QuantSpec` applied to every
+    role of every layer. The original model is untouched and shares no tensor with the twin.
+    A ``layers:`` override that matches no module is an error (a typo must not silently run
+    FP32); module types no op claims stay FP32 and are listed in the report.
+    """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise QBenchError(
+            f"qbench.prepare: expected a torch.nn.Module, found {type(model).__name__}"
+        )
+    if isinstance(spec, QuantSpec):
+        q: Mapping[str, Any] | None = None
+        uniform = LayerSpecs(**{role: spec for role in ROLES})
+    elif isinstance(spec, Mapping):
+        q = spec
+        uniform = None
+        check_layer_patterns(q, model)
+    else:
+        raise QBenchError(
+            f"qbench.prepare: spec must be a quantization mapping or a QuantSpec, found {type(spec).__name__}"
+        )
+
+    ops = _ops_by_type()
+    twin = copy.deepcopy(model)
+    quantized: list[dict[str, Any]] = []
+    not_quantized: list[dict[str, Any]] = []
+    swapped: dict[int, nn.Module] = {}  # id(original submodule) -> twin (shared submodules)
+
+    def specs_for(name: str, module: nn.Module) -> LayerSpecs:
+        return uniform if uniform is not None else layer_specs(q or {}, name, module)
+
+    def disabled_reason(name: str, module: nn.Module) -> str:
+        if q is not None:
+            hit = layer_override(q, name, module)
+            if hit is not None and hit[1].get("enabled", True) is False:
+                return f"disabled by quantization.layers[{hit[0]}]"
+        return "quantization disabled for every role of this layer"
+
+    def visit(module: nn.Module, name: str) -> nn.Module:
+        """The module to put at ``name``: its twin if an op claims it, else itself with its
+        children visited."""
+        if id(module) in swapped:
+            return swapped[id(module)]
+        op = _op_for(module, ops)
+        type_name = _type_name(module)
+        if op is not None:
+            specs = specs_for(name, module)
+            reason_fn = getattr(op, "unsupported_reason", None)
+            reason = reason_fn(module) if reason_fn is not None else None
+            if not any(specs.get(role) is not None for role in getattr(op, "roles", ROLES)):
+                not_quantized.append(
+                    {"name": name, "type": type_name, "reason": disabled_reason(name, module)}
+                )
+                return module
+            if reason is not None:
+                not_quantized.append(
+                    {"name": name, "type": type_name, "reason": f"op {op.name!r}: {reason}"}
+                )
+                return module
+            new = op.from_module(module, specs, name=name)
+            swapped[id(module)] = new
+            quantized.append(
+                {
+                    "name": name,
+                    "type": type_name,
+                    "op": op.name,
+                    "roles": _roles(op, new, specs),
+                    "observable": hasattr(new, "qbench_attach_observer"),
+                }
+            )
+            return new
+        # every slot, not named_children(), which skips a module seen under an earlier name
+        children = [(n, c) for n, c in module._modules.items() if c is not None]
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        own += [n for n, b in module.named_buffers(recurse=False) if b is not None]
+        if not children:
+            not_quantized.append(
+                {"name": name, "type": type_name, "reason": f"no op registered for {type_name}"}
+            )
+        elif own:
+            not_quantized.append(
+                {
+                    "name": name,
+                    "type": type_name,
+                    "reason": f"no op registered for {type_name}; its own tensors stay FP32: {', '.join(own)}",
+                }
+            )
+        for child_name, child in children:
+            full = f"{name}.{child_name}" if name else child_name
+            new_child = visit(child, full)
+            if new_child is not child:
+                setattr(module, child_name, new_child)
+        return module
+
+    root = visit(twin, "")
+    setattr(
+        root,
+        REPORT_ATTRIBUTE,
+        {"quantized": quantized, "not_quantized": not_quantized},
+    )
+    return root
+
+
+def preparation_report(model_q: nn.Module) -> dict[str, list[dict[str, Any]]]:
+    """What :func:`prepare` did: ``{"quantized": [{"name", "type", "op", "roles": {role:
+    spec.describe()}, "observable"}...], "not_quantized": [{"name", "type", "reason"}...]}``."""
+    report = getattr(model_q, REPORT_ATTRIBUTE, None)
+    if report is None:
+        raise QBenchError(
+            f"{type(model_q).__name__} was not returned by qbench.prepare: it has no preparation report"
+        )
+    return copy.deepcopy(report)
+
+
+def quantized_modules(model_q: nn.Module) -> dict[str, nn.Module]:
+    """Every module :func:`prepare` swapped, by its qualified name (unchanged from the FP32
+    model, so forward hooks on the same names compare the two layer by layer)."""
+    report = preparation_report(model_q)
+    return {entry["name"]: model_q.get_submodule(entry["name"]) for entry in report["quantized"]}
+
+
+@contextmanager
+def observe(model_q: nn.Module, observer: Any) -> Iterator[Any]:
+    """While active, ``observer.on_tensor(layer, role, result)`` is called for every
+    quantization a forward pass of ``model_q`` uses (``result.dequantized`` is the exact
+    tensor used), and once on entry for each cached weight and statistic. Outside it no codes
+    are computed (the fast path)."""
+    if not callable(getattr(observer, "on_tensor", None)):
+        raise QBenchError(
+            f"observer {type(observer).__name__} has no on_tensor(layer, role, result) method"
+        )
+    attached: list[Any] = []
+    seen: set[int] = set()
+    try:
+        for module in quantized_modules(model_q).values():
+            attach = getattr(module, "qbench_attach_observer", None)
+            if attach is None or id(module) in seen:
+                continue
+            seen.add(id(module))
+            attach(observer)
+            attached.append(module)
+        yield observer
+    finally:
+        for module in attached:
+            module.qbench_detach_observer(observer)
+
+
+# --------------------------------------------------------------------------------------
+# Overrides that match nothing
+# --------------------------------------------------------------------------------------
+
+
+def check_layer_patterns(q: Mapping[str, Any], model: nn.Module) -> None:
+    """Refuse a ``layers:`` entry that matches no module of ``model``, naming the pattern and
+    the closest module names (or types), so a typo never silently runs a layer in FP32."""
+    modules = list(model.named_modules())
+    names = [name for name, _ in modules if name]
+    for index, entry in enumerate(q.get("layers") or ()):
+        if not isinstance(entry, Mapping):
+            continue
+        if any(override_matches(entry, name, module) for name, module in modules):
+            continue
+        where = f"quantization.layers[{index}]"
+        pattern, type_name = entry.get("match"), entry.get("type")
+        if pattern is not None and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.0)
+            raise QBenchError(
+                f"{where}: match {pattern!r} matches no module of the model; closest module names: "
+                + ", ".join(close)
+            )
+        types = sorted(
+            {
+                cls.__name__
+                for _, m in modules
+                for cls in type(m).__mro__
+                if cls.__module__ != "builtins"
+            }
+        )
+        if type_name is not None and pattern is None:
+            close = difflib.get_close_matches(type_name, types, n=3, cutoff=0.0)
+            raise QBenchError(
+                f"{where}: type {type_name!r} matches no module of the model; closest module types: "
+                + ", ".join(close)
+            )
+        matching = [n for n in names if fnmatch.fnmatchcase(n, pattern)][:3]
+        raise QBenchError(
+            f"{where}: no module matches both match {pattern!r} and type {type_name!r}; "
+            f"modules matching the pattern: {', '.join(matching)}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Op lookup
+# --------------------------------------------------------------------------------------
+
+
+def _ops_by_type() -> dict[type, Any]:
+    """Module type -> op class, from every registered op; two ops claiming one type is an
+    error naming both (and their distributions)."""
+    from .plugins import registry
+
+    reg = registry("op")
+    by_type: dict[type, Any] = {}
+    owner: dict[type, str] = {}
+    for name, op in reg.items():
+        for module_type in getattr(op, "module_types", ()):
+            if module_type in by_type:
+                first = owner[module_type]
+                raise QBenchError(
+                    f"ops {first!r} ({reg.plugin_of(first).label}) and {name!r} "
+                    f"({reg.plugin_of(name).label}) both claim {_qualname(module_type)}; "
+                    "uninstall one or block it with QBENCH_DISABLE_PLUGINS"
+                )
+            by_type[module_type] = op
+            owner[module_type] = name
+    return by_type
+
+
+def _op_for(module: nn.Module, ops: Mapping[type, Any]) -> Any:
+    """The op for ``module``'s exact type, or for a base type when the subclass does not
+    change ``forward`` (e.g. ``NonDynamicallyQuantizableLinear``); a subclass with its own
+    forward computes something the op does not know, so it is left alone."""
+    cls = type(module)
+    if cls in ops:
+        return ops[cls]
+    for base in cls.__mro__[1:]:
+        if base in ops:
+            return ops[base] if cls.forward is base.forward else None
+    return None
+
+
+def _roles(op: Any, new: Any, specs: LayerSpecs) -> dict[str, str]:
+    roles = getattr(new, "qbench_roles", None)
+    if callable(roles):
+        return dict(roles())
+    return {
+        role: spec.describe()
+        for role in getattr(op, "roles", ROLES)
+        if (spec := specs.get(role)) is not None
+    }
+
+
+def _type_name(module: Any) -> str:
+    return type(module).__name__
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------------------------
+# ``qbench.prepare`` is both the public function (DESIGN §5) and this module: importing the
+# module rebinds the package attribute to it, so the module itself is made callable.
+# --------------------------------------------------------------------------------------
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
+        return prepare(model, spec)
+
+
+sys.modules[__name__].__class__ = _CallableModule

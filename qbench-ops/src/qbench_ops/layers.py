@@ -1,0 +1,309 @@
+"""Quantized twins of torch's layer modules (issue 4, item 1).
+
+What each quantizes (biases stay FP32 everywhere: accelerators add them in the FP32/FP16
+accumulator, as in OCP MX v1.0 §6 and NVIDIA's FP8 recipes):
+
+=====================  =====================================================================
+op                     tensors
+=====================  =====================================================================
+QuantConv1d/2d/3d      weight (chunks along in_channels x kernel of each output channel),
+                       input (last axis)
+QuantLinear            weight (chunks along in_features), input (last axis = in_features)
+QuantBatchNorm1d/2d/3d weight, input, and in eval mode the running mean and variance
+                       (role ``stats``, which follows the weight settings)
+QuantLayerNorm         weight, input
+QuantMaxPool*/AvgPool* input
+QuantAdaptiveAvgPool*  input
+activations            output (role ``act``): ReLU, ReLU6, GELU, SiLU, Sigmoid, Tanh,
+                       Hardswish, Softmax
+=====================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import QuantModule
+
+# --------------------------------------------------------------------------------------
+# Weighted layers
+# --------------------------------------------------------------------------------------
+
+
+class _QuantConvNd(QuantModule):
+    roles: ClassVar[tuple[str, ...]] = ("weight", "input")
+
+    def _qbench_setup(self) -> None:
+        self._q_input = self._point("input")
+        self._q_weight = self._cached("weight", "weight", flatten_weight=True)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._q_input is not None:
+            input = self._q_input(input)
+        weight = self._use(self._q_weight, self.weight)
+        return self._conv_forward(input, weight, self.bias)  # type: ignore[attr-defined]
+
+
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
+    name = "conv1d"
+    module_types = (nn.Conv1d,)
+
+
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
+    name = "conv2d"
+    module_types = (nn.Conv2d,)
+
+
+class QuantConv3d(_QuantConvNd, nn.Conv3d):
+    name = "conv3d"
+    module_types = (nn.Conv3d,)
+
+
+class QuantLinear(QuantModule, nn.Linear):
+    name = "linear"
+    module_types = (nn.Linear,)
+    roles = ("weight", "input")
+
+    def _qbench_setup(self) -> None:
+        self._q_input = self._point("input")
+        self._q_weight = self._cached("weight", "weight", flatten_weight=True)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._q_input is not None:
+            input = self._q_input(input)
+        return F.linear(input, self._use(self._q_weight, self.weight), self.bias)
+
+
+# --------------------------------------------------------------------------------------
+# Normalization
+# --------------------------------------------------------------------------------------
+
+
+class _QuantBatchNorm(QuantModule):
+    roles: ClassVar[tuple[str, ...]] = ("weight", "input", "stats")
+
+    def _qbench_setup(self) -> None:
+        self._q_input = self._point("input")
+        self._q_weight = self._cached("weight", "weight")
+        self._q_mean = self._cached("stats", "running_mean")
+        self._q_var = self._cached("stats", "running_var")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)  # type: ignore[attr-defined]
+        if self._q_input is not None:
+            input = self._q_input(input)
+        weight = self._use(self._q_weight, self.weight)
+        if self.training:
+            # Batch statistics are used and the running buffers must be updated in place:
+            # let torch's own forward do exactly that, with the quantized input and weight.
+            return _batch_norm_train(self, input, weight)
+        if self.running_mean is None or self.running_var is None:
+            mean = var = None
+        else:
+            mean = self._use(self._q_mean, self.running_mean)
+            var = self._use(self._q_var, self.running_var)
+        return F.batch_norm(input, mean, var, weight, self.bias, mean is None, 0.0, self.eps)
+
+
+def _batch_norm_train(
+    module: Any, input: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Training-mode batch norm (batch statistics, running-buffer update) with ``weight``."""
+    momentum = 0.0 if module.momentum is None else module.momentum
+    tracking = module.track_running_stats
+    if tracking and module.num_batches_tracked is not None:
+        module.num_batches_tracked.add_(1)
+        if module.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(module.num_batches_tracked)
+    return F.batch_norm(
+        input,
+        module.running_mean if tracking else None,
+        module.running_var if tracking else None,
+        weight,
+        module.bias,
+        True,
+        momentum,
+        module.eps,
+    )
+
+
+class QuantBatchNorm1d(_QuantBatchNorm, nn.BatchNorm1d):
+    name = "batchnorm1d"
+    module_types = (nn.BatchNorm1d,)
+
+
+class QuantBatchNorm2d(_QuantBatchNorm, nn.BatchNorm2d):
+    name = "batchnorm2d"
+    module_types = (nn.BatchNorm2d,)
+
+
+class QuantBatchNorm3d(_QuantBatchNorm, nn.BatchNorm3d):
+    name = "batchnorm3d"
+    module_types = (nn.BatchNorm3d,)
+
+
+class QuantLayerNorm(QuantModule, nn.LayerNorm):
+    name = "layernorm"
+    module_types = (nn.LayerNorm,)
+    roles = ("weight", "input")
+
+    def _qbench_setup(self) -> None:
+        self._q_input = self._point("input")
+        self._q_weight = self._cached("weight", "weight")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._q_input is not None:
+            input = self._q_input(input)
+        weight = self._use(self._q_weight, self.weight)
+        return F.layer_norm(input, self.normalized_shape, weight, self.bias, self.eps)
+
+
+# --------------------------------------------------------------------------------------
+# Pooling: the input is quantized, the module's own forward does the rest
+# --------------------------------------------------------------------------------------
+
+
+class _InputQuantized(QuantModule):
+    roles: ClassVar[tuple[str, ...]] = ("input",)
+
+    def _qbench_setup(self) -> None:
+        self._q_input = self._point("input")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self._q_input is not None:
+            input = self._q_input(input)
+        return super().forward(input)  # type: ignore[misc]
+
+
+class QuantMaxPool1d(_InputQuantized, nn.MaxPool1d):
+    name = "maxpool1d"
+    module_types = (nn.MaxPool1d,)
+
+
+class QuantMaxPool2d(_InputQuantized, nn.MaxPool2d):
+    name = "maxpool2d"
+    module_types = (nn.MaxPool2d,)
+
+
+class QuantMaxPool3d(_InputQuantized, nn.MaxPool3d):
+    name = "maxpool3d"
+    module_types = (nn.MaxPool3d,)
+
+
+class QuantAvgPool1d(_InputQuantized, nn.AvgPool1d):
+    name = "avgpool1d"
+    module_types = (nn.AvgPool1d,)
+
+
+class QuantAvgPool2d(_InputQuantized, nn.AvgPool2d):
+    name = "avgpool2d"
+    module_types = (nn.AvgPool2d,)
+
+
+class QuantAvgPool3d(_InputQuantized, nn.AvgPool3d):
+    name = "avgpool3d"
+    module_types = (nn.AvgPool3d,)
+
+
+class QuantAdaptiveAvgPool1d(_InputQuantized, nn.AdaptiveAvgPool1d):
+    name = "adaptiveavgpool1d"
+    module_types = (nn.AdaptiveAvgPool1d,)
+
+
+class QuantAdaptiveAvgPool2d(_InputQuantized, nn.AdaptiveAvgPool2d):
+    name = "adaptiveavgpool2d"
+    module_types = (nn.AdaptiveAvgPool2d,)
+
+
+class QuantAdaptiveAvgPool3d(_InputQuantized, nn.AdaptiveAvgPool3d):
+    name = "adaptiveavgpool3d"
+    module_types = (nn.AdaptiveAvgPool3d,)
+
+
+# --------------------------------------------------------------------------------------
+# Activations: the output is quantized (role ``act``)
+# --------------------------------------------------------------------------------------
+
+
+class _OutputQuantized(QuantModule):
+    roles: ClassVar[tuple[str, ...]] = ("act",)
+
+    def _qbench_setup(self) -> None:
+        self._q_act = self._point("act")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        output = super().forward(input)  # type: ignore[misc]
+        return output if self._q_act is None else self._q_act(output)
+
+
+class QuantReLU(_OutputQuantized, nn.ReLU):
+    name = "relu"
+    module_types = (nn.ReLU,)
+
+
+class QuantReLU6(_OutputQuantized, nn.ReLU6):
+    name = "relu6"
+    module_types = (nn.ReLU6,)
+
+
+class QuantGELU(_OutputQuantized, nn.GELU):
+    name = "gelu"
+    module_types = (nn.GELU,)
+
+
+class QuantSiLU(_OutputQuantized, nn.SiLU):
+    name = "silu"
+    module_types = (nn.SiLU,)
+
+
+class QuantSigmoid(_OutputQuantized, nn.Sigmoid):
+    name = "sigmoid"
+    module_types = (nn.Sigmoid,)
+
+
+class QuantTanh(_OutputQuantized, nn.Tanh):
+    name = "tanh"
+    module_types = (nn.Tanh,)
+
+
+class QuantHardswish(_OutputQuantized, nn.Hardswish):
+    name = "hardswish"
+    module_types = (nn.Hardswish,)
+
+
+class QuantSoftmax(_OutputQuantized, nn.Softmax):
+    name = "softmax"
+    module_types = (nn.Softmax,)
+
+
+LAYER_OPS: tuple[type[QuantModule], ...] = (
+    QuantConv1d,
+    QuantConv2d,
+    QuantConv3d,
+    QuantLinear,
+    QuantBatchNorm1d,
+    QuantBatchNorm2d,
+    QuantBatchNorm3d,
+    QuantLayerNorm,
+    QuantMaxPool1d,
+    QuantMaxPool2d,
+    QuantMaxPool3d,
+    QuantAvgPool1d,
+    QuantAvgPool2d,
+    QuantAvgPool3d,
+    QuantAdaptiveAvgPool1d,
+    QuantAdaptiveAvgPool2d,
+    QuantAdaptiveAvgPool3d,
+    QuantReLU,
+    QuantReLU6,
+    QuantGELU,
+    QuantSiLU,
+    QuantSigmoid,
+    QuantTanh,
+    QuantHardswish,
+    QuantSoftmax,
+)

@@ -1,0 +1,17 @@
+"""Registers QBench's built-in quantized ops (entry point ``qbench-ops`` in pyproject.toml),
+exactly as a third-party plugin would."""
+
+from __future__ import annotations
+
+from qbench import hookimpl
+
+from .attention import QuantMultiheadAttention
+from .layers import LAYER_OPS
+
+ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention)
+
+
+@hookimpl
+def qbench_register_ops(register) -> None:  # type: ignore[no-untyped-def]
+    for op in ALL_OPS:
+        register(op)

@@ -1,0 +1,246 @@
+"""One quantization point of a layer: a (layer, role) pair bound to a resolved QuantSpec.
+
+Every tensor a quantized op touches goes through a :class:`TensorQuantizer`, which
+
+* resolves the role's default axis (DESIGN §3: weights chunk along the reduction axis of each
+  output channel, activations along the last axis) so the spec handed to the format is
+  complete and can be audited as is;
+* calls the registered format through core (``qbench.get_format(...).quantize``), asking for
+  codes and scales only while an observer is attached (``qbench.prepare.observe``), so the
+  fast path never builds them;
+* quantizes each tensor once per spec (DESIGN §9). A tensor that a quantizer produced carries a
+  tag ``(spec, version)``; a later quantizer with an equal spec receives it unchanged instead of
+  quantizing it again (a ReLU output feeding the next conv). A source tensor remembers its
+  quantized copy, so two consumers of one tensor (a residual block's input feeding conv1 and the
+  downsample conv) share one quantization. Tags are checked against ``Tensor._version``, which
+  every in-place operation bumps, so a tensor modified after tagging is quantized afresh.
+  Tensors created under ``torch.inference_mode`` have no version counter, so they are never
+  shared (correct but slower: run the twin under ``torch.no_grad`` for full speed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from qbench import QuantResult, QuantSpec, get_format
+
+#: Attribute on a tensor that a quantizer produced: ``(spec, version, result_without_tensor)``.
+_GRID_TAG = "_qbench_on_grid"
+#: Attribute on a tensor that a quantizer consumed: ``(spec, version, quantized, result)``.
+_SOURCE_TAG = "_qbench_quantized_as"
+
+
+class Observer(Protocol):
+    """What ``qbench.prepare.observe`` attaches (the evaluation package's compliance audit)."""
+
+    def on_tensor(self, layer: str, role: str, result: QuantResult) -> None: ...
+
+
+def _default_axis(spec: QuantSpec, default_axis: int) -> QuantSpec:
+    """Fill in the axis a spec left open (``Scaling.axis is None``) with the role's default."""
+    scaling = spec.scaling
+    if scaling.mode == "tensor" or scaling.axis is not None:
+        return spec
+    return dataclasses.replace(spec, scaling=dataclasses.replace(scaling, axis=default_axis))
+
+
+class TensorQuantizer:
+    """Quantizes the tensors of one (layer, role) point with one spec.
+
+    ``default_axis`` is used when the spec leaves the axis open. With ``flatten_weight`` (conv
+    and linear weights) and no explicit axis, the tensor is viewed as ``(out_channels, -1)`` so
+    chunks run along input channels x kernel of each output channel (issue 4, item 3) and
+    channel scaling runs per output channel; the reported codes and scales are reshaped back
+    to the tensor's own shape.
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        layer: str,
+        role: str,
+        observers: list[Observer],
+        *,
+        default_axis: int = -1,
+        flatten_weight: bool = False,
+    ) -> None:
+        self.flatten = (
+            flatten_weight and spec.scaling.axis is None and spec.scaling.mode != "tensor"
+        )
+        if self.flatten:
+            # channel scaling of the (out, -1) view is per output channel (axis 0); chunks run
+            # along the flattened reduction axis.
+            default_axis = 0 if spec.scaling.mode == "channel" else -1
+        self.spec = _default_axis(spec, default_axis)
+        self._format = get_format(spec.format)  # unknown names fail at preparation, not mid-run
+        self.layer = layer
+        self.role = role
+        self.observers = observers  # the owning module's list: attach/detach update it in place
+
+    @property
+    def format(self) -> Any:
+        if self._format is None:  # after deepcopy/pickle, which leave format objects out
+            self._format = get_format(self.spec.format)
+        return self._format
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_format": None}
+
+    def __repr__(self) -> str:
+        return f"TensorQuantizer({self.layer!r}, {self.role!r}, {self.spec.describe()!r})"
+
+    # -- raw quantization -------------------------------------------------------------
+
+    def quantize_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized tensor, without codes (the path taken outside ``observe``)."""
+        if self.flatten:
+            return self.format.quantize(x.reshape(x.shape[0], -1), self.spec).reshape(x.shape)
+        return self.format.quantize(x, self.spec)
+
+    def quantize_result(self, x: torch.Tensor) -> QuantResult:
+        """The full QuantResult, shaped like ``x`` (codes and scales for the audit)."""
+        if not self.flatten:
+            return self.format.quantize(x, self.spec, return_codes=True)
+        flat_shape = (x.shape[0], -1)
+        result = self.format.quantize(x.reshape(flat_shape), self.spec, return_codes=True)
+        return _reshape_result(result, x.shape)
+
+    # -- with sharing and observation ---------------------------------------------------
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize ``x`` once per spec, reporting to attached observers what was used."""
+        observers = self.observers
+        version = _version(x)
+        grid = getattr(x, _GRID_TAG, None) if version is not None else None
+        if grid is not None and grid[1] == version and _same_spec(grid[0], self.spec):
+            stub = grid[2]
+            if not observers:
+                return x
+            if stub is not None:
+                self._notify(dataclasses.replace(stub, dequantized=x))
+                return x
+        source = getattr(x, _SOURCE_TAG, None) if version is not None else None
+        if source is not None and source[1] == version and _same_spec(source[0], self.spec):
+            quantized, stub = source[2], source[3]
+            if not observers:
+                return quantized
+            if stub is not None:
+                self._notify(dataclasses.replace(stub, dequantized=quantized))
+                return quantized
+        if observers:
+            result = self.quantize_result(x)
+            quantized = result.dequantized
+            stub = dataclasses.replace(result, dequantized=None)  # no cycle tensor -> tag -> tensor
+            self._notify(result)
+        else:
+            quantized = self.quantize_fast(x)
+            stub = None
+        if version is not None:
+            _tag(quantized, _GRID_TAG, (self.spec, _version(quantized), stub))
+            if quantized is not x:
+                _tag(x, _SOURCE_TAG, (self.spec, version, quantized, stub))
+        return quantized
+
+    def _notify(self, result: QuantResult) -> None:
+        for observer in list(self.observers):
+            observer.on_tensor(self.layer, self.role, result)
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place modification counter, or None for inference-mode tensors, which have none:
+    without it a later in-place change could not be detected, so such tensors are not shared."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _same_spec(a: QuantSpec, b: QuantSpec) -> bool:
+    return a is b or a == b
+
+
+def _tag(tensor: torch.Tensor, attribute: str, value: Any) -> None:
+    try:
+        setattr(tensor, attribute, value)
+    except (AttributeError, RuntimeError):  # e.g. tensor subclasses with __slots__: no sharing
+        pass
+
+
+def _reshape_result(result: QuantResult, shape: torch.Size) -> QuantResult:
+    """A result computed on a flattened view, with codes and expanded scales in ``shape``."""
+    flat_shape = result.codes.shape
+    inner: Callable[[torch.Tensor], torch.Tensor] | None = result.expand
+
+    def expand(scales: torch.Tensor) -> torch.Tensor:
+        full = inner(scales) if inner is not None else scales
+        return full.expand(flat_shape).reshape(shape)
+
+    return dataclasses.replace(
+        result,
+        dequantized=result.dequantized.reshape(shape),
+        codes=result.codes.reshape(shape),
+        expand=expand,
+    )
+
+
+class CachedTensor:
+    """A parameter or buffer quantized once and re-quantized only when it changes.
+
+    The key is the tensor's identity, ``_version`` (bumped by ``copy_``/``load_state_dict`` and
+    optimizer steps), storage pointer, dtype and device, so moving the model or loading new
+    weights invalidates the cache and nothing else does. Quantization runs without autograd:
+    the twin is an inference model.
+    """
+
+    def __init__(self, quantizer: TensorQuantizer, path: str) -> None:
+        self.quantizer = quantizer
+        self.path = path  # attribute path inside the owning module, e.g. "out_proj.weight"
+        self._key: tuple[Any, ...] | None = None
+        self._value: torch.Tensor | None = None
+        self._result: QuantResult | None = None
+
+    def source(self, module: torch.nn.Module) -> torch.Tensor | None:
+        target: Any = module
+        for part in self.path.split("."):
+            target = getattr(target, part)
+        return target
+
+    def _current_key(self, tensor: torch.Tensor) -> tuple[Any, ...]:
+        return (id(tensor), _version(tensor), tensor.data_ptr(), tensor.dtype, tensor.device)
+
+    def get(self, module: torch.nn.Module) -> torch.Tensor | None:
+        """The quantized tensor to use in this forward pass (``None`` if the source is None)."""
+        tensor = self.source(module)
+        if tensor is None:
+            return None
+        key = self._current_key(tensor)
+        if key != self._key or self._value is None:
+            with torch.no_grad():
+                if self.quantizer.observers:
+                    self._result = self.quantizer.quantize_result(tensor.detach())
+                    self._value = self._result.dequantized
+                    self.quantizer._notify(self._result)
+                else:
+                    self._value = self.quantizer.quantize_fast(tensor.detach())
+                    self._result = None
+            self._key = key
+        return self._value
+
+    def result(self, module: torch.nn.Module) -> QuantResult | None:
+        """The cached tensor's QuantResult, computed once on demand; its ``dequantized`` becomes
+        the tensor used from now on, so what the audit sees is exactly what runs."""
+        tensor = self.source(module)
+        if tensor is None:
+            return None
+        key = self._current_key(tensor)
+        if self._result is None or key != self._key:
+            with torch.no_grad():
+                self._result = self.quantizer.quantize_result(tensor.detach())
+            self._value = self._result.dequantized
+            self._key = key
+        return self._result
+
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy/pickle: caches rebuild on first use
+        state = self.__dict__.copy()
+        state.update(_key=None, _value=None, _result=None)
+        return state

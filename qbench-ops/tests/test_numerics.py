@@ -1,0 +1,363 @@
+"""What the twin computes: exactness, representability, fidelity, caching and sharing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import qbench
+import torch
+import torchvision
+from conftest import image_like
+from qbench import LayerSpecs, QuantSpec, Scaling
+from qbench.prepare import observe, quantized_modules
+from qbench_ops.plugin import ALL_OPS
+from torch import nn
+
+FP8_CHUNK = {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 128}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, qbench.QuantResult]] = []
+
+    def on_tensor(self, layer, role, result):  # type: ignore[no-untyped-def]
+        self.seen.append((layer, role, result))
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def _check_on_grid(result: qbench.QuantResult) -> None:
+    """codes decode to grid values, scales are legal, and they rebuild the tensor bit for bit."""
+    fmt = qbench.get_format(result.spec.format)
+    elements = fmt.decode(result.codes)
+    assert bool(fmt.is_representable(elements).all())
+    for values, scale_format in result.scale_parts.values():
+        scales = values if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+        assert bool(torch.isfinite(scales).all()) and bool((scales > 0).all())
+        assert bool(qbench.get_format(scale_format).is_representable(scales).all())
+    rebuilt = elements * result.expand_scales()
+    assert torch.equal(rebuilt.to(result.dequantized.dtype), result.dequantized)
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def vit() -> nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(image_size=32, num_classes=10).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-inits the head
+    return model
+
+
+# -- disabled quantization is the identity --------------------------------------------
+
+
+def test_disabled_quantization_is_bit_exact(resnet18, vit, every_op):
+    for model, x in (
+        (resnet18, image_like(2, 64)),
+        (vit, image_like(2, 32)),
+        (every_op, image_like(2, 16)),
+    ):
+        for config in (
+            {**FP8_CHUNK, "enabled": False},
+            {**FP8_CHUNK, "layers": [{"match": "*", "enabled": False}]},
+        ):
+            model_q = qbench.prepare(model, config)
+            assert quantized_modules(model_q) == {}
+            with torch.no_grad():
+                assert torch.equal(model_q(x), model(x))
+
+
+def test_ops_with_nothing_to_quantize_are_bit_exact(every_op):
+    """Each op's own forward, with every role off, is torch's forward bit for bit."""
+    x = image_like(2, 16)
+    twin = qbench.prepare(every_op, FP8_CHUNK)
+    for name, module in quantized_modules(twin).items():
+        original = every_op.get_submodule(name)
+        idle = type(module).from_module(original, LayerSpecs(), name=name)
+        assert "." not in name  # EveryOp's layers are its direct children
+        setattr(twin, name, idle)
+    with torch.no_grad():
+        assert torch.equal(twin(x), every_op(x))
+
+
+def test_passthrough_format_reproduces_fp32(passthrough, resnet18, vit, every_op):
+    """With an identity 'format' every op runs: the ops' arithmetic equals torch's (bit for bit
+    except attention, which the op computes unfused)."""
+    config = {"format": passthrough.name, "mode": "chunk", "chunk_size": 16}
+    for model, x, exact in (
+        (resnet18, image_like(2, 64), True),
+        (every_op, image_like(2, 16), False),
+        (vit, image_like(2, 32), False),
+    ):
+        model_q = qbench.prepare(model, config)
+        with torch.no_grad():
+            expected, got = model(x), model_q(x)
+        if exact:
+            assert torch.equal(got, expected)
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert passthrough.calls  # the ops did quantize
+
+
+# -- fidelity ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [64])
+def test_resnet18_fp8_chunk128_cosine(resnet18, size):
+    model_q = qbench.prepare(resnet18, FP8_CHUNK)
+    x = image_like(4, size)
+    with torch.no_grad():
+        reference, quantized = resnet18(x), model_q(x)
+    assert not torch.equal(reference, quantized)
+    assert _cosine(reference, quantized) > 0.99
+
+
+def test_vit_b_16_fp8_chunk128_cosine(vit):
+    model_q = qbench.prepare(vit, FP8_CHUNK)
+    x = image_like(4, 32)
+    with torch.no_grad():
+        reference, quantized = vit(x), model_q(x)
+    assert not torch.equal(reference, quantized)
+    assert _cosine(reference, quantized) > 0.99
+
+
+def test_int4_weights_are_far_less_faithful_than_fp8(resnet18):
+    """The cosine check can fail: a coarse format measurably degrades the same model."""
+    x = image_like(4, 64)
+    w4 = qbench.prepare(resnet18, {"format": "fp4_e2m1", "mode": "tensor"})
+    with torch.no_grad():
+        reference, coarse = resnet18(x), w4(x)
+    assert _cosine(reference, coarse) < 0.99
+
+
+# -- every selected tensor is representable -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        FP8_CHUNK,
+        {"format": "mxfp4_e2m1"},
+        {"format": "int8", "weight_mode": "channel", "input_mode": "tensor", "act_mode": "tensor"},
+    ],
+    ids=["fp8_chunk128", "mxfp4", "int8"],
+)
+def test_every_selected_tensor_is_representable(every_op, config):
+    model_q = qbench.prepare(every_op, config)
+    recorder = Recorder()
+    x = image_like(2, 16)
+    with torch.no_grad():
+        fast = model_q(x)
+        with observe(model_q, recorder):
+            observed = model_q(x)
+        after = model_q(x)
+    assert torch.equal(fast, observed) and torch.equal(fast, after)
+    seen = {(layer, role) for layer, role, _ in recorder.seen}
+    expected = set()
+    for name, module in quantized_modules(model_q).items():
+        for role in module.qbench_roles():
+            if isinstance(module, nn.MultiheadAttention):
+                continue
+            expected.add((name, role))
+    assert expected <= seen
+    attention = "attention"
+    assert {
+        (f"{attention}.{p}", r)
+        for p, r in [
+            ("in_proj", "weight"),
+            ("in_proj", "input"),
+            ("q", "input"),
+            ("k", "input"),
+            ("v", "input"),
+            ("softmax", "act"),
+            ("out_proj", "weight"),
+            ("out_proj", "input"),
+        ]
+    } <= seen
+    assert sum(1 for layer, role, _ in recorder.seen if (layer, role) == ("bn", "stats")) == 2
+    for _, _, result in recorder.seen:
+        _check_on_grid(result)
+    # after leaving observe, nothing more is reported
+    count = len(recorder.seen)
+    with torch.no_grad():
+        model_q(x)
+    assert len(recorder.seen) == count
+
+
+def test_observed_tensors_are_the_ones_used(resnet18):
+    model_q = qbench.prepare(resnet18, FP8_CHUNK)
+    recorder = Recorder()
+    captured = {}
+    conv = model_q.layer2[0].conv2
+    handle = conv.register_forward_pre_hook(lambda m, args: captured.setdefault("raw", args[0]))
+    with torch.no_grad(), observe(model_q, recorder):
+        model_q(image_like(2, 64))
+    handle.remove()
+    results = {(layer, role): r for layer, role, r in recorder.seen}
+    weight = results[("layer2.0.conv2", "weight")]
+    assert weight.dequantized is conv._q_weight.get(conv)  # the cached tensor in use
+    assert weight.dequantized.shape == conv.weight.shape
+    used_input = results[("layer2.0.conv2", "input")].dequantized
+    # the layer's input is the previous ReLU's output: quantized once, the very same tensor
+    assert captured["raw"] is used_input
+    assert torch.equal(
+        used_input, qbench.quantize(used_input, "fp8_e4m3", mode="chunk", chunk_size=128)
+    )
+
+
+# -- weights: quantized once, re-quantized when they change ----------------------------
+
+
+def test_weights_quantized_once_and_after_changes(passthrough):
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    model_q = qbench.prepare(
+        model, {"format": passthrough.name, "input_enabled": False, "act_enabled": False}
+    )
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        model_q(x)
+        model_q(x)
+        assert len(passthrough.calls) == 1
+        model_q.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})
+        out = model_q(x)
+        assert len(passthrough.calls) == 2
+        torch.testing.assert_close(
+            out, nn.functional.relu(x @ (model[0].weight + 1).T + model[0].bias + 1)
+        )
+        model_q[0].weight.mul_(2)  # an optimizer-style in-place update
+        model_q(x)
+        assert len(passthrough.calls) == 3
+        model_q[0].weight = nn.Parameter(torch.zeros(8, 8))
+        assert torch.equal(model_q(x), nn.functional.relu(model_q[0].bias).expand(3, 8))
+        assert len(passthrough.calls) == 4
+
+
+def test_conv_weight_chunks_run_along_input_channels_and_kernel():
+    conv = nn.Conv2d(4, 3, 3)
+    with torch.no_grad():
+        conv.weight[1] *= 100  # one output channel much larger: must not share its scale
+    spec = {
+        "format": "fp8_e4m3",
+        "weight_mode": "chunk",
+        "weight_chunk_size": 36,
+        "input_enabled": False,
+    }
+    model_q = qbench.prepare(nn.Sequential(conv), spec)
+    recorder = Recorder()
+    with observe(model_q, recorder):
+        pass
+    ((_, role, result),) = recorder.seen
+    assert role == "weight" and result.codes.shape == conv.weight.shape
+    flat = qbench.quantize(
+        conv.weight.detach().reshape(3, 36), "fp8_e4m3", mode="chunk", chunk_size=36, axis=-1
+    )
+    assert torch.equal(result.dequantized, flat.reshape(conv.weight.shape))
+    _check_on_grid(result)
+    # the axis is configurable: chunks along the last (kernel-width) axis instead
+    model_w = qbench.prepare(
+        nn.Sequential(conv), {**spec, "weight_chunk_size": 3, "weight_axis": -1}
+    )
+    along_width = qbench.quantize(
+        conv.weight.detach(), "fp8_e4m3", mode="chunk", chunk_size=3, axis=-1
+    )
+    assert torch.equal(model_w[0]._q_weight.get(model_w[0]), along_width)
+
+
+# -- one quantization per tensor and spec ---------------------------------------------
+
+
+def test_relu_output_is_not_quantized_again_by_next_conv(passthrough):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)
+    )
+    config = {"format": passthrough.name, "mode": "chunk", "chunk_size": 8, "weight_enabled": False}
+    model_q = qbench.prepare(model, config)
+    with torch.no_grad():
+        model_q(torch.randn(1, 3, 12, 12))
+    # conv0 input, relu1 act, relu3 act: the convs after them reuse those
+    assert len(passthrough.calls) == 3
+    # a different spec on the consumer forces its own quantization
+    passthrough.calls.clear()
+    config["layers"] = [{"match": "2", "input_chunk_size": 4}]
+    with torch.no_grad():
+        qbench.prepare(model, config)(torch.randn(1, 3, 12, 12))
+    assert len(passthrough.calls) == 4
+
+
+def test_in_place_change_after_quantization_is_detected(passthrough):
+    class AddsInPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.ReLU()
+            self.linear = nn.Linear(4, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            y = self.act(x)
+            y += 0.123  # invalidates y's quantization
+            return self.linear(y)
+
+    config = {"format": passthrough.name, "weight_enabled": False}
+    model_q = qbench.prepare(AddsInPlace(), config)
+    with torch.no_grad():
+        model_q(torch.randn(2, 4))
+    assert len(passthrough.calls) == 2  # the ReLU output, then the modified tensor again
+
+
+def test_two_consumers_of_one_tensor_share_its_quantization(passthrough):
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.a(x) + self.b(x)
+
+    model_q = qbench.prepare(Fork(), {"format": passthrough.name, "weight_enabled": False})
+    with torch.no_grad():
+        model_q(torch.randn(2, 4))
+    assert len(passthrough.calls) == 1
+    with torch.inference_mode():  # no version counters: no sharing, still correct
+        model_q(torch.randn(2, 4))
+    assert len(passthrough.calls) == 3
+
+
+def test_every_registered_op_has_a_distinct_name():
+    names = [op.name for op in ALL_OPS]
+    assert len(names) == len(set(names))
+    assert qbench.plugins.registry("op").names() == sorted(names)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_twin_runs_on_cuda_like_on_cpu(resnet18):
+    model_q = qbench.prepare(resnet18, FP8_CHUNK)
+    x = image_like(2, 64)
+    with torch.no_grad():
+        cpu = model_q(x)
+        gpu = model_q.cuda()(x.cuda()).cpu()
+    assert _cosine(cpu, gpu) > 0.999
+
+
+def test_spec_axis_default_is_filled_in():
+    from qbench_ops.quantizer import TensorQuantizer
+
+    spec = QuantSpec("fp8_e4m3", Scaling(mode="chunk", chunk_size=32))
+    assert TensorQuantizer(spec, "x", "input", []).spec.scaling.axis == -1
+    assert (
+        TensorQuantizer(
+            dataclasses.replace(spec, scaling=Scaling(mode="channel")),
+            "x",
+            "weight",
+            [],
+            flatten_weight=True,
+        ).spec.scaling.axis
+        == 0
+    )

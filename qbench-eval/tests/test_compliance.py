@@ -72,19 +72,24 @@ def test_format_whose_rounding_skips_values_fails_with_examples() -> None:
     assert failure["examples"][1]["nearest"] == [-1.0, 0.0]
 
 
-def test_codes_off_the_grid_fail() -> None:
+@pytest.mark.parametrize("code", [-9, 1000])
+def test_codes_off_the_grid_fail(code: int) -> None:
     good = quantize(torch.tensor([1.0, -7.0, 3.0]), spec("test_int4"))
     codes = good.codes.clone()
-    codes[1] = -9  # outside -7..7; dequantized made consistent so only the grid check trips
+    codes[1] = code  # outside -7..7; dequantized made consistent so only the grid check trips
     bad = QuantResult(
         codes.float() * good.scales, codes, good.scales, good.spec, dict(good.scale_parts)
     )
     metric = _metric()
     metric.on_tensor("fc", "input", bad)
     [failure] = metric.result()["failures"]
-    assert failure["failures"] == {"grid": 1}
+    # A code outside the format's code space does not even decode (NaN), so the value the
+    # layer used cannot be codes x scales either.
+    assert failure["failures"] == ({"grid": 1} if code == -9 else {"grid": 1, "reconstruction": 1})
     example = failure["examples"][0]
-    assert example["index"] == [1] and example["code"] == -9 and example["nearest"] == [-7.0]
+    assert example["check"] == "grid" and example["index"] == [1] and example["code"] == code
+    if code == -9:
+        assert example["value"] == -9.0 and example["nearest"] == [-7.0]
 
 
 def test_illegal_e8m0_scale_fails() -> None:
@@ -136,7 +141,13 @@ def test_layer_that_bypasses_quantization_fails() -> None:
     metric.on_tensor("fc1", "input", quantize(torch.randn(4, 4), spec("test_int4")))
     result = metric.result()
     assert result["status"] == "FAIL"
-    assert result["missing"] == [{"layer": "fc2", "role": "input"}]
+    assert result["missing"] == [
+        {
+            "layer": "fc2",
+            "role": "input",
+            "reason": "quantized per the preparation report but never observed",
+        }
+    ]
     assert (
         result["roles"]["input"]["status"] == "FAIL"
         and result["roles"]["weight"]["status"] == "PASS"
@@ -206,3 +217,68 @@ def test_default_config_is_shipped() -> None:
     config = load_config(None)
     assert config.roles == ("weight", "stats", "input", "act") and config.max_examples == 5
     assert config.source == "default" and config.require_observed
+
+
+def test_unobservable_layer_fails_with_its_reason() -> None:
+    metric = ComplianceMetric(None)
+    preparation = {"quantized": [{"name": "attn", "roles": {"weight": ""}, "observable": False}]}
+    metric.attach(None, None, {"preparation": preparation})
+    result = metric.result()
+    assert result["status"] == "FAIL"
+    assert (
+        result["missing"][0]["layer"] == "attn"
+        and "not observable" in result["missing"][0]["reason"]
+    )
+
+
+# -- the real formats of qbench-formats (a test dependency) ------------------------------
+
+REAL = [
+    "fp8_e4m3",
+    "fp8_e5m2",
+    "fp6_e2m3",
+    "fp4_e2m1",
+    "fp4_e3m0",
+    "int8",
+    "int4",
+    "mxfp4_e2m1",
+    "mxint8",
+    "nvfp4",
+]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_formats_pass_and_code_table_matches_decode(name: str) -> None:
+    import qbench
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 64, generator=generator) * torch.logspace(-3, 3, 64)
+    x[0, :32] = 0.0  # an all-zero block
+    result = qbench.quantize(x, name, return_codes=True)
+    metric = _metric()
+    metric.on_tensor("layer", "weight", result)
+    audit = metric.result()
+    assert audit["status"] == "PASS", audit["failures"]
+    element = qbench.get_format(qbench.get_format(name).element)
+    decoded, _ = metric._decode(element.name, element, result.codes)
+    assert torch.equal(decoded, element.decode(result.codes))
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "mxfp4_e2m1"])
+def test_real_format_with_a_tampered_value_fails(name: str) -> None:
+    import qbench
+
+    result = qbench.quantize(torch.linspace(-3, 3, 64).reshape(2, 32), name, return_codes=True)
+    tampered = result.dequantized.clone()
+    tampered[1, 5] = torch.nextafter(tampered[1, 5], torch.tensor(10.0))  # one ulp off
+    bad = QuantResult(
+        tampered, result.codes, result.scales, result.spec, result.scale_parts, result.expand
+    )
+    metric = _metric()
+    metric.on_tensor("head", "input", bad)
+    [failure] = metric.result()["failures"]
+    assert failure["layer"] == "head" and failure["failures"] == {"reconstruction": 1}
+    example = failure["examples"][0]
+    assert example["index"] == [1, 5] and example["value"] == float(tampered[1, 5])
+    assert example["expected"] == float(result.dequantized[1, 5])
+    assert float(result.dequantized[1, 5]) in example["nearest"]

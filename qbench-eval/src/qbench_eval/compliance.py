@@ -192,6 +192,51 @@ class _Grid:
         return [v for v in (below, above) if v is not None]
 
 
+def _legal_values(element: Any, grid: _Grid, decoded: torch.Tensor) -> torch.Tensor:
+    """Elementwise: a finite grid value, NaN, or an infinity the format itself has."""
+    legal = grid.contains(decoded) | torch.isnan(decoded)
+    infinite = torch.isinf(decoded)
+    if bool(infinite.any()):
+        legal |= infinite & element.is_representable(decoded).to(torch.bool)
+    return legal
+
+
+class _CodeTable:
+    """Every code of a small format decoded once, with its legality (see ``_decode``).
+
+    Layout: ``[out-of-range-low, code -2^bits, ..., code 2^bits - 1, out-of-range-high]``, so
+    a code's slot is ``clamp(code + 2^bits + 1, 0, last)`` and codes the table does not cover
+    land on a NaN, illegal sentinel.
+    """
+
+    def __init__(self, element: Any, grid: _Grid):
+        span = 2 ** int(element.bits)
+        self.offset = span + 1
+        codes = torch.arange(-span, span, dtype=torch.int64)
+        values = element.decode(codes)
+        legal = _legal_values(element, grid, values)
+        nan = values.new_full((1,), math.nan)
+        self.values = torch.cat([nan, values, nan])
+        self.legal = torch.cat([legal.new_zeros(1), legal, legal.new_zeros(1)])
+        self._on_device: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def lookup(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if codes.device not in self._on_device:
+            self._on_device[codes.device] = (
+                self.values.to(codes.device),
+                self.legal.to(codes.device),
+            )
+        values, legal = self._on_device[codes.device]
+        if codes.dtype not in (torch.int32, torch.int64):  # int8/uint8/int16 would overflow
+            codes = codes.to(torch.int32)
+        # index_select with the codes' own integer type: one fused pass per table.
+        index = (codes.reshape(-1) + self.offset).clamp_(0, values.numel() - 1)
+        return (
+            values.index_select(0, index).reshape(codes.shape),
+            legal.index_select(0, index).reshape(codes.shape),
+        )
+
+
 # --------------------------------------------------------------------------------------
 # The audit of one tensor
 # --------------------------------------------------------------------------------------
@@ -286,8 +331,10 @@ class ComplianceMetric:
             self.config = load_config(options)
         self.audits: dict[tuple[str, str], TensorAudit] = {}
         self.expected: list[tuple[str, str]] = []
+        self.unobservable: set[str] = set()
         self.batches = 0
         self._grids: dict[str, _Grid] = {}
+        self._tables: dict[str, _CodeTable] = {}
 
     def attach(self, reference: Any, quantized: Any, context: Mapping[str, Any]) -> None:
         if self.config is None:
@@ -297,6 +344,8 @@ class ComplianceMetric:
             for role in entry.get("roles") or {}:
                 if self.config.audits(entry["name"], role):
                     self.expected.append((entry["name"], role))
+            if entry.get("observable", True) is False:
+                self.unobservable.add(entry["name"])
 
     def _config(self) -> ComplianceConfig:
         if self.config is None:
@@ -347,27 +396,23 @@ class ComplianceMetric:
             )
             return
 
-        decoded = element.decode(codes)
         grid = self._grid(element_name)
-        on_grid = grid.contains(decoded)
-        nan = torch.isnan(decoded)
-        infinite = torch.isinf(decoded)
-        if bool(infinite.any()):  # inf is legal only in formats that have it
-            on_grid |= infinite & element.is_representable(decoded).to(torch.bool)
-        off_grid = ~(on_grid | nan)
+        decoded, legal = self._decode(element_name, element, codes)
+        off_grid = ~legal
 
         expanded = result.expand_scales()
         reconstructed = decoded * expanded
-        same = (reconstructed == dequantized) | (
-            torch.isnan(reconstructed) & torch.isnan(dequantized)
-        )
-        mismatch = ~same
+        # NaN != NaN, so NaN-for-NaN pairs are counted here and taken out below (rare).
+        mismatch = reconstructed != dequantized
 
         scale_checks = self._scale_checks(result)
         counts = torch.stack(
             [off_grid.sum(), mismatch.sum(), *[bad.sum() for _, _, _, bad in scale_checks]]
         ).tolist()  # one host sync per audited tensor
         off_count, mismatch_count, scale_counts = int(counts[0]), int(counts[1]), counts[2:]
+        if mismatch_count:
+            mismatch &= ~(torch.isnan(reconstructed) & torch.isnan(dequantized))
+            mismatch_count = int(mismatch.sum())
         audit.failures["grid"] += off_count
         audit.failures["reconstruction"] += mismatch_count
         audit.scales += sum(values.numel() for _, _, values, _ in scale_checks)
@@ -392,8 +437,16 @@ class ComplianceMetric:
             scales_full = torch.broadcast_to(expanded, shape)
             for i in self._first(mismatch, max_examples - len(audit.examples)):
                 used = float(dequantized.reshape(-1)[i])
-                scale = float(scales_full.reshape(-1)[i])
+                scale_value = scales_full.reshape(-1)[i]
+                scale = float(scale_value)
                 element_value = used / scale if scale else math.nan
+                nearest: list[Any] = []
+                if math.isfinite(element_value):
+                    # Products in the tensor's own arithmetic, as the quantizer computes them.
+                    neighbours = torch.tensor(
+                        grid.nearest(element_value), dtype=reconstructed.dtype
+                    )
+                    nearest = [_number(v) for v in (neighbours * scale_value.cpu()).tolist()]
                 self._example(
                     audit,
                     max_examples,
@@ -403,9 +456,7 @@ class ComplianceMetric:
                     value=_number(used),
                     expected=_number(float(reconstructed.reshape(-1)[i])),
                     scale=_number(scale),
-                    nearest=[_number(v * scale) for v in grid.nearest(element_value)]
-                    if math.isfinite(element_value)
-                    else [],
+                    nearest=nearest,
                 )
         for (level, scale_format, values, bad), count in zip(
             scale_checks, scale_counts, strict=True
@@ -430,6 +481,25 @@ class ComplianceMetric:
                     value=_number(value),
                     nearest=nearest,
                 )
+
+    def _decode(
+        self, name: str, element: Any, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``element.decode(codes)`` and, elementwise, whether each code is legal.
+
+        For integer codes of formats up to 16 bits both come from a table built once by
+        decoding every code in [-2^bits, 2^bits) with the format's own ``decode`` (which covers
+        signed and unsigned code conventions), so a tensor costs a gather instead of a full
+        decode and a grid search; other formats decode and search directly.
+        """
+        small = int(element.bits) <= MAX_ENUMERATED_BITS
+        if small and not codes.is_floating_point() and not codes.is_complex():
+            table = self._tables.get(name)
+            if table is None:
+                table = self._tables[name] = _CodeTable(element, self._grid(name))
+            return table.lookup(codes)
+        decoded = element.decode(codes)
+        return decoded, _legal_values(element, self._grid(name), decoded)
 
     def _scale_checks(
         self, result: QuantResult
@@ -489,7 +559,13 @@ class ComplianceMetric:
         missing = []
         if config.require_observed:
             missing = [
-                {"layer": layer, "role": role}
+                {
+                    "layer": layer,
+                    "role": role,
+                    "reason": "the layer's op cannot report its quantizations (not observable)"
+                    if layer in self.unobservable
+                    else "quantized per the preparation report but never observed",
+                }
                 for layer, role in self.expected
                 if (layer, role) not in observed
             ]

@@ -161,8 +161,8 @@ def failure_lines(compliance: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     for missing in compliance.get("missing") or []:
         lines.append(
-            f"{missing['layer']} [{missing['role']}]: FAIL - quantized per the preparation report "
-            "but no quantization was ever observed (the layer bypasses its quantizer)"
+            f"{missing['layer']} [{missing['role']}]: FAIL - "
+            + missing.get("reason", "quantized per the preparation report but never observed")
         )
     for tensor in compliance.get("failures") or []:
         counts = ", ".join(f"{k}: {v}" for k, v in (tensor.get("failures") or {}).items())

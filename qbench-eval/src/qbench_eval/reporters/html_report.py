@@ -212,8 +212,8 @@ class HtmlReporter:
         items = []
         for entry in missing:
             items.append(
-                f"<li><b>{escape(entry['layer'])}</b> [{escape(entry['role'])}]: {_status('FAIL')} quantized per "
-                "the preparation report but never observed (the layer bypasses its quantizer)</li>"
+                f"<li><b>{escape(entry['layer'])}</b> [{escape(entry['role'])}]: {_status('FAIL')} "
+                f"{escape(entry.get('reason', 'quantized per the preparation report but never observed'))}</li>"
             )
         for tensor in failures:
             counts = ", ".join(f"{k}: {v}" for k, v in (tensor.get("failures") or {}).items())

@@ -1,0 +1,178 @@
+"""End to end: `qbench run` through the real CLI on six formats, checked against numbers this
+test computes itself from the zoo model, qbench.prepare and plain forward hooks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import QBENCH, run_python
+
+torch = pytest.importorskip("torch")
+
+LIMIT = 64
+BATCH = 32
+LAYER = "layer1.0.conv1"  # the layer whose error is recomputed by hand
+
+FORMATS = {
+    "fp8_e4m3": {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 32},
+    "fp8_e5m2": {"format": "fp8_e5m2", "mode": "tensor"},
+    "fp4_e2m1": {"format": "fp4_e2m1", "mode": "chunk", "chunk_size": 32, "weight_chunk_size": 16},
+    "fp4_e3m0": {"format": "fp4_e3m0", "mode": "chunk", "chunk_size": 16},
+    "int8": {"format": "int8", "mode": "tensor"},
+    "mxfp4_e2m1": {"format": "mxfp4_e2m1"},
+}
+
+
+def _config(name: str) -> dict:
+    return {
+        "name": f"e2e_{name}",
+        "model": {"adapter": "zoo", "name": "tiny_resnet"},
+        "dataset": {"name": "digits", "split": "test", "batch_size": BATCH},
+        "quantization": FORMATS[name],
+        "evaluation": {"metrics": ["accuracy", "layerwise", "compliance"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `qbench run` of all six configs (one process start for all), returning the output root."""
+    root = tmp_path_factory.mktemp("e2e")
+    paths = []
+    for name in FORMATS:
+        path = root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(_config(name)))
+        paths.append(str(path))
+    out = root / "reports"
+    result = run_python(
+        QBENCH,
+        "run",
+        *paths,
+        "--limit",
+        str(LIMIT),
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--no-progress",
+        cwd=root,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = "".join(result.stdout.split())  # the summary table may wrap long paths
+    for name in FORMATS:  # the CLI says where each report went
+        assert str(out / "zoo_tiny_resnet" / f"e2e_{name}") in printed
+    return out
+
+
+def _independent(name: str) -> dict:
+    """Logits, top-1 and one layer's outputs computed here, without QBench's metrics."""
+    import qbench
+    import qbench.plugins
+
+    bundle = qbench.plugins.get("adapter", "zoo").build(
+        {"adapter": "zoo", "name": "tiny_resnet"}, device="cpu"
+    )
+    reference = bundle.model.eval()
+    quantized = qbench.prepare(reference, FORMATS[name]).eval()
+    batches = qbench.plugins.get("dataset", "digits").build(
+        {"name": "digits", "split": "test", "batch_size": BATCH, "limit": LIMIT}, bundle=bundle
+    )
+    captured: dict[str, list[np.ndarray]] = {
+        "layer_reference": [],
+        "layer_quantized": [],
+        "layer_input": [],
+    }
+    hooks = [
+        reference.get_submodule(LAYER).register_forward_hook(
+            lambda m, i, o: captured["layer_reference"].append(o.detach().double().numpy().copy())
+        ),
+        quantized.get_submodule(LAYER).register_forward_hook(
+            lambda m, i, o: captured["layer_quantized"].append(o.detach().double().numpy().copy())
+        ),
+        quantized.get_submodule(LAYER).register_forward_pre_hook(
+            lambda m, i: captured["layer_input"].append(i[0].detach().double().numpy().copy())
+        ),
+    ]
+    targets, ref_logits, q_logits = [], [], []
+    with torch.no_grad():
+        for images, labels in batches:
+            targets.append(labels.numpy())
+            ref_logits.append(reference(images).double().numpy())
+            q_logits.append(quantized(images).double().numpy())
+    for hook in hooks:
+        hook.remove()
+    return {
+        "targets": np.concatenate(targets),
+        "reference": np.concatenate(ref_logits),
+        "quantized": np.concatenate(q_logits),
+        **{k: np.concatenate(v) for k, v in captured.items()},
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_report_numbers_match_an_independent_computation(cli_run: Path, name: str) -> None:
+    out_dir = cli_run / "zoo_tiny_resnet" / f"e2e_{name}"
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "comparison_report.txt",
+        "report.html",
+        "report.json",
+    ]
+    report = json.loads((out_dir / "report.json").read_text())
+    metrics = report["metrics"]
+    mine = _independent(name)
+
+    # Accuracy: top-1 and agreement recomputed from logits computed here.
+    accuracy = metrics["accuracy"]
+    assert accuracy["images"] == report["dataset"]["images"] == LIMIT
+    t = mine["targets"]
+    ref_top1 = np.mean(mine["reference"].argmax(1) == t)
+    q_top1 = np.mean(mine["quantized"].argmax(1) == t)
+    assert accuracy["reference"]["top1"] == pytest.approx(ref_top1, abs=1e-12)
+    assert accuracy["quantized"]["top1"] == pytest.approx(q_top1, abs=1e-12)
+    assert accuracy["agreement"] == pytest.approx(
+        np.mean(mine["reference"].argmax(1) == mine["quantized"].argmax(1)), abs=1e-12
+    )
+    assert ref_top1 >= 0.9  # the shipped zoo weights really are trained
+
+    # One layer's error by hand (float64 numpy over every image).
+    [layer] = [entry for entry in metrics["layerwise"]["layers"] if entry["name"] == LAYER]
+    r, q = mine["layer_reference"], mine["layer_quantized"]
+    assert layer["elements"] == r.size
+    assert layer["mse"] == pytest.approx(np.mean((r - q) ** 2), rel=1e-6)
+    assert layer["mse"] > 0  # the format really changed the layer's output
+    cosine = float(np.dot(r.ravel(), q.ravel()) / (np.linalg.norm(r) * np.linalg.norm(q)))
+    assert layer["cosine"] == pytest.approx(cosine, rel=1e-9)
+    assert layer["sqnr_db"] == pytest.approx(
+        10 * math.log10(np.sum(r**2) / np.sum((r - q) ** 2)), rel=1e-6
+    )
+    magnitude = np.abs(mine["layer_input"])
+    assert layer["input"]["max_abs"] == pytest.approx(magnitude.max(), rel=1e-7)
+    assert layer["input"]["min_nonzero_abs"] == pytest.approx(
+        magnitude[magnitude > 0].min(), rel=1e-7
+    )
+
+    # The audit passes on a correct implementation, and it looked at every role.
+    compliance = metrics["compliance"]
+    assert compliance["status"] == "PASS", compliance["failures"] or compliance["missing"]
+    for role in ("weight", "stats", "input"):
+        assert (
+            compliance["roles"][role]["status"] == "PASS"
+            and compliance["roles"][role]["tensors"] > 0
+        )
+
+    text = (out_dir / "comparison_report.txt").read_text()
+    for heading in (
+        "1. Accuracy metrics",
+        "2. Compliance",
+        "3. Layer-wise error",
+        "4. Failure details",
+    ):
+        assert heading in text
+    assert "Overall: PASS" in text and LAYER in text
+    assert (out_dir / "report.html").read_text().count("<svg") == 4

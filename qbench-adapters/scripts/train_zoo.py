@@ -115,8 +115,13 @@ def train(model_name: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", choices=[*zoo.MODELS, []], default=list(zoo.MODELS))
+    parser.add_argument("models", nargs="*", help=f"any of {', '.join(zoo.MODELS)} (default: all)")
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models if m not in zoo.MODELS]
+    if unknown:
+        parser.error(
+            f"unknown zoo model(s) {', '.join(unknown)}; choose from {', '.join(zoo.MODELS)}"
+        )
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     for name in args.models or list(zoo.MODELS):

@@ -125,6 +125,7 @@ class TorchvisionAdapter:
     def options_schema(self) -> dict[str, Any]:
         return {
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "name": {"enum": list(self.model_names), "default": self.default_model},
                 "weights": _WEIGHTS_SCHEMA,
@@ -253,6 +254,7 @@ class ZooAdapter:
     name = "zoo"
     options_schema: dict[str, Any] = {
         "type": "object",
+        "additionalProperties": False,
         "properties": {
             "name": {"enum": list(zoo.MODELS), "default": "tiny_resnet"},
             "weights": {
@@ -359,6 +361,7 @@ class GenericAdapter:
     name = "generic"
     options_schema: dict[str, Any] = {
         "type": "object",
+        "additionalProperties": False,
         "properties": {
             "factory": {
                 "type": "string",

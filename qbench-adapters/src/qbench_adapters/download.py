@@ -28,6 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -311,10 +312,11 @@ def extract_archive(archive: Path, root: Path) -> list[Path]:
             os.replace(entry, root / entry.name)
             created.append(root / entry.name)
         return created
-    except tarfile.TarError as exc:
-        raise QBenchError(f"archive {archive}: cannot be read ({exc})") from None
-    except zipfile.BadZipFile as exc:
-        raise QBenchError(f"archive {archive}: cannot be read ({exc})") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+        # A truncated or damaged archive (or a full disk): the staging folder goes away below.
+        raise QBenchError(
+            f"archive {archive}: extraction failed ({type(exc).__name__}: {exc})"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -112,6 +112,7 @@ class FolderDataset:
         split["default"] = self.default_split
         schema: dict[str, Any] = {
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "root": root,
                 "split": split,
@@ -236,6 +237,12 @@ class TinyImageNetDataset(FolderDataset):
 
     def how_to_get(self, root: Path) -> str:
         return f"get it with: qbench data download tiny-imagenet --root {root.parent}"
+
+    def download(self, root: Path, *, url: str | None = None, progress: bool = True) -> Path:
+        """Fetch and unpack Tiny ImageNet into ``root``; returns the dataset folder."""
+        from .download import TINY_IMAGENET, fetch_dataset
+
+        return fetch_dataset(TINY_IMAGENET, Path(root), url=url, progress=progress)
 
     def scan(self, root: Path, split: str | None) -> dict[str, list[str]]:
         if split == "train":

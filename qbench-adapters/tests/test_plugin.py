@@ -1,0 +1,77 @@
+"""Registration through the entry point, option schemas, and the repository's configs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import qbench.plugins
+import yaml
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+ADAPTERS = {"generic", "resnet", "vit", "zoo"}
+DATASETS = {"imagenet", "imagenette", "tiny-imagenet", "imagefolder", "digits"}
+#: Keys core owns in each section (core's schema adds them to every component's options).
+CORE_KEYS = {
+    "model": {"adapter": {"type": "string"}},
+    "dataset": {
+        "name": {"type": "string"},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "limit": {"type": ["integer", "null"], "minimum": 1},
+    },
+}
+
+
+def test_components_come_from_the_entry_point():
+    for kind, names in (("adapter", ADAPTERS), ("dataset", DATASETS)):
+        registry = qbench.plugins.registry(kind)
+        assert names <= set(registry.names())
+        for name in names:
+            assert registry.plugin_of(name).distribution == "qbench-adapters"
+
+
+def test_downloadable_datasets_have_download():
+    for name in ("imagenette", "tiny-imagenet"):
+        assert callable(qbench.plugins.get("dataset", name).download)
+    assert not hasattr(qbench.plugins.get("dataset", "imagenet"), "download")
+
+
+@pytest.mark.parametrize("kind", ["adapter", "dataset"])
+def test_option_schemas_are_valid_and_closed(kind):
+    names = ADAPTERS if kind == "adapter" else DATASETS
+    for name in names:
+        schema = qbench.plugins.get(kind, name).options_schema
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema.get("additionalProperties") is False, name  # typos are caught
+
+
+def with_core_keys(schema: dict, section: str) -> dict:
+    schema = copy.deepcopy(schema)
+    schema["properties"].update(CORE_KEYS[section])
+    return schema
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_configs_model_and_dataset_sections_fit_the_schemas(path):
+    config = yaml.safe_load(path.read_text())
+    adapter = qbench.plugins.get("adapter", config["model"]["adapter"])
+    jsonschema.validate(config["model"], with_core_keys(adapter.options_schema, "model"))
+    dataset = qbench.plugins.get("dataset", config["dataset"]["name"])
+    jsonschema.validate(config["dataset"], with_core_keys(dataset.options_schema, "dataset"))
+
+
+def test_the_expected_configs_exist():
+    names = {p.stem for p in CONFIGS}
+    headline = {"fp8_e5m2", "fp4_e2m1", "fp4_e3m0", "int8", "mxfp4_e2m1", "nvfp4"}
+    assert {"quickstart", "fp8_e4m3_chunk128", "imagenet_fp8"} | headline <= names
+    quickstart = yaml.safe_load((CONFIGS[0].parent / "quickstart.yaml").read_text())
+    assert quickstart["model"] == {"adapter": "zoo", "name": "tiny_resnet"}
+    assert quickstart["dataset"]["name"] == "digits"
+
+
+def test_a_typo_in_options_is_rejected():
+    schema = with_core_keys(qbench.plugins.get("dataset", "digits").options_schema, "dataset")
+    with pytest.raises(jsonschema.ValidationError, match="splt"):
+        jsonschema.validate({"name": "digits", "splt": "test"}, schema)

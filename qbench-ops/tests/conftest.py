@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# qbench-formats' eager path gives the same bits as its compiled kernels (its own tests check
+# that); skipping compilation keeps this suite fast on a small CPU box.
+os.environ.setdefault("QBENCH_COMPILE", "0")
 
 import pytest
 import torch

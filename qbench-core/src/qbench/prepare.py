@@ -24,7 +24,7 @@ import difflib
 import fnmatch
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -197,10 +197,13 @@ def observe(model_q: nn.Module, observer: Any) -> Iterator[Any]:
 # --------------------------------------------------------------------------------------
 
 
-def check_layer_patterns(q: Mapping[str, Any], model: nn.Module) -> None:
-    """Refuse a ``layers:`` entry that matches no module of ``model``, naming the pattern and
-    the closest module names (or types), so a typo never silently runs a layer in FP32."""
-    modules = list(model.named_modules())
+def check_layer_patterns(
+    q: Mapping[str, Any], model: nn.Module, extra: Iterable[tuple[str, Any]] = ()
+) -> None:
+    """Refuse a ``layers:`` entry that matches no module of ``model`` (nor any of the
+    ``extra`` ``(name, module)`` candidates), naming the pattern and the closest module names
+    (or types), so a typo never silently runs a layer in FP32."""
+    modules = [*model.named_modules(), *extra]
     names = [name for name, _ in modules if name]
     for index, entry in enumerate(q.get("layers") or ()):
         if not isinstance(entry, Mapping):

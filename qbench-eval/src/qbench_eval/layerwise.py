@@ -50,7 +50,7 @@ class _LayerStats:
         self.input_elements = 0
         self.sums: torch.Tensor | None = None
         self.input_zeros: torch.Tensor | None = None
-        self.input_mins: torch.Tensor | None = None  # (min |x|, min non-zero |x|)
+        self.input_min_nonzero: torch.Tensor | None = None
         self.input_max: torch.Tensor | None = None
         self.pending: dict[str, deque[torch.Tensor]] = {"reference": deque(), "quantized": deque()}
 
@@ -81,15 +81,20 @@ class _LayerStats:
 
     def add_input(self, x: torch.Tensor) -> None:
         magnitude = x.detach().abs()
-        smallest, largest = torch.aminmax(magnitude)
-        nonzero_min = magnitude.masked_fill(magnitude == 0, math.inf).amin()
         zeros = magnitude.numel() - torch.count_nonzero(magnitude)
-        mins = torch.stack([smallest, nonzero_min]).to(torch.float64)
-        largest = largest.to(torch.float64)
-        if self.input_mins is None:
-            self.input_mins, self.input_max, self.input_zeros = mins, largest, zeros
+        largest = magnitude.amax().to(torch.float64)
+        # Zeros mapped to +inf: the minimum is then the smallest non-zero magnitude. The overall
+        # minimum is 0 exactly when zeros were seen (derived in _input_result).
+        nonzero = torch.where(magnitude > 0, magnitude, math.inf)
+        smallest_nonzero = nonzero.amin().to(torch.float64)
+        if self.input_min_nonzero is None:
+            self.input_min_nonzero, self.input_max, self.input_zeros = (
+                smallest_nonzero,
+                largest,
+                zeros,
+            )
         else:
-            self.input_mins = torch.minimum(self.input_mins, mins)
+            self.input_min_nonzero = torch.minimum(self.input_min_nonzero, smallest_nonzero)
             self.input_max = torch.maximum(self.input_max, largest)
             self.input_zeros = self.input_zeros + zeros
         self.input_elements += magnitude.numel()
@@ -120,21 +125,22 @@ class _LayerStats:
         return out
 
     def _input_result(self) -> dict[str, Any]:
-        if self.input_mins is None or self.input_max is None or not self.input_elements:
+        if self.input_min_nonzero is None or self.input_max is None or not self.input_elements:
             return {"elements": 0}
-        min_abs, min_nonzero = self.input_mins.tolist()
+        min_nonzero = float(self.input_min_nonzero)
         max_abs = float(self.input_max)
+        zeros = int(self.input_zeros)
         nonzero = math.isfinite(min_nonzero)
         log2_range = None
         if nonzero and max_abs > 0 and math.isfinite(max_abs):
             log2_range = math.log2(max_abs / min_nonzero)
         return {
             "elements": self.input_elements,
-            "min_abs": min_abs,
+            "min_abs": 0.0 if zeros else min_nonzero,
             "min_nonzero_abs": min_nonzero if nonzero else None,
             "max_abs": max_abs,
             "log2_range": log2_range,
-            "zero_fraction": int(self.input_zeros) / self.input_elements,
+            "zero_fraction": zeros / self.input_elements,
         }
 
 

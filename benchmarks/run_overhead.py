@@ -1,0 +1,123 @@
+"""Total ``qbench.run`` time / a plain FP32 evaluation loop over the same data (issue 6).
+
+A run does the FP32 forward, the quantized forward and the metrics (accuracy, layer-wise
+error, the compliance audit) and writes three reports; the plain loop only does the FP32
+forward and top-1. Both run in this process over the same batches of the same config, after
+one warm-up of each (imports, kernel compilation), and the ratio of medians is printed
+(STYLE.md habit 8: ratios measured in one process, never absolute seconds across runs).
+Target: <= 2.5.
+
+    .venv/bin/python benchmarks/run_overhead.py                       # configs/quickstart.yaml
+    .venv/bin/python benchmarks/run_overhead.py --config configs/int8.yaml --repeats 3 --limit 256
+
+``--breakdown`` also times runs with fewer metrics, to show where the time goes.
+``--threads N`` sets torch's intra-op threads: on a small machine shared with other jobs,
+OpenMP threads that spin-wait for a busy core make every small op many times slower, which
+swamps what is being measured (1 thread is the honest setting there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import qbench
+import qbench.plugins
+import torch
+from qbench.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 2.5
+
+
+def fp32_loop(data: dict[str, Any], limit: int | None, device: str) -> float:
+    """Seconds for the plain loop: build data, FP32 forward, top-1; nothing else."""
+    bundle = qbench.plugins.get("adapter", data["model"]["adapter"]).build(
+        dict(data["model"]), device=device
+    )
+    model = bundle.model.to(device).eval()
+    options = dict(data["dataset"])
+    if limit is not None:
+        options["limit"] = limit
+    start = time.perf_counter()
+    batches = qbench.plugins.get("dataset", options["name"]).build(options, bundle=bundle)
+    correct = images = 0
+    with torch.inference_mode():
+        for inputs, targets in batches:
+            logits = model(inputs.to(device))
+            correct += int((logits.argmax(1).cpu() == targets).sum())
+            images += int(targets.shape[0])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    assert images > 0 and correct >= 0
+    return elapsed
+
+
+def qbench_run(
+    data: dict[str, Any], limit: int | None, device: str, metrics: list[str] | None
+) -> float:
+    """Seconds for a whole ``qbench.run`` (model build, prepare, both forwards, metrics, reports)."""
+    data = dict(data)
+    if metrics is not None:
+        data["evaluation"] = {**(data.get("evaluation") or {}), "metrics": metrics}
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        qbench.run(data, limit=limit, device=device, output=out)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    parser.add_argument("--limit", type=int, default=None, help="images per run (default: all)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time runs with fewer metrics"
+    )
+    args = parser.parse_args()
+
+    cfg = load_config(args.config)
+    data = dict(cfg.data)
+    data["output"] = {**data.get("output", {}), "dir": "unused"}
+    # Warm-up: imports, weight caches, compiled quantize kernels.
+    fp32_loop(data, 64, args.device)
+    qbench_run(data, 64, args.device, None)
+
+    variants: list[tuple[str, list[str] | None]] = [("config's metrics", None)]
+    if args.breakdown:
+        variants += [
+            ("accuracy + layerwise", ["accuracy", "layerwise"]),
+            ("accuracy only", ["accuracy"]),
+        ]
+    plain: list[float] = []
+    runs: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for _ in range(args.repeats):  # interleaved, so load changes hit both alike
+        plain.append(fp32_loop(data, args.limit, args.device))
+        for label, metrics in variants:
+            runs[label].append(qbench_run(data, args.limit, args.device, metrics))
+    base = statistics.median(plain)
+    metric_names = (data.get("evaluation") or {}).get("metrics", [])
+    print(
+        f"config: {args.config} ({cfg.name}), device {args.device}, limit {args.limit or 'all'}, repeats {args.repeats}"
+    )
+    print(f"plain FP32 loop           : {base:8.2f} s (median)")
+    for label, _ in variants:
+        total = statistics.median(runs[label])
+        shown = f"{label} ({', '.join(metric_names)})" if label == "config's metrics" else label
+        print(f"qbench.run, {shown:<14}: {total:8.2f} s  ratio {total / base:5.2f}")
+    ratio = statistics.median(runs[variants[0][0]]) / base
+    print(
+        f"run / FP32 ratio: {ratio:.2f} (target <= {TARGET}) {'OK' if ratio <= TARGET else 'ABOVE TARGET'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

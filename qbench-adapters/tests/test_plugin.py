@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -75,3 +77,28 @@ def test_a_typo_in_options_is_rejected():
     schema = with_core_keys(qbench.plugins.get("dataset", "digits").options_schema, "dataset")
     with pytest.raises(jsonschema.ValidationError, match="splt"):
         jsonschema.validate({"name": "digits", "splt": "test"}, schema)
+
+
+def test_registration_imports_no_heavy_modules():
+    # `qbench validate` and `qbench schema` register every plugin; ours must stay cheap.
+    code = (
+        "import sys\n"
+        "from qbench_adapters import plugin\n"
+        "found = []\n"
+        "plugin.qbench_register_adapters(register=found.append)\n"
+        "plugin.qbench_register_datasets(register=found.append)\n"
+        "[c.options_schema for c in found]\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'PIL', 'numpy', 'sklearn', 'timm') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_zoo_names_in_the_schema_match_the_zoo():
+    from qbench_adapters import zoo
+    from qbench_adapters.adapters import ZOO_IMAGE_SIZE, ZOO_MODELS
+
+    assert ZOO_MODELS == tuple(zoo.MODELS) and ZOO_IMAGE_SIZE == zoo.IMAGE_SIZE

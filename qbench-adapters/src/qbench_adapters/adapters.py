@@ -16,15 +16,24 @@ import importlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from PIL import Image
 from qbench.errors import QBenchError
 from qbench.types import ModelBundle
-from torch import nn
 
-from . import checkpoints, imagenet, zoo
+from . import imagenet
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+    from torch import nn
+
+# torch, torchvision and PIL are imported inside the functions that use them: registering the
+# adapters (which ``qbench validate`` and ``qbench schema`` do) must not cost their import time.
+
+#: The zoo's models (``qbench_adapters.zoo.MODELS`` builds them) and their 8x8 input size.
+ZOO_MODELS = ("tiny_cnn", "tiny_resnet", "tiny_vit")
+ZOO_IMAGE_SIZE = 8
 
 #: ImageNet channel statistics used by torchvision's pretrained classifiers (torchvision
 #: ``ImageClassification`` preset defaults).
@@ -59,6 +68,8 @@ _NUM_CLASSES_SCHEMA = {
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -83,6 +94,8 @@ def _finish(
     num_classes: int | None,
     info: dict[str, Any],
 ) -> ModelBundle:
+    from torch import nn
+
     model = model.to(resolve_device(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -103,6 +116,8 @@ def _finish(
 
 def _output_features(model: nn.Module) -> int | None:
     """Output size of the last Linear layer: a model's class count when it ends in one."""
+    from torch import nn
+
     last = None
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -135,7 +150,10 @@ class TorchvisionAdapter:
         }
 
     def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
+        import torch
         from torchvision.models import get_model, get_model_weights
+
+        from . import checkpoints
 
         model_name = str(options.get("name", self.default_model))
         if model_name not in self.model_names:
@@ -152,7 +170,7 @@ class TorchvisionAdapter:
         path = None
         if weights_value.lower() == "none":
             pass
-        elif checkpoints.looks_like_path(weights_value):
+        elif weights_value != "DEFAULT" and checkpoints.looks_like_path(weights_value):
             path = Path(weights_value)
         else:
             weights = checkpoints.torchvision_weights(model_name, weights_value)
@@ -194,6 +212,8 @@ class TorchvisionAdapter:
 
 def _checkpoint_classes(path: Path) -> int | None:
     """Class count of a classifier checkpoint (its last 2-D weight's rows), before building."""
+    from . import checkpoints
+
     state = checkpoints.load_state_dict(path)
     for key in ("fc.weight", "heads.head.weight"):
         if key in state:
@@ -232,9 +252,12 @@ class ZooTransform:
     8x8 grey image, so the digits dataset's images pass through unchanged (pixel / 255).
     """
 
-    size = (zoo.IMAGE_SIZE, zoo.IMAGE_SIZE)
+    size = (ZOO_IMAGE_SIZE, ZOO_IMAGE_SIZE)
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        import torch
+        from PIL import Image
+
         if isinstance(image, torch.Tensor):
             return image.float()
         if image.mode != "L":
@@ -256,7 +279,7 @@ class ZooAdapter:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "name": {"enum": list(zoo.MODELS), "default": "tiny_resnet"},
+            "name": {"enum": list(ZOO_MODELS), "default": "tiny_resnet"},
             "weights": {
                 "type": "string",
                 "default": "DEFAULT",
@@ -267,6 +290,8 @@ class ZooAdapter:
     }
 
     def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
+        from . import checkpoints, zoo
+
         model_name = str(options.get("name", "tiny_resnet"))
         if model_name not in zoo.MODELS:
             raise QBenchError(
@@ -393,6 +418,11 @@ class GenericAdapter:
     }
 
     def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
+        import torch
+        from torch import nn
+
+        from . import checkpoints
+
         weights_value = _weights_value(options, default="none")
         path = None if weights_value.lower() == "none" else Path(weights_value)
         factory_spec = options.get("factory")

@@ -20,24 +20,11 @@ from PIL import Image
 from qbench.errors import QBenchError
 from qbench.types import ModelBundle
 
+from .options import COMMON_PROPERTIES  # noqa: F401  (re-exported for dataset plugins)
+
 #: Errors PIL raises for a file that is not a readable image (UnidentifiedImageError is an
 #: OSError; truncated data raises OSError; a decompression bomb raises its own error).
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-#: Options every dataset of this package understands besides core's name/batch_size/limit.
-COMMON_PROPERTIES: dict[str, Any] = {
-    "skip_corrupt": {
-        "type": "boolean",
-        "default": False,
-        "description": "skip (and count) unreadable image files instead of stopping",
-    },
-    "num_workers": {
-        "type": "integer",
-        "minimum": 0,
-        "default": 0,
-        "description": "worker processes decoding images (0: in the main process)",
-    },
-}
 
 
 def image_mode(bundle: ModelBundle) -> str:

@@ -25,13 +25,17 @@ import gzip
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
 from qbench.types import ModelBundle
 
-from .batches import COMMON_PROPERTIES, Batches, make_batches
+from .options import COMMON_PROPERTIES
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from PIL import Image
+
+    from .batches import Batches
 
 #: The documented split (module docstring); changing it invalidates the zoo's weights.
 TEST_FRACTION = 0.3
@@ -45,6 +49,8 @@ _DATA_FILE = "sklearn/datasets/data/digits.csv.gz"
 def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     """(pixels float [1797, 64] in 0..16, labels int64 [1797]) from scikit-learn's data file."""
     from importlib import metadata
+
+    import numpy as np
 
     try:
         path = Path(str(metadata.distribution("scikit-learn").locate_file(_DATA_FILE)))
@@ -63,6 +69,8 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=1)
 def load_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train": (images uint8 [N, 8, 8], labels int64 [N]), "test": ..., "all": ...}``."""
+    import numpy as np
+
     pixels, labels = _read_digits()
     # 0..16 -> 0..255 rounded half-to-even (numpy's rint), exactly representable in uint8.
     images = np.rint(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
@@ -97,7 +105,10 @@ class DigitsDataset:
     }
 
     def build(self, options: Mapping[str, Any], *, bundle: ModelBundle) -> Batches:
+        from PIL import Image
         from qbench.errors import QBenchError
+
+        from .batches import make_batches
 
         split = options.get("split", "test")
         if split not in SPLITS:

@@ -25,19 +25,25 @@ import os
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
 from qbench.errors import QBenchError
 from qbench.types import ModelBundle
 
-from .batches import COMMON_PROPERTIES, Batches, make_batches
+from .options import COMMON_PROPERTIES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from .batches import Batches
 
 #: File suffixes read as images (PIL decodes them all); matched case-insensitively.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _open(path: str) -> Image.Image:
+    from PIL import Image
+
     return Image.open(path)
 
 
@@ -181,6 +187,8 @@ class FolderDataset:
         info.update(
             {"dataset": self.name, "root": str(root), "split": split, "num_classes": len(by_class)}
         )
+        from .batches import make_batches
+
         return make_batches(self.name, samples, _open, options, bundle, info)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from qbench import hookimpl
+from qbench.hookspecs import Register
 
 
 @hookimpl
-def qbench_register_adapters(register):
+def qbench_register_adapters(register: Register) -> None:
+    """The four model adapters: generic, resnet, vit, zoo."""
     from .adapters import GenericAdapter, ResNetAdapter, ViTAdapter, ZooAdapter
 
     for adapter in (GenericAdapter(), ResNetAdapter(), ViTAdapter(), ZooAdapter()):
@@ -14,7 +16,8 @@ def qbench_register_adapters(register):
 
 
 @hookimpl
-def qbench_register_datasets(register):
+def qbench_register_datasets(register: Register) -> None:
+    """The five datasets; imagenette and tiny-imagenet also have ``download``."""
     from .digits import DigitsDataset
     from .folders import (
         ImageFolderDataset,

@@ -150,8 +150,9 @@ class _FormatBase:
         if rounding == "stochastic":
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
         exact_in_f32 = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        if path != "reference" and exact_in_f32 and fused.supports(self):
-            out = fused.round_values(self, x.to(torch.float32), rounding, overflow, noise)
+        arith = fused.arith_of(self) if path != "reference" and exact_in_f32 else None
+        if arith is not None:
+            out = fused.round_values(arith, x.to(torch.float32), rounding, overflow, noise)
         else:
             out = reference.round_values(self, x, rounding, overflow, noise)
         return out.to(x.dtype)

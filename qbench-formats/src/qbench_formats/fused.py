@@ -13,43 +13,94 @@ rounding that to an integer in float32 is exact, and so is multiplying back.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .bits import F32_BIAS, F32_FRACTION_BITS, F32_MIN_NORMAL_EXP
 
 
-def supports(fmt: object) -> bool:
-    """Whether the float32 arithmetic is exact for ``fmt`` (else use the reference)."""
+@dataclass(frozen=True)
+class Arith:
+    """The format facts the kernels need, as plain constants.
+
+    Built outside any compiled region (format properties are Python computations dynamo
+    would otherwise trace); hashable, so it keys the compiled-kernel cache.
+    """
+
+    family: str  # "float" | "int"
+    max_value: float
+    min_normal: float
+    emax: int
+    mantissa_bits: int = 0
+    emin: int = 0
+    bias: int = 0
+    special: str = "none"
+    max_int: int = 0
+    scale_exponent: int = 0
+
+
+def arith_of(fmt: object) -> Arith | None:
+    """The constants for ``fmt``, or None where float32 arithmetic would not be exact."""
     from .families import FloatFormat, IntFormat
 
     if isinstance(fmt, FloatFormat):
-        return (
+        exact = (
             fmt.signed
             and fmt.subnormals
             and fmt.mantissa_bits <= 22
             and fmt.emin - fmt.mantissa_bits >= F32_MIN_NORMAL_EXP
             and fmt.max_field - fmt.bias <= 126
         )
-    if isinstance(fmt, IntFormat):
-        return fmt.int_bits <= 24 and abs(fmt.scale_exponent) <= 100
-    return False
+        if not exact:
+            return None
+        return Arith(
+            "float",
+            fmt.max_value,
+            fmt.min_normal,
+            fmt.emax,
+            mantissa_bits=fmt.mantissa_bits,
+            emin=fmt.emin,
+            bias=fmt.bias,
+            special=fmt.special,
+        )
+    if isinstance(fmt, IntFormat) and fmt.int_bits <= 24 and abs(fmt.scale_exponent) <= 100:
+        return Arith(
+            "int",
+            fmt.max_value,
+            fmt.min_normal,
+            fmt.emax,
+            max_int=fmt.max_int,
+            scale_exponent=fmt.scale_exponent,
+        )
+    return None
 
 
-def _round_magnitude(
+def supports(fmt: object) -> bool:
+    """Whether the float32 arithmetic is exact for ``fmt`` (else use the reference)."""
+    return arith_of(fmt) is not None
+
+
+def _round_magnitude_(
     scaled: torch.Tensor, rounding: str, noise: torch.Tensor | None
 ) -> torch.Tensor:
-    """Round non-negative float32 ``scaled`` to an integer (exact in float32 for < 2^24)."""
+    """Round non-negative float32 ``scaled`` to an integer in place (exact below 2^24)."""
     if rounding == "nearest_even":
-        return torch.round(scaled)  # rint: ties to even, exact
+        return scaled.round_()  # rint: ties to even, exact
     if rounding == "toward_zero":
-        return torch.trunc(scaled)
+        return scaled.trunc_()
     lower = torch.floor(scaled)
     frac = scaled - lower  # exact (Sterbenz)
     if rounding == "nearest_away":
         # Not floor(x + 0.5): that sum can round up in float32 just below a tie.
-        return lower + (frac >= 0.5).to(scaled.dtype)
+        return lower.add_((frac >= 0.5).to(scaled.dtype))
     assert noise is not None
-    return lower + (noise < frac).to(scaled.dtype)
+    return lower.add_((noise < frac).to(scaled.dtype))
+
+
+# The arithmetic below works in place on buffers it allocated itself: eager fake
+# quantization of a large tensor is bound by memory traffic and page faults, and every
+# avoided temporary is one pass fewer. Inductor functionalizes the same code when compiling.
 
 
 def round_float(
@@ -64,36 +115,52 @@ def round_float(
     overflow: str,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Round float32 ``v`` onto a binary float grid (see module docstring)."""
+    """Round float32 ``v`` onto a binary float grid (see module docstring); new tensor."""
     a = v.abs()
     if overflow == "saturate":
-        a = torch.clamp(a, max=max_value)  # max is on the grid, rounding is monotone
-    e = ((a.view(torch.int32) >> F32_FRACTION_BITS) & 0xFF) - F32_BIAS
-    # Clamp above at 127 so inf/NaN (field 255) still give a finite quantum: inf stays inf.
-    e = torch.clamp(e, min=emin, max=127)
-    quantum = ((e - mantissa_bits + F32_BIAS) << F32_FRACTION_BITS).view(torch.float32)
-    scaled = a / quantum
-    r = _round_magnitude(scaled, rounding, noise)
+        a.clamp_(max=max_value)  # max is on the grid, rounding is monotone
+    # quantum = 2^(e - m), the grid spacing at |v|, built from the exponent field of |v|
+    # with e clamped to the format's normal range below. The upper clamp (2^126) keeps both
+    # quantum and 1/quantum normal floats: |v| that high (>= 2^(126 + m)) is beyond every
+    # supported format's max, still rounds past max and so meets the overflow rule below.
+    # inf stays inf, NaN stays NaN.
+    quantum_bits = a.view(torch.int32).bitwise_and(0x7F800000)
+    if mantissa_bits:
+        quantum_bits.sub_(mantissa_bits << F32_FRACTION_BITS)
+    low = (emin - mantissa_bits + F32_BIAS) << F32_FRACTION_BITS
+    quantum_bits.clamp_(low, (126 + F32_BIAS) << F32_FRACTION_BITS)
     if mantissa_bits == 0 and rounding == "nearest_even":
         # Ties to the even *code*: with no mantissa the code is the exponent field, so a tie
         # 1.5 * 2^e goes to 2^e when e + bias is even (fp4_e3m0: 3 -> 2, 6 -> 8).
-        even_field = ((e + bias) & 1) == 0
-        r = torch.where((scaled == 1.5) & even_field, torch.ones_like(r), r)
-    out = r * quantum
+        field_lsb = 1 << F32_FRACTION_BITS  # (e + bias) even <=> (field + bias - 127) even
+        odd_offset = ((bias - F32_BIAS) & 1) << F32_FRACTION_BITS
+        even_field = (quantum_bits + odd_offset).bitwise_and_(field_lsb) == 0
+    # 2^-k has exponent field 254 - field(2^k): multiplying by it is exact, and cheaper
+    # than dividing by 2^k.
+    inverse_quantum = ((2 * F32_BIAS) << F32_FRACTION_BITS) - quantum_bits
+    quantum = quantum_bits.view(torch.float32)
+    a.mul_(inverse_quantum.view(torch.float32))  # exact: scaling by a power of two
+    if mantissa_bits == 0 and rounding == "nearest_even":
+        keep_lower = (a == 1.5).logical_and_(even_field)
+        a = _round_magnitude_(a, rounding, noise).masked_fill_(keep_lower, 1.0)
+    else:
+        a = _round_magnitude_(a, rounding, noise)
+    a.mul_(quantum)
     if overflow != "saturate":
-        too_big = out > max_value
+        too_big = a > max_value
         if special == "none" or rounding == "toward_zero":
-            out = torch.where(too_big & torch.isfinite(a), max_value, out)
+            finite_input = torch.isfinite(v)
+            a.masked_fill_(too_big.logical_and_(finite_input), max_value)
             if special == "none":
-                out = torch.where(torch.isinf(a), max_value, out)
+                a.masked_fill_(torch.isinf(v), max_value)
             elif special != "ieee":
-                out = torch.where(torch.isinf(a), float("nan"), out)
+                a.masked_fill_(torch.isinf(v), float("nan"))
         else:
-            out = torch.where(too_big, float("inf") if special == "ieee" else float("nan"), out)
-    out = torch.copysign(out, v)
+            a.masked_fill_(too_big, float("inf") if special == "ieee" else float("nan"))
+    a.copysign_(v)
     if special == "fnuz":
-        out = out + 0.0  # no negative zero in fnuz formats
-    return out
+        a.add_(0.0)  # no negative zero in fnuz formats
+    return a
 
 
 def round_int(
@@ -105,37 +172,41 @@ def round_int(
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round float32 ``v`` onto k * 2^scale_exponent, |k| <= max_int (always saturating)."""
-    k = torch.clamp(v * 2.0**-scale_exponent, -max_int, max_int)
-    r = _round_magnitude(k.abs(), rounding, noise)
-    return torch.copysign(r, k) * 2.0**scale_exponent + 0.0
+    k = v * 2.0**-scale_exponent if scale_exponent else v.clone()
+    k.clamp_(-max_int, max_int)
+    if rounding in ("nearest_even", "toward_zero"):
+        k = _round_magnitude_(k, rounding, None)  # both are symmetric about zero
+    else:
+        k = _round_magnitude_(k.abs(), rounding, noise).copysign_(k)
+    if scale_exponent:
+        k.mul_(2.0**scale_exponent)
+    return k.add_(0.0)  # no -0 code in two's complement
 
 
 def round_values(
-    fmt: object,
+    arith: Arith,
     v: torch.Tensor,
     rounding: str,
     overflow: str,
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Dispatch on the family (``supports(fmt)`` must be true)."""
-    from .families import FloatFormat
-
-    if isinstance(fmt, FloatFormat):
+    """Round float32 ``v`` onto the grid described by ``arith`` (a new tensor)."""
+    if arith.family == "float":
         return round_float(
             v,
-            mantissa_bits=fmt.mantissa_bits,
-            emin=fmt.emin,
-            bias=fmt.bias,
-            max_value=fmt.max_value,
-            special=fmt.special,
+            mantissa_bits=arith.mantissa_bits,
+            emin=arith.emin,
+            bias=arith.bias,
+            max_value=arith.max_value,
+            special=arith.special,
             rounding=rounding,
             overflow=overflow,
             noise=noise,
         )
     return round_int(
         v,
-        max_int=fmt.max_int,  # type: ignore[attr-defined]
-        scale_exponent=fmt.scale_exponent,  # type: ignore[attr-defined]
+        max_int=arith.max_int,
+        scale_exponent=arith.scale_exponent,
         rounding=rounding,
         noise=noise,
     )

@@ -27,7 +27,6 @@ quantizes to zeros, never NaN. Non-float32 inputs are computed in float32 and ca
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -58,14 +57,27 @@ PATHS = ("auto", "compiled", "eager", "reference")
 class Plan:
     """Everything a kernel needs, hashable: one compiled kernel per distinct plan."""
 
-    element: Any
+    element: Any  # the element format object (lookup tables round through it)
+    element_arith: fused.Arith | None  # its constants, None where only the reference applies
     reduce_dims: tuple[int, ...]
     scale_kind: str  # "fp32" | "e8m0" | "format"
-    scale_format: Any  # the scale format object for scale_kind "format"
+    scale_arith: fused.Arith | None  # the scale format's constants for scale_kind "format"
     second_level: bool
     rounding: str
     overflow: str
     want_elements: bool
+    scale_format: Any = None  # the scale format object (reference twin)
+    element_facts: Any = None  # _Facts: max_value and emax as plain numbers
+
+
+@dataclass(frozen=True)
+class _Facts:
+    max_value: float
+    emax: int
+
+
+def _facts(element: Any) -> _Facts:
+    return _Facts(float(element.max_value), int(element.emax))
 
 
 # --- layout ------------------------------------------------------------------------------
@@ -144,7 +156,17 @@ def layout_for(shape: torch.Size, mode: str, axis: int | None, chunk_size: int |
 # --- the kernels -------------------------------------------------------------------------
 
 
+def _amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """max |x| per group, NaN if the group holds a NaN (one pass, no temporary)."""
+    return torch.linalg.vector_norm(xg, ord=float("inf"), dim=dims, keepdim=True)
+
+
 def _finite_amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """max |x| over the finite values of each group."""
+    if not torch.compiler.is_compiling():
+        amax = _amax(xg, dims)
+        if bool(torch.isfinite(amax).all()):
+            return amax  # the common case: one read of x, same values as below
     magnitude = torch.where(torch.isfinite(xg), xg.abs(), torch.zeros_like(xg))
     return torch.amax(magnitude, dim=dims, keepdim=True)
 
@@ -161,9 +183,9 @@ def _scales(
     xg: torch.Tensor, plan: Plan, round_scale: Callable[..., torch.Tensor], log2: Callable
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(effective scale, block-level part, tensor-level part) with keepdim shapes."""
-    element = plan.element
+    element = plan.element_facts
     if plan.scale_kind == "e8m0":
-        amax = torch.amax(xg.abs(), dim=plan.reduce_dims, keepdim=True)  # NaN propagates
+        amax = _amax(xg, plan.reduce_dims)  # NaN propagates
         shared = torch.clamp(log2(amax) - element.emax, E8M0_MIN_EXP, E8M0_MAX_EXP)
         shared = torch.where(amax == 0, torch.full_like(shared, E8M0_MIN_EXP), shared)
         scale = torch.where(torch.isfinite(amax), pow2_f32(shared), float("nan"))
@@ -172,7 +194,7 @@ def _scales(
     if plan.scale_kind == "fp32":
         scale = _fp32_scale(amax, element.max_value)
         return scale, scale, None
-    scale_format = plan.scale_format
+    scale_format = plan.scale_arith
     tensor_scale = None
     block = amax / element.max_value
     if plan.second_level:
@@ -180,18 +202,10 @@ def _scales(
         tensor_scale = _fp32_scale(tensor_amax, scale_format.max_value * element.max_value)
         block = block / tensor_scale
     block = torch.clamp(block, scale_format.min_normal, scale_format.max_value)
-    block = round_scale(scale_format, block)
+    block = round_scale(block)
     scale = block if tensor_scale is None else block * tensor_scale
     scale = torch.where(scale > 0, scale, F32_TINY)  # only if tensor_scale * block underflows
     return scale, block, tensor_scale
-
-
-def _fused_round(
-    fmt: Any, v: torch.Tensor, rounding: str, overflow: str, noise: Any
-) -> torch.Tensor:
-    if fused.supports(fmt):
-        return fused.round_values(fmt, v, rounding, overflow, noise)
-    return reference.round_values(fmt, v, rounding, overflow, noise)
 
 
 def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
@@ -199,14 +213,20 @@ def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tu
     scale, block, tensor_scale = _scales(
         xg,
         plan,
-        lambda f, b: _fused_round(f, b, "nearest_even", "saturate", None),
+        lambda b: fused.round_values(plan.scale_arith, b, "nearest_even", "saturate", None),
         floor_log2_f32,
     )
-    elements = _fused_round(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
-    dequantized = elements * scale
+    if plan.element_arith is not None:
+        elements = fused.round_values(
+            plan.element_arith, xg / scale, plan.rounding, plan.overflow, noise
+        )
+    else:  # lookup tables: binary search in float64 (eager only)
+        elements = reference.round_values(
+            plan.element, xg / scale, plan.rounding, plan.overflow, noise
+        )
     if plan.want_elements:
-        return dequantized, elements, scale, block, tensor_scale
-    return (dequantized,)
+        return elements * scale, elements, scale, block, tensor_scale
+    return (elements.mul_(scale),)  # the rounding returned a fresh buffer: reuse it
 
 
 def _frexp_floor_log2(amax: torch.Tensor) -> torch.Tensor:
@@ -219,7 +239,7 @@ def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -
     scale, block, tensor_scale = _scales(
         xg,
         plan,
-        lambda f, b: reference.round_values(f, b, "nearest_even", "saturate", None),
+        lambda b: reference.round_values(plan.scale_format, b, "nearest_even", "saturate", None),
         _frexp_floor_log2,
     )
     elements = reference.round_values(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
@@ -231,20 +251,29 @@ _COMPILE_FAILED: set[Plan] = set()
 
 
 def compiled_kernel(plan: Plan) -> Callable | None:
-    """The compiled fused kernel for ``plan`` (built once; None if compile is unavailable)."""
+    """The compiled fused kernel for ``plan`` (built once; None if compile is unavailable).
+
+    Dynamo keys its cache and its recompile limit on the *code object*, so every plan gets a
+    function of its own (a ``functools.partial`` of one function would make all formats share
+    eight cache slots and silently fall back to eager). ``dynamic=True`` keeps one kernel
+    across tensor shapes.
+    """
     if not COMPILE_ENABLED or plan in _COMPILE_FAILED:
         return None
     kernel = _COMPILED.get(plan)
     if kernel is None:
-        kernel = torch.compile(functools.partial(fused_kernel, plan=plan), dynamic=True)
+        namespace: dict[str, Any] = {"fused_kernel": fused_kernel, "PLAN": plan}
+        # A fresh code object per plan; the source is fixed, only PLAN differs. The real
+        # filename matters: dynamo wraps (and so shares) functions it cannot find a file for.
+        source = "def quantize_kernel(xg, noise):\n    return fused_kernel(xg, noise, PLAN)\n"
+        exec(compile(source, __file__, "exec"), namespace)
+        kernel = torch.compile(namespace["quantize_kernel"], dynamic=True)
         _COMPILED[plan] = kernel
     return kernel
 
 
 def compilable(plan: Plan) -> bool:
-    return fused.supports(plan.element) and (
-        plan.scale_kind != "format" or fused.supports(plan.scale_format)
-    )
+    return plan.element_arith is not None
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -264,7 +293,7 @@ def _scale_plan(spec: QuantSpec) -> tuple[str, Any, bool]:
 
     scale_format = get("format", scaling.scale_format)
     scale_format = getattr(scale_format, "element_format", scale_format)
-    if not fused.supports(scale_format):
+    if fused.arith_of(scale_format) is None:
         raise QBenchError(
             f"scale_format {scaling.scale_format!r} cannot hold scales; allowed: fp32, e8m0, "
             f"or a signed float/int format such as fp8_e4m3"
@@ -313,9 +342,12 @@ def quantize(
     layout = layout_for(x.shape, scaling.mode, scaling.axis, scaling.chunk_size)
     plan = Plan(
         element=element,
+        element_arith=fused.arith_of(element),
         reduce_dims=layout.reduce_dims,
         scale_kind=scale_kind,
+        scale_arith=None if scale_format is None else fused.arith_of(scale_format),
         scale_format=scale_format,
+        element_facts=_facts(element),
         second_level=second_level,
         rounding=spec.rounding,
         overflow=spec.overflow,
@@ -323,22 +355,19 @@ def quantize(
     )
     with torch.no_grad():
         x32 = x.detach().to(torch.float32)
-        if x32.numel() == 0:
-            outputs: tuple[Any, ...] = (x32.clone(), x32.clone(), None, None, None)
-        else:
-            noise = None
-            if spec.rounding == "stochastic":
-                noise = torch.rand(x.shape, generator=generator, device=x.device)
-                noise = layout.grouped(noise)
-            xg = layout.grouped(x32)
-            outputs = _run(plan, xg, noise, path, x32.numel())
+        if x32.numel() == 0:  # nothing to scale: an empty result of the right shape
+            if not return_codes:
+                return x.detach().clone()
+            codes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
+            empty = torch.zeros((), device=x.device)
+            return QuantResult(x.detach().clone(), codes, empty, spec, {}, lambda s: s)
+        noise = None
+        if spec.rounding == "stochastic":
+            noise = layout.grouped(torch.rand(x.shape, generator=generator, device=x.device))
+        outputs = _run(plan, layout.grouped(x32), noise, path, x32.numel())
         dequantized = layout.restore(outputs[0]).to(x.dtype)
         if not return_codes:
             return dequantized
-        if x32.numel() == 0:
-            codes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
-            empty = torch.zeros((), device=x.device)
-            return QuantResult(dequantized, codes, empty, spec, {}, lambda s: s)
         _, elements, scale, block, tensor_scale = outputs
         codes = element.encode_grid(layout.restore(elements))
         parts = _scale_parts(scaling.mode, scaling.scale_format, layout, block, tensor_scale)

@@ -1,0 +1,160 @@
+"""The fused twin (eager and compiled) against the reference twin, stochastic rounding,
+shapes, axes and dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import qbench
+import torch
+from formats_probes import same_bits
+from qbench.spec import spec_from_arguments
+from qbench_formats import quantizer
+from qbench_formats.catalog import ALL_FORMATS
+
+QUANTIZABLE = [f.name for f in ALL_FORMATS if f.kind != "scale"]
+ROUNDINGS = ["nearest_even", "nearest_away", "toward_zero", "stochastic"]
+
+
+def awkward_tensor(seed: int = 0) -> torch.Tensor:
+    """Normal values over many magnitudes plus specials, zeros and float32 subnormals."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 48, generator=gen) * torch.exp2(
+        torch.randint(-30, 30, (12, 1), generator=gen)
+    )
+    x[0, :5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])
+    x[1] = 0.0
+    x[2] = torch.randn(48, generator=gen) * 2.0**-140  # float32 subnormals
+    x[3, 7] = 3.0e38
+    return x
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("name", QUANTIZABLE)
+def test_eager_twin_matches_reference(name: str, rounding: str) -> None:
+    x = awkward_tensor()
+    fmt = qbench.get_format(name)
+    variants = [
+        {"mode": "tensor"},
+        {"mode": "channel", "axis": 1},
+        {"mode": "chunk", "chunk_size": 20},
+        {"mode": "chunk", "chunk_size": 32, "scale_format": "e8m0"},
+        {"mode": "chunk", "chunk_size": 16, "scale_format": "fp8_e4m3", "second_level": "fp32"},
+    ]
+    for overflow in ("saturate", "format"):
+        for kwargs in variants:
+            spec = spec_from_arguments(name, rounding=rounding, overflow=overflow, **kwargs)
+            results = [
+                fmt.quantize(
+                    x,
+                    spec,
+                    return_codes=True,
+                    generator=torch.Generator().manual_seed(7),
+                    path=path,
+                )
+                for path in ("reference", "eager")
+            ]
+            ref, fast = results
+            context = f"{name} {rounding} {overflow} {kwargs}"
+            assert bool(same_bits(ref.dequantized, fast.dequantized).all()), context
+            assert torch.equal(ref.codes, fast.codes), context
+            assert bool(same_bits(ref.scales, fast.scales).all()), context
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e3m0", "int4", "fp6_e2m3", "nf4"])
+def test_stochastic_rounding_is_unbiased_and_seeded(name: str) -> None:
+    fmt = qbench.get_format(name)
+    grid = fmt.values()
+    # Points strictly between neighbours, including the subnormal range and a tie.
+    lo, hi = grid[len(grid) // 2 + 1], grid[len(grid) // 2 + 2]
+    points = torch.tensor(
+        [lo + 0.3 * (hi - lo), lo + 0.5 * (hi - lo), grid[-2] + 0.9 * (grid[-1] - grid[-2])]
+    )
+    samples = points.repeat(40_000, 1)
+    out = fmt.round(samples, rounding="stochastic", generator=torch.Generator().manual_seed(1))
+    mean = out.double().mean(dim=0)
+    spacing = torch.tensor([hi - lo, hi - lo, grid[-1] - grid[-2]], dtype=torch.float64)
+    # Each draw is lo or hi: std <= spacing / 2; 6 sigma of the mean of 40k draws.
+    tolerance = 6 * spacing / 2 / 40_000**0.5
+    assert bool(((mean - points.double()).abs() <= tolerance).all()), (mean, points)
+    assert bool(fmt.is_representable(out).all())
+    again = fmt.round(samples, rounding="stochastic", generator=torch.Generator().manual_seed(1))
+    other = fmt.round(samples, rounding="stochastic", generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out, again)
+    assert not torch.equal(out, other)
+    reference = fmt.round(
+        samples, rounding="stochastic", generator=torch.Generator().manual_seed(1), path="reference"
+    )
+    assert torch.equal(out, reference)
+
+
+def test_shapes_axes_dtypes() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 5, 7, generator=gen)
+    y = qbench.quantize(x, "fp8_e4m3", mode="channel", axis=1, return_codes=True)
+    assert y.scales.shape == (6,)
+    assert y.expand_scales().shape == (1, 6, 1, 1)
+    for c in range(6):
+        expected = x[:, c].abs().max() / 448.0
+        assert y.scales[c].item() == expected.item()
+    chunked = qbench.quantize(x, "int8", mode="chunk", chunk_size=4, axis=1, return_codes=True)
+    assert chunked.scales.shape == (2, 2, 5, 7)  # 6 = 4 + 2 along axis 1
+    assert chunked.expand_scales().shape == x.shape
+    moved = qbench.quantize(x.movedim(1, -1).contiguous(), "int8", mode="chunk", chunk_size=4)
+    assert torch.equal(moved.movedim(-1, 1), chunked.dequantized)
+    # A chunk longer than the axis is one (short) block: the same as chunk = axis length.
+    big_chunk = qbench.quantize(x, "fp8_e5m2", mode="chunk", chunk_size=1000)
+    assert torch.equal(big_chunk, qbench.quantize(x, "fp8_e5m2", mode="chunk", chunk_size=7))
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        out = qbench.quantize(x.to(dtype), "fp8_e4m3", mode="chunk", chunk_size=8)
+        assert out.dtype == dtype and out.shape == x.shape
+    scalar = qbench.quantize(torch.tensor(3.3), "fp4_e2m1")
+    assert scalar.shape == () and abs(scalar.item() - 3.3) < 1e-6
+    empty = qbench.quantize(torch.empty(0, 4), "mxfp4_e2m1", return_codes=True)
+    assert empty.dequantized.shape == (0, 4) and empty.codes.shape == (0, 4)
+
+
+def test_nan_under_fp32_scale_stays_local() -> None:
+    x = torch.tensor([[1.0, float("nan"), -2.0, float("inf")]])
+    out = qbench.quantize(x, "fp8_e4m3", mode="tensor")
+    assert out[0, 0].item() == 1.0 and out[0, 2].item() == -2.0
+    assert out[0, 1].isnan() and out[0, 3].item() == 2.0  # inf saturates to max * scale
+
+
+def test_preset_arguments_override() -> None:
+    x = torch.randn(4, 64)
+    result = qbench.quantize(x, "mxfp8_e4m3", chunk_size=16, return_codes=True)
+    assert result.scales.shape == (4, 4)
+    assert result.spec.scaling.scale_format == "e8m0"
+
+
+@pytest.mark.slow
+def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None:
+    cases = [
+        ("fp8_e4m3", {"mode": "chunk", "chunk_size": 128}),
+        ("fp4_e3m0", {"mode": "tensor"}),
+        ("int8", {"mode": "channel"}),
+        ("nvfp4", {}),
+        ("mxfp4_e2m1", {}),
+    ]
+    shapes = [(48, 384), (3, 40, 256), (17, 640)]
+    for name, kwargs in cases:
+        fmt = qbench.get_format(name)
+        spec = spec_from_arguments(name, **kwargs)
+        for i, shape in enumerate(shapes):
+            x = awkward_tensor(i).flatten()[: torch.Size(shape).numel()]
+            x = torch.cat([x, torch.randn(torch.Size(shape).numel() - x.numel())]).reshape(shape)
+            compiled = fmt.quantize(x, spec, return_codes=True, path="compiled")
+            plan_failed = any(p.element.name == fmt.element for p in quantizer._COMPILE_FAILED)
+            if plan_failed:
+                pytest.skip("torch.compile is unavailable here; the eager twin was used")
+            reference = fmt.quantize(x, spec, return_codes=True, path="reference")
+            assert bool(same_bits(compiled.dequantized, reference.dequantized).all()), (name, shape)
+            assert torch.equal(compiled.codes, reference.codes)
+    assert len(quantizer._COMPILED) >= len(cases)
+    # One kernel per format/scaling, reused across shapes (dynamic=True): at most one
+    # recompile per plan (dynamo may specialize on the first shape it sees).
+    for kernel in quantizer._COMPILED.values():
+        cache = torch._dynamo.eval_frame._debug_get_cache_entry_list(
+            kernel._torchdynamo_orig_callable.__code__
+        )
+        assert len(cache) <= 2

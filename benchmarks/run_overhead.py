@@ -82,14 +82,18 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also time runs with fewer metrics"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     cfg = load_config(args.config)
     data = dict(cfg.data)
     data["output"] = {**data.get("output", {}), "dir": "unused"}
-    # Warm-up: imports, weight caches, compiled quantize kernels.
-    fp32_loop(data, 64, args.device)
-    qbench_run(data, 64, args.device, None)
+    # Warm-up with the very batches timed below (kernels are compiled per shape): imports,
+    # weight caches and compilation are one-off costs, printed apart from the ratio.
+    fp32_loop(data, args.limit, args.device)
+    cold = qbench_run(data, args.limit, args.device, None)
 
     variants: list[tuple[str, list[str] | None]] = [("config's metrics", None)]
     if args.breakdown:
@@ -97,6 +101,8 @@ def main() -> None:
             ("accuracy + layerwise", ["accuracy", "layerwise"]),
             ("accuracy only", ["accuracy"]),
         ]
+    for _, metrics in variants[1:]:  # each variant's own quantize path (with/without codes)
+        qbench_run(data, args.limit, args.device, metrics)
     plain: list[float] = []
     runs: dict[str, list[float]] = {label: [] for label, _ in variants}
     for _ in range(args.repeats):  # interleaved, so load changes hit both alike
@@ -108,6 +114,7 @@ def main() -> None:
     print(
         f"config: {args.config} ({cfg.name}), device {args.device}, limit {args.limit or 'all'}, repeats {args.repeats}"
     )
+    print(f"first (cold) qbench.run   : {cold:8.2f} s (compilation and caches included)")
     print(f"plain FP32 loop           : {base:8.2f} s (median)")
     for label, _ in variants:
         total = statistics.median(runs[label])

@@ -71,7 +71,7 @@ def test_imagenette_with_a_model_without_class_index_uses_sorted_folders(tmp_pat
     assert dict(zip(x.flatten().round().tolist(), y.tolist(), strict=True)) == {10.0: 0, 20.0: 1}
 
 
-def test_unmapped_class_folders_error_or_skip(tmp_path, imagenet_bundle):
+def test_unmapped_class_folders_error_or_skip(tmp_path, imagenet_bundle, capsys):
     root = tmp_path / "imagenet"
     write_image(root / "val" / TENCH / "a.jpg", 10)
     write_image(root / "val" / "n99999999" / "b.jpg", 20)
@@ -83,6 +83,7 @@ def test_unmapped_class_folders_error_or_skip(tmp_path, imagenet_bundle):
     assert collect(batches)[1].tolist() == [0]
     assert batches.info["skipped_unmapped"] == 1
     assert batches.info["unmapped_classes"] == ["n99999999"]
+    assert "left out 1 image(s) of 1 class(es)" in capsys.readouterr().err
 
 
 def make_tiny(root: Path, corrupt: bool = False) -> None:
@@ -113,7 +114,7 @@ def test_tiny_imagenet_val_annotations_and_train_layout(tmp_path, imagenet_bundl
     ]
 
 
-def test_corrupt_jpeg_is_named_or_skipped_and_counted(tmp_path, imagenet_bundle):
+def test_corrupt_jpeg_is_named_or_skipped_and_counted(tmp_path, imagenet_bundle, capsys):
     root = tmp_path / "tiny-imagenet-200"
     make_tiny(root, corrupt=True)
     with pytest.raises(QBenchError, match=r"cannot read image .*val_4\.JPEG.*skip_corrupt"):
@@ -125,6 +126,7 @@ def test_corrupt_jpeg_is_named_or_skipped_and_counted(tmp_path, imagenet_bundle)
     assert len(y) == 4
     assert [Path(p).name for p in batches.skipped] == ["val_4.JPEG"]
     assert batches.info["skipped_corrupt"] == 1
+    assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
 
 
 def test_corrupt_files_are_reported_from_worker_processes(tmp_path, plain_bundle):

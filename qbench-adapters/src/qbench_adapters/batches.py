@@ -10,6 +10,7 @@ the file, or skip-and-count when ``dataset.skip_corrupt`` is true).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ class Batches:
             if images:
                 yield torch.stack(images), torch.tensor(targets, dtype=torch.int64)
         self.info["skipped_corrupt"] = len(self.skipped)
+        if self.skipped:  # counted in info; said aloud too, so no report reader misses it
+            print(
+                f"qbench: dataset {self.dataset}: skipped {len(self.skipped)} unreadable image(s) "
+                f"(skip_corrupt), e.g. {self.skipped[0]}",
+                file=sys.stderr,
+            )
 
 
 def make_batches(

@@ -22,6 +22,7 @@ class, then the second...), so ``limit: N`` takes a class-balanced, reproducible
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
 from pathlib import Path
@@ -83,6 +84,12 @@ def assign_labels(
                 "dataset.unmapped: skip to leave their images out"
             )
         samples = [(path, int(class_index[c])) for path, c in named if c in class_index]
+        if missing:
+            print(
+                f"qbench: dataset {dataset}: left out {len(named) - len(samples)} image(s) of "
+                f"{len(missing)} class(es) model {bundle.name} does not have (unmapped: skip)",
+                file=sys.stderr,
+            )
         info = {
             "labels": "model class_index (wnid)",
             "unmapped_classes": missing,

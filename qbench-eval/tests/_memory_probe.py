@@ -15,7 +15,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import qbench.plugins  # noqa: E402
-from conftest import _TestFormatsPlugin, quantize, spec  # noqa: E402
+from eval_helpers import FormatsForTests, quantize, spec  # noqa: E402
 from qbench.types import BatchOutputs  # noqa: E402
 from qbench_eval.accuracy import AccuracyMetric  # noqa: E402
 from qbench_eval.compliance import ComplianceMetric  # noqa: E402
@@ -39,7 +39,7 @@ class QuantizedInput(nn.Module):
 
 def main(batches: int) -> None:
     torch.set_num_threads(1)
-    qbench.plugins.register_plugin(_TestFormatsPlugin, "memory-probe-formats")
+    qbench.plugins.register_plugin(FormatsForTests, "memory-probe-formats")
     torch.manual_seed(0)
     reference = nn.Sequential(nn.Linear(32, 8192), nn.ReLU(), nn.Linear(8192, 10)).eval()
     observers: list = []

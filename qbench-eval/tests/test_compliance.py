@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quantize, spec
+from eval_helpers import quantize, spec
 from qbench.errors import QBenchError
 from qbench.types import BatchOutputs, QuantResult
 from qbench_eval.compliance import ComplianceMetric, load_config

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import quantize, spec
+from eval_helpers import quantize, spec
 from qbench.types import BatchOutputs
 from qbench_eval.accuracy import AccuracyMetric
 from qbench_eval.compliance import ComplianceMetric

@@ -7,6 +7,7 @@ import math
 import os
 import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import qbench.plugins
@@ -217,6 +218,11 @@ def test_all_three_files_written(tmp_path: Path, status: str) -> None:
     assert "<script" not in html and not re.search(r"(src|href)=", html)  # self-contained
     assert re.search(r'class="[^"]*' + status, html)
     assert "conv1" in html and "&quot;joules&quot;: 1.25" in html
+    for figure in re.findall(r"<svg.*?</svg>", html, flags=re.S):
+        svg = ElementTree.fromstring(figure)  # each plot is well-formed SVG
+        assert (
+            svg.tag.endswith("svg") and len(svg.findall(".//{http://www.w3.org/2000/svg}rect")) > 0
+        )
 
 
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

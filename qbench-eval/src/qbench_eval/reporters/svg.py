@@ -20,10 +20,19 @@ def _finite(value: object) -> bool:
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values (steps of 1, 2 or 5 x 10^k) covering [low, high]."""
     if high <= low:
         return [low]
-    step = (high - low) / (count - 1)
-    return [low + i * step for i in range(count)]
+    raw = (high - low) / (count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + 1e-9 * step:
+        ticks.append(round(value, 12))
+        value += step
+    return ticks
 
 
 def _fmt(value: float) -> str:

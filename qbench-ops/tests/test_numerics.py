@@ -216,8 +216,9 @@ def test_observed_tensors_are_the_ones_used(every_op):
     # the pool's input is the ReLU's output: quantized once, and the very same tensor
     assert captured["raw"] is used_input
     assert results[("relu", "act")].dequantized is used_input
+    # on the grid: NCHW activations are chunked along the channels
     assert torch.equal(
-        used_input, qbench.quantize(used_input, "fp8_e4m3", mode="chunk", chunk_size=128)
+        used_input, qbench.quantize(used_input, "fp8_e4m3", mode="chunk", chunk_size=128, axis=1)
     )
 
 
@@ -358,17 +359,14 @@ def test_spec_axis_default_is_filled_in():
     from qbench_ops.quantizer import TensorQuantizer
 
     spec = QuantSpec("fp8_e4m3", Scaling(mode="chunk", chunk_size=32))
-    assert TensorQuantizer(spec, "x", "input", []).spec.scaling.axis == -1
-    assert (
-        TensorQuantizer(
-            dataclasses.replace(spec, scaling=Scaling(mode="channel")),
-            "x",
-            "weight",
-            [],
-            flatten_weight=True,
-        ).spec.scaling.axis
-        == 0
-    )
+    activation = TensorQuantizer(spec, "x", "input", [])
+    assert activation.spec_for(torch.zeros(2, 8, 4, 4)).scaling.axis == 1  # NCHW: channels
+    assert activation.spec_for(torch.zeros(2, 5, 8)).scaling.axis == -1  # tokens: features
+    explicit = QuantSpec("fp8_e4m3", Scaling(mode="chunk", chunk_size=32, axis=2))
+    assert TensorQuantizer(explicit, "x", "input", []).spec_for(torch.zeros(2, 8, 4, 4)) == explicit
+    channel = dataclasses.replace(spec, scaling=Scaling(mode="channel"))
+    weight = TensorQuantizer(channel, "x", "weight", [], flatten_weight=True)
+    assert weight.spec_for(torch.zeros(4, 9)).scaling.axis == 0
 
 
 @pytest.mark.xfail(
@@ -384,3 +382,21 @@ def test_channel_scaled_vector_weights(every_op):
     bn_weight = next(r for layer, role, r in recorder.seen if (layer, role) == ("bn", "weight"))
     assert bn_weight.scales.numel() == every_op.bn.weight.numel()  # one scale per channel
     _check_on_grid(bn_weight)
+
+
+def test_short_axis_chunk_is_the_whole_axis_bit_for_bit():
+    """A 64-channel activation chunked by 128 is quantized as one 64-element chunk: the
+    quantizer's shortcut gives the format's own padded result exactly, and reports the
+    configured spec."""
+    from qbench_ops.quantizer import TensorQuantizer
+
+    spec = QuantSpec("fp8_e4m3", Scaling(mode="chunk", chunk_size=128))
+    quantizer = TensorQuantizer(spec, "x", "input", [])
+    x = torch.randn(2, 64, 5, 3) * torch.logspace(-3, 3, 64).view(1, 64, 1, 1)
+    padded = qbench.quantize(x, "fp8_e4m3", mode="chunk", chunk_size=128, axis=1, return_codes=True)
+    assert torch.equal(quantizer.quantize_fast(x), padded.dequantized)
+    result = quantizer.quantize_result(x)
+    assert result.spec == quantizer.spec_for(x) and result.spec.scaling.chunk_size == 128
+    assert torch.equal(result.dequantized, padded.dequantized)
+    assert torch.equal(result.codes, padded.codes)
+    assert torch.equal(result.expand_scales(), padded.expand_scales())

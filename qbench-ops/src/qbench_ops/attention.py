@@ -58,10 +58,10 @@ class QuantMultiheadAttention(QuantModule, nn.MultiheadAttention):
                 p: self._cached("weight", f"{p}_proj_weight", layer=in_proj, flatten_weight=True)
                 for p in "qkv"
             }
-        self._q_q = self._point("input", layer=f"{name}.q")
-        self._q_k = self._point("input", layer=f"{name}.k")
+        self._q_q = self._point("input", layer=f"{name}.q", default_axis=-1)
+        self._q_k = self._point("input", layer=f"{name}.k", default_axis=-1)
         self._q_v = self._point("input", layer=f"{name}.v", default_axis=-2)
-        self._q_p = self._point("act", layer=f"{name}.softmax")
+        self._q_p = self._point("act", layer=f"{name}.softmax", default_axis=-1)
         self._q_out_in = self._point("input", layer=out_proj)
         self._q_out_w = self._cached(
             "weight", "out_proj.weight", layer=out_proj, flatten_weight=True

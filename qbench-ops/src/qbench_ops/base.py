@@ -69,7 +69,7 @@ class QuantModule:
         role: str,
         *,
         layer: str | None = None,
-        default_axis: int = -1,
+        default_axis: int | None = None,
         flatten_weight: bool = False,
     ) -> TensorQuantizer | None:
         """A quantizer for ``role`` of this layer (or of a named point inside it)."""
@@ -93,7 +93,7 @@ class QuantModule:
         path: str,
         *,
         layer: str | None = None,
-        default_axis: int = -1,
+        default_axis: int | None = None,
         flatten_weight: bool = False,
     ) -> CachedTensor | None:
         """A cache for the parameter/buffer at ``path``, quantized with ``role``'s spec."""

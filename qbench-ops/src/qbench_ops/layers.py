@@ -7,8 +7,11 @@ accumulator, as in OCP MX v1.0 §6 and NVIDIA's FP8 recipes):
 op                     tensors
 =====================  =====================================================================
 QuantConv1d/2d/3d      weight (chunks along in_channels x kernel of each output channel),
-                       input (last axis)
+                       input (chunks along channels, the reduction axis)
 QuantLinear            weight (chunks along in_features), input (last axis = in_features)
+
+Other inputs and activations chunk along the channels (axis 1) when they have 4+ dims, else
+along the last axis (see ``TensorQuantizer.spec_for``); ``*_axis`` in the config overrides it.
 QuantBatchNorm1d/2d/3d weight, input, and in eval mode the running mean and variance
                        (role ``stats``, which follows the weight settings)
 QuantLayerNorm         weight, input
@@ -38,7 +41,7 @@ class _QuantConvNd(QuantModule):
     roles: ClassVar[tuple[str, ...]] = ("weight", "input")
 
     def _qbench_setup(self) -> None:
-        self._q_input = self._point("input")
+        self._q_input = self._point("input", default_axis=1)  # channels: the conv's reduction
         self._q_weight = self._cached("weight", "weight", flatten_weight=True)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

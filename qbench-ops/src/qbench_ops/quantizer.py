@@ -2,9 +2,12 @@
 
 Every tensor a quantized op touches goes through a :class:`TensorQuantizer`, which
 
-* resolves the role's default axis (DESIGN §3: weights chunk along the reduction axis of each
-  output channel, activations along the last axis) so the spec handed to the format is
-  complete and can be audited as is;
+* resolves the role's default axis so the spec handed to the format is complete and can be
+  audited as is. Chunks run along the reduction axis of the matmul/conv that consumes the
+  tensor (OCP MX v1.0 blocks along the reduction dimension): weights along input channels x
+  kernel of each output channel; activations with 4+ dims (NCHW) along the channels (axis 1)
+  — not along the width, whose 7...56 elements would make degenerate, padded chunks — and
+  other activations along the last axis (the features a Linear reduces over);
 * calls the registered format through core (``qbench.get_format(...).quantize``), asking for
   codes and scales only while an observer is attached (``qbench.prepare.observe``), so the
   fast path never builds them;
@@ -50,7 +53,7 @@ def _default_axis(spec: QuantSpec, default_axis: int) -> QuantSpec:
 class TensorQuantizer:
     """Quantizes the tensors of one (layer, role) point with one spec.
 
-    ``default_axis`` is used when the spec leaves the axis open. With ``flatten_weight`` (conv
+    ``default_axis`` is used when the spec leaves the axis open (None: see :meth:`spec_for`). With ``flatten_weight`` (conv
     and linear weights) and no explicit axis, the tensor is viewed as ``(out_channels, -1)`` so
     chunks run along input channels x kernel of each output channel (issue 4, item 3) and
     channel scaling runs per output channel; the reported codes and scales are reshaped back
@@ -64,7 +67,7 @@ class TensorQuantizer:
         role: str,
         observers: list[Observer],
         *,
-        default_axis: int = -1,
+        default_axis: int | None = None,
         flatten_weight: bool = False,
     ) -> None:
         self.flatten = (
@@ -74,7 +77,10 @@ class TensorQuantizer:
             # channel scaling of the (out, -1) view is per output channel (axis 0); chunks run
             # along the flattened reduction axis.
             default_axis = 0 if spec.scaling.mode == "channel" else -1
-        self.spec = _default_axis(spec, default_axis)
+        self.spec = spec  # as configured; spec_for(x) fills in the axis
+        self.default_axis = default_axis
+        self._resolved: dict[int, QuantSpec] = {}
+        self._kernel_specs: dict[tuple[int, int], QuantSpec] = {}
         self._format = get_format(spec.format)  # unknown names fail at preparation, not mid-run
         self.layer = layer
         self.role = role
@@ -89,6 +95,41 @@ class TensorQuantizer:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_format": None}
 
+    def spec_for(self, x: torch.Tensor) -> QuantSpec:
+        """The complete spec used for ``x``: an open axis becomes the role's default, and with
+        ``default_axis=None`` the channel axis (1) of tensors with 4+ dims (NCHW activations:
+        the reduction axis of the next convolution, as OCP MX v1.0 blocks along the reduction
+        dimension), else the last axis."""
+        ndim = x.dim()
+        spec = self._resolved.get(ndim)
+        if spec is None:
+            axis = self.default_axis
+            if axis is None:
+                axis = 1 if ndim >= 4 else -1
+            spec = self._resolved[ndim] = _default_axis(self.spec, axis)
+        return spec
+
+    def _kernel_spec(self, x: torch.Tensor, spec: QuantSpec) -> QuantSpec:
+        """The spec handed to the format for ``x``: a chunk longer than its axis is the whole
+        axis, so ``chunk_size`` is lowered to the axis length. The groups, scales and codes are
+        the same (the format pads a short chunk with zeros, which never change an absmax), but
+        the format then does not pad, copy and cut back a tensor twice its size (a 64-channel
+        NCHW activation chunked by 128)."""
+        scaling = spec.scaling
+        if scaling.mode != "chunk" or scaling.chunk_size is None or scaling.axis is None:
+            return spec
+        length = x.shape[scaling.axis] if x.dim() else 1
+        if length >= scaling.chunk_size or length == 0:
+            return spec
+        key = (x.dim(), length)
+        kernel = self._kernel_specs.get(key)
+        if kernel is None:
+            kernel = dataclasses.replace(
+                spec, scaling=dataclasses.replace(scaling, chunk_size=length)
+            )
+            self._kernel_specs[key] = kernel
+        return kernel
+
     def __repr__(self) -> str:
         return f"TensorQuantizer({self.layer!r}, {self.role!r}, {self.spec.describe()!r})"
 
@@ -96,26 +137,29 @@ class TensorQuantizer:
 
     def quantize_fast(self, x: torch.Tensor) -> torch.Tensor:
         """The fake-quantized tensor, without codes (the path taken outside ``observe``)."""
-        if self.flatten:
-            return self.format.quantize(x.reshape(x.shape[0], -1), self.spec).reshape(x.shape)
-        return self.format.quantize(x, self.spec)
+        source = x.reshape(x.shape[0], -1) if self.flatten else x
+        spec = self.spec_for(source)
+        quantized = self.format.quantize(source, self._kernel_spec(source, spec))
+        return quantized.reshape(x.shape) if self.flatten else quantized
 
     def quantize_result(self, x: torch.Tensor) -> QuantResult:
         """The full QuantResult, shaped like ``x`` (codes and scales for the audit)."""
-        if not self.flatten:
-            return self.format.quantize(x, self.spec, return_codes=True)
-        flat_shape = (x.shape[0], -1)
-        result = self.format.quantize(x.reshape(flat_shape), self.spec, return_codes=True)
-        return _reshape_result(result, x.shape)
+        source = x.reshape(x.shape[0], -1) if self.flatten else x
+        spec = self.spec_for(source)
+        result = self.format.quantize(source, self._kernel_spec(source, spec), return_codes=True)
+        if result.spec is not spec:
+            result = dataclasses.replace(result, spec=spec)  # report the spec as configured
+        return _reshape_result(result, x.shape) if self.flatten else result
 
     # -- with sharing and observation ---------------------------------------------------
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize ``x`` once per spec, reporting to attached observers what was used."""
         observers = self.observers
+        spec = self.spec_for(x)
         version = _version(x)
         grid = getattr(x, _GRID_TAG, None) if version is not None else None
-        if grid is not None and grid[1] == version and _same_spec(grid[0], self.spec):
+        if grid is not None and grid[1] == version and _same_spec(grid[0], spec):
             stub = grid[2]
             if not observers:
                 return x
@@ -123,7 +167,7 @@ class TensorQuantizer:
                 self._notify(dataclasses.replace(stub, dequantized=x))
                 return x
         source = getattr(x, _SOURCE_TAG, None) if version is not None else None
-        if source is not None and source[1] == version and _same_spec(source[0], self.spec):
+        if source is not None and source[1] == version and _same_spec(source[0], spec):
             quantized, stub = source[2], source[3]
             if not observers:
                 return quantized
@@ -139,9 +183,9 @@ class TensorQuantizer:
             quantized = self.quantize_fast(x)
             stub = None
         if version is not None:
-            _tag(quantized, _GRID_TAG, (self.spec, _version(quantized), stub))
+            _tag(quantized, _GRID_TAG, (spec, _version(quantized), stub))
             if quantized is not x:
-                _tag(x, _SOURCE_TAG, (self.spec, version, quantized, stub))
+                _tag(x, _SOURCE_TAG, (spec, version, quantized, stub))
         return quantized
 
     def _notify(self, result: QuantResult) -> None:

@@ -7,13 +7,17 @@ the op registry this package fills (see :mod:`qbench_ops.plugin`).
 
 from .attention import QuantMultiheadAttention
 from .base import QuantModule
+from .functional import QuantAdd, QuantMatmul, quantize_functions
 from .layers import LAYER_OPS
 from .quantizer import CachedTensor, TensorQuantizer
 
 __all__ = [
     "LAYER_OPS",
     "CachedTensor",
+    "QuantAdd",
+    "QuantMatmul",
     "QuantModule",
     "QuantMultiheadAttention",
     "TensorQuantizer",
+    "quantize_functions",
 ]

@@ -28,7 +28,16 @@ FORMATS = {
 }
 
 
+VIT = "vit_mxfp4_e2m1"  # the zoo ViT: attention layers report several quantization points
+
+
 def _config(name: str) -> dict:
+    if name == VIT:
+        return {
+            **_config("mxfp4_e2m1"),
+            "name": f"e2e_{VIT}",
+            "model": {"adapter": "zoo", "name": "tiny_vit"},
+        }
     return {
         "name": f"e2e_{name}",
         "model": {"adapter": "zoo", "name": "tiny_resnet"},
@@ -43,7 +52,7 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One `qbench run` of all six configs (one process start for all), returning the output root."""
     root = tmp_path_factory.mktemp("e2e")
     paths = []
-    for name in FORMATS:
+    for name in [*FORMATS, VIT]:
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(_config(name)))
         paths.append(str(path))
@@ -176,3 +185,34 @@ def test_report_numbers_match_an_independent_computation(cli_run: Path, name: st
         assert heading in text
     assert "Overall: PASS" in text and LAYER in text
     assert (out_dir / "report.html").read_text().count("<svg") == 4
+
+
+@pytest.mark.slow
+def test_vit_attention_is_audited_and_accuracy_matches(cli_run: Path) -> None:
+    import qbench
+    import qbench.plugins
+
+    report = json.loads((cli_run / "zoo_tiny_vit" / f"e2e_{VIT}" / "report.json").read_text())
+    compliance = report["metrics"]["compliance"]
+    assert compliance["status"] == "PASS", compliance["failures"] or compliance["missing"]
+    points = {t["layer"] for t in compliance["tensors"]}
+    assert "encoder.layers.encoder_layer_0.self_attention.softmax" in points
+    names = [layer["name"] for layer in report["metrics"]["layerwise"]["layers"]]
+    assert "encoder.layers.encoder_layer_0.self_attention" in names
+
+    bundle = qbench.plugins.get("adapter", "zoo").build(
+        {"adapter": "zoo", "name": "tiny_vit"}, device="cpu"
+    )
+    reference = bundle.model.eval()
+    quantized = qbench.prepare(reference, FORMATS["mxfp4_e2m1"]).eval()
+    batches = qbench.plugins.get("dataset", "digits").build(
+        {"name": "digits", "split": "test", "batch_size": BATCH, "limit": LIMIT}, bundle=bundle
+    )
+    hits = {"reference": 0, "quantized": 0}
+    with torch.no_grad():
+        for images, labels in batches:
+            hits["reference"] += int((reference(images).argmax(1) == labels).sum())
+            hits["quantized"] += int((quantized(images).argmax(1) == labels).sum())
+    accuracy = report["metrics"]["accuracy"]
+    assert accuracy["reference"]["top1"] == pytest.approx(hits["reference"] / LIMIT, abs=1e-12)
+    assert accuracy["quantized"]["top1"] == pytest.approx(hits["quantized"] / LIMIT, abs=1e-12)

@@ -282,3 +282,33 @@ def test_real_format_with_a_tampered_value_fails(name: str) -> None:
     assert example["index"] == [1, 5] and example["value"] == float(tampered[1, 5])
     assert example["expected"] == float(result.dequantized[1, 5])
     assert float(result.dequantized[1, 5]) in example["nearest"]
+
+
+def test_points_inside_a_layer_observe_it_and_are_skipped_with_it() -> None:
+    # An attention layer reports its quantization points as "<layer>.<point>".
+    metric = _metric(
+        {"skip_layers": ["blocks.1.attn"]},
+        expected={"blocks.0.attn": ["weight", "act"], "blocks.1.attn": ["weight"]},
+    )
+    metric.on_tensor(
+        "blocks.0.attn.in_proj", "weight", quantize(torch.randn(8, 8), spec("test_int4"))
+    )
+    metric.on_tensor("blocks.0.attn.softmax", "act", quantize(torch.rand(4, 4), spec("test_int4")))
+    metric.on_tensor(
+        "blocks.1.attn.in_proj",
+        "weight",
+        quantize(torch.tensor([0.3, 7.0]), spec("test_skip_int4")),
+    )
+    result = metric.result()
+    assert result["status"] == "PASS", result
+    assert {t["layer"] for t in result["tensors"]} == {
+        "blocks.0.attn.in_proj",
+        "blocks.0.attn.softmax",
+    }
+    # ...but a layer none of whose points reported is still caught.
+    metric = _metric(expected={"blocks.0.attn": ["weight", "input"]})
+    metric.on_tensor(
+        "blocks.0.attn.in_proj", "weight", quantize(torch.randn(8, 8), spec("test_int4"))
+    )
+    assert metric.result()["missing"][0]["layer"] == "blocks.0.attn"
+    assert metric.result()["missing"][0]["role"] == "input"

@@ -57,9 +57,12 @@ class ComplianceConfig:
     source: str = "default"
 
     def audits(self, layer: str, role: str) -> bool:
-        return role in self.roles and not any(
-            fnmatch.fnmatchcase(layer, p) for p in self.skip_layers
-        )
+        """Is this (layer, role) audited? A quantization point inside a layer (e.g. the
+        ``q`` input of an attention layer, reported as ``<layer>.q``) is skipped with it."""
+        if role not in self.roles:
+            return False
+        names = _self_and_parents(layer)
+        return not any(fnmatch.fnmatchcase(n, p) for n in names for p in self.skip_layers)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +73,12 @@ class ComplianceConfig:
             "activation_batches": self.activation_batches,
             "source": self.source,
         }
+
+
+def _self_and_parents(layer: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a.b.c", "a.b", "a"]``."""
+    parts = layer.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def default_config_text() -> str:
@@ -551,10 +560,13 @@ class ComplianceMetric:
     def result(self) -> dict[str, Any]:
         config = self._config()
         tensors = [audit.as_dict() for audit in self.audits.values()]
+        # A layer with several quantization points (attention: in_proj, q, k, v, softmax,
+        # out_proj) reports them as "<layer>.<point>"; any of them observes the layer's role.
         observed = {
-            key
-            for key, audit in self.audits.items()
+            (name, role)
+            for (layer, role), audit in self.audits.items()
             if audit.observations or audit.skipped_observations
+            for name in _self_and_parents(layer)
         }
         missing = []
         if config.require_observed:

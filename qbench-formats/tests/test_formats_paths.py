@@ -129,14 +129,13 @@ def test_preset_arguments_override() -> None:
 
 @pytest.mark.slow
 def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None:
+    # Two plans keep this under a minute on a loaded 2-core box: the no-mantissa tie rule
+    # with fp32 chunk scales, and the MX e8m0 path (the benchmark compiles all of them).
     cases = [
-        ("fp8_e4m3", {"mode": "chunk", "chunk_size": 128}),
-        ("fp4_e3m0", {"mode": "tensor"}),
-        ("int8", {"mode": "channel"}),
-        ("nvfp4", {}),
+        ("fp4_e3m0", {"mode": "chunk", "chunk_size": 64}),
         ("mxfp4_e2m1", {}),
     ]
-    shapes = [(48, 384), (3, 40, 256), (17, 640)]
+    shapes = [(48, 384), (3, 40, 256)]
     for name, kwargs in cases:
         fmt = qbench.get_format(name)
         spec = spec_from_arguments(name, **kwargs)

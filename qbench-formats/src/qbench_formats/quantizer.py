@@ -158,6 +158,8 @@ def layout_for(shape: torch.Size, mode: str, axis: int | None, chunk_size: int |
 
 def _amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """max |x| per group, NaN if the group holds a NaN (one pass, no temporary)."""
+    if not dims:  # one element per group (channel mode on a 1-D tensor); dim=() means "all"
+        return xg.abs()
     return torch.linalg.vector_norm(xg, ord=float("inf"), dim=dims, keepdim=True)
 
 
@@ -168,6 +170,8 @@ def _finite_amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         if bool(torch.isfinite(amax).all()):
             return amax  # the common case: one read of x, same values as below
     magnitude = torch.where(torch.isfinite(xg), xg.abs(), torch.zeros_like(xg))
+    if not dims:
+        return magnitude
     return torch.amax(magnitude, dim=dims, keepdim=True)
 
 

@@ -190,3 +190,23 @@ def test_root_module_and_bad_arguments():
         qbench.prepare("resnet18", FP8_CHUNK)
     with pytest.raises(QBenchError, match="unknown format 'fp9'"):
         qbench.prepare(nn.Linear(4, 4), {"format": "fp9"})
+
+
+def test_twin_survives_deepcopy_and_pickle(every_op):
+    import copy
+    import io
+
+    from conftest import image_like
+
+    model_q = qbench.prepare(every_op, FP8_CHUNK)
+    x = image_like(2, 16)
+    with torch.no_grad():
+        expected = model_q(x)  # caches filled: copies must rebuild them, not share them
+        copied = copy.deepcopy(model_q)
+        buffer = io.BytesIO()
+        torch.save(model_q, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert torch.equal(copied(x), expected) and torch.equal(loaded(x), expected)
+    assert preparation_report(copied) == preparation_report(model_q)
+    assert copied.conv._q_weight is not model_q.conv._q_weight

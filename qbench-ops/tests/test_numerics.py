@@ -149,8 +149,6 @@ def test_int4_weights_are_far_less_faithful_than_fp8(resnet18):
         {
             "format": "int8",
             "weight_mode": "channel",
-            # 1-D weights per tensor: see test_channel_scaled_vector_weights below
-            "layers": [{"type": t, "weight_mode": "tensor"} for t in ("_BatchNorm", "LayerNorm")],
         },
     ],
     ids=["fp8_chunk128", "mxfp4", "int8"],
@@ -369,11 +367,6 @@ def test_spec_axis_default_is_filled_in():
     assert weight.spec_for(torch.zeros(4, 9)).scaling.axis == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="qbench-formats: channel mode on a 1-D tensor reduces over every element "
-    "(amax over an empty dim tuple) and its codes path fails; remove this mark once fixed",
-)
 def test_channel_scaled_vector_weights(every_op):
     model_q = qbench.prepare(every_op, {"format": "int8", "weight_mode": "channel"})
     recorder = Recorder()

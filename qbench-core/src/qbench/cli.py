@@ -110,26 +110,29 @@ def _print_summary(result: Any) -> None:
     table.add_column("FP32", justify="right")
     table.add_column("quantized", justify="right")
     acc = metrics.get("accuracy") or {}
-    for key, label in (("top1", "top-1 %"), ("top5", "top-5 %"), ("certainty", "certainty")):
+    top_k = acc.get("top_k", 5)
+    for key, label in (
+        ("top1", "top-1 %"),
+        ("topk", f"top-{top_k} %"),
+        ("certainty", "certainty %"),
+    ):
         ref, q = (acc.get("reference") or {}).get(key), (acc.get("quantized") or {}).get(key)
-        if ref is not None and q is not None:
-            table.add_row(label, _num(ref), _num(q))
+        if isinstance(ref, (int, float)) and isinstance(q, (int, float)):
+            table.add_row(label, f"{100 * ref:.2f}", f"{100 * q:.2f}")
+    if isinstance(acc.get("agreement"), (int, float)):
+        table.add_row("top-1 agreement %", "", f"{100 * acc['agreement']:.2f}")
     compliance = metrics.get("compliance")
     if isinstance(compliance, dict) and "status" in compliance:
         table.add_row("compliance", "", str(compliance["status"]))
     layers = (metrics.get("layerwise") or {}).get("layers") or []
     cosines = [row.get("cosine") for row in layers if isinstance(row.get("cosine"), (int, float))]
     if cosines:
-        table.add_row("min layer cosine", "", _num(min(cosines)))
+        table.add_row("min layer cosine", "", f"{min(cosines):.4f}")
     console = Console()
     console.print(table)
     console.print(f"report: {result.out_dir}")
     for path in result.files:
         console.print(f"  {path}")
-
-
-def _num(value: float) -> str:
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
 # ------------------------------------------------------------------------ validate

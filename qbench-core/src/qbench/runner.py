@@ -119,7 +119,9 @@ def run(
         with contextlib.ExitStack() as stack:
             if observers:
                 stack.enter_context(observe(quantized, _FanOut(observers)))
-            stack.enter_context(torch.inference_mode())
+            # no_grad, not inference_mode: inference tensors carry no version counter, which
+            # the ops use to share one quantization of a tensor between consecutive layers.
+            stack.enter_context(torch.no_grad())
             total = _length(batches)
             iterator = progress(batches, total, cfg.name) if progress is not None else batches
             for index, (inputs, targets) in enumerate(iterator):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
 import qbench
+import torch
 
 
 @pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8", "fp4_e2m1"])

@@ -126,8 +126,10 @@ def layout_for(shape: torch.Size, mode: str, axis: int | None, chunk_size: int |
             expand=lambda s: s.reshape(view),
         )
     a = _normalize_axis(-1 if axis is None else axis, ndim, "chunk")
-    c = int(chunk_size)  # type: ignore[arg-type]
     length = shape[a]
+    # An axis shorter than the chunk is one short block: use its length as the block size
+    # rather than padding (an NCHW activation chunked along W=7 by 128 would grow 18x).
+    c = max(1, min(int(chunk_size), length))  # type: ignore[arg-type]
     blocks = max(1, -(-length // c))
     pad = blocks * c - length
 

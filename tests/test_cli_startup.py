@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from conftest import run_python
+from qbench.testing import run_python
 
 
 def test_help_does_not_import_torch():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import QBENCH, REPO, run_python
+from conftest import QBENCH, REPO
+from qbench.testing import run_python
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 

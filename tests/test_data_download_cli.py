@@ -9,7 +9,8 @@ import tarfile
 import threading
 
 import pytest
-from conftest import QBENCH, run_python
+from conftest import QBENCH
+from qbench.testing import run_python
 
 
 def _tar(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:

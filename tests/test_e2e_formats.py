@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import QBENCH, run_python
+from conftest import QBENCH
+from qbench.testing import run_python
 
 torch = pytest.importorskip("torch")
 

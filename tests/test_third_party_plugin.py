@@ -5,13 +5,14 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from conftest import QBENCH, REPO, install_target, run_python
+from conftest import QBENCH, REPO
+from qbench.testing import install_into, run_python
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
-    install_target([REPO / "examples" / "qbench-example-formats"], target)
+    install_into([REPO / "examples" / "qbench-example-formats"], target)
     return target
 
 

@@ -8,14 +8,12 @@ Each throwaway distribution is written to a temp dir and installed (``uv pip ins
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from qbench.testing import install_into, run_cli
 
 FORMAT_CLASS = """
 class Fmt:
@@ -98,53 +96,20 @@ def _write_distribution(root: Path, dist: str, module_source: str) -> Path:
     return src
 
 
-def _install(sources: list[Path], target: Path) -> None:
-    uv = shutil.which("uv")
-    if uv:
-        cmd = [
-            uv,
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--python",
-            sys.executable,
-            "--target",
-            str(target),
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(target),
-        ]
-    subprocess.run([*cmd, *map(str, sources)], check=True, capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dists")
     target = tmp_path_factory.mktemp("site")
     sources = [_write_distribution(root, name, source) for name, source in DISTRIBUTIONS.items()]
-    _install(sources, target)
+    install_into(sources, target)
     return target
 
 
 def qbench(site: Path, *args: str, disable: str = "") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
     # keep first-party plugins out so each assertion is about the throwaway distributions
     blocked = ["qbench-formats", "qbench-ops", "qbench-adapters", "qbench-eval"]
-    env["QBENCH_DISABLE_PLUGINS"] = ",".join(blocked + ([disable] if disable else []))
-    code = "import sys; from qbench.cli import main; main(sys.argv[1:])"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
-    )
+    env = {"QBENCH_DISABLE_PLUGINS": ",".join(blocked + ([disable] if disable else []))}
+    return run_cli(*args, pythonpath=site, env=env, timeout=120)
 
 
 def _by_name(listing: list[dict]) -> dict[str, dict]:

@@ -40,9 +40,12 @@ from qbench.types import MODES, QuantResult, QuantSpec
 from . import fused, reference
 from .bits import floor_log2_f32, pow2_f32
 
-#: Below this many elements the eager twin is faster than a compiled call (guard checks and
-#: dispatch cost tens of microseconds; eager costs ~a dozen small kernels).
-COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 17))
+#: Below this many elements the eager twin is used: a compiled call's guards and dispatch cost
+#: tens of microseconds, and the one-off compile (~20 s of tracing per kernel, not cached
+#: across processes) only pays off on tensors where eager costs real time. 2^18 keeps the
+#: built-in demo (largest activation 128x16x8x8 = 2^17) eager and every activation of a
+#: 224x224 ImageNet model at batch 16 (>= 16x512x7x7) compiled.
+COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 18))
 #: QBENCH_COMPILE=0 turns torch.compile off (the eager twin gives the same bits).
 COMPILE_ENABLED = os.environ.get("QBENCH_COMPILE", "1") not in ("0", "false", "no")
 

@@ -14,6 +14,7 @@ rounding that to an integer in float32 is exact, and so is multiplying back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -238,3 +239,44 @@ def round_values(
         rounding=rounding,
         noise=noise,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Codes from float32 bit fields (values already on the grid)
+# --------------------------------------------------------------------------------------
+
+
+def encodes_from_bits(fmt: Any) -> bool:
+    """True when every value of ``fmt`` is a float32 normal or zero, so its exponent and
+    mantissa fields can be read off the float32 bits (signed float formats with subnormals
+    and at most 16 bits: every fp8/fp6/fp4 format)."""
+    return (
+        getattr(fmt, "mantissa_bits", None) is not None
+        and fmt.signed
+        and fmt.subnormals
+        and fmt.bits <= 16
+        and fmt.min_subnormal >= 2.0**-126
+    )
+
+
+def encode_grid_bits(fmt: Any, values: torch.Tensor) -> torch.Tensor:
+    """int32 codes of float32 values on ``fmt``'s grid: sign, exponent field and mantissa
+    from the float32 bits; target subnormals as an exact multiple of the subnormal quantum."""
+    m = fmt.mantissa_bits
+    bits = values.contiguous().view(torch.int32)
+    magnitude = bits & 0x7FFFFFFF
+    exponent = (magnitude >> F32_FRACTION_BITS) - F32_BIAS
+    normal = exponent >= fmt.emin
+    field = exponent + fmt.bias
+    mantissa = (magnitude >> (F32_FRACTION_BITS - m)) & ((1 << m) - 1)
+    normal_code = (field << m) | mantissa
+    # below min_normal the value is k * 2^(emin - m), k < 2^m, exact in float32
+    subnormal_code = (values.abs() * (2.0 ** (m - fmt.emin))).to(torch.int32)
+    code = torch.where(normal, normal_code, subnormal_code)
+    if fmt.has_inf:
+        code = torch.where(torch.isinf(values), fmt.exponent_all_ones << m, code)
+    negative = bits < 0
+    if not fmt.has_negative_zero:
+        negative = negative & (magnitude != 0)
+    code = code | (negative.to(torch.int32) << (fmt.exponent_bits + m))
+    return torch.where(torch.isnan(values), fmt.nan_code, code)

@@ -44,3 +44,18 @@ def test_formats_outside_float32_normals_take_the_reference():
     e8m0 = qbench.get_format("e8m0")
     tiny = torch.tensor([2.0**-127, 1.0, 2.0**127])
     assert torch.equal(e8m0.encode_grid(tiny), reference.encode_float(e8m0, tiny))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1"])
+def test_compiled_encoder_matches_eager(name):
+    from qbench_formats.quantizer import encode_codes
+
+    fmt = qbench.get_format(name)
+    x = torch.randn(512, 600) * 3
+    x[0, :4] = torch.tensor([float("nan"), 0.0, -0.0, 1e-9])
+    elements = fmt.round(x)
+    eager = encode_codes(fmt, elements, path="eager")
+    compiled = encode_codes(fmt, elements, path="compiled")
+    assert torch.equal(eager, compiled)
+    assert torch.equal(eager, reference.encode_float(fmt, elements).to(torch.int32))

@@ -281,6 +281,43 @@ def compiled_kernel(plan: Plan) -> Callable | None:
     return kernel
 
 
+_ENCODERS: dict[Any, Callable] = {}
+_ENCODE_FAILED: set[Any] = set()
+
+
+def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> torch.Tensor:
+    """Codes of on-grid ``elements``; large float32 tensors of fp8/fp6/fp4 formats go
+    through one compiled bit-field kernel per format (an audited run encodes every observed
+    tensor, so this is on the hot path), everything else through ``element.encode_grid``."""
+    use_compile = path == "compiled" or (path == "auto" and elements.numel() >= COMPILE_MIN_NUMEL)
+    if (
+        use_compile
+        and COMPILE_ENABLED
+        and elements.dtype == torch.float32
+        and fused.encodes_from_bits(element)
+        and element not in _ENCODE_FAILED
+    ):
+        kernel = _ENCODERS.get(element)
+        if kernel is None:
+            # a code object per format, for the same reason as compiled_kernel's
+            namespace: dict[str, Any] = {"encode": fused.encode_grid_bits, "FORMAT": element}
+            source = "def encode_kernel(values):\n    return encode(FORMAT, values)\n"
+            exec(compile(source, __file__, "exec"), namespace)
+            kernel = torch.compile(namespace["encode_kernel"], dynamic=True)
+            _ENCODERS[element] = kernel
+        try:
+            return kernel(elements)
+        except Exception as exc:  # compile unavailable here: the eager twin is exact
+            _ENCODE_FAILED.add(element)
+            warnings.warn(
+                f"qbench-formats: torch.compile of the code encoder failed "
+                f"({type(exc).__name__}: {exc}); using the bit-identical eager path",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return element.encode_grid(elements)
+
+
 def compilable(plan: Plan) -> bool:
     return plan.element_arith is not None
 
@@ -378,7 +415,7 @@ def quantize(
         if not return_codes:
             return dequantized
         _, elements, scale, block, tensor_scale = outputs
-        codes = element.encode_grid(layout.restore(elements))
+        codes = encode_codes(element, layout.restore(elements), path)
         parts = _scale_parts(scaling.mode, scaling.scale_format, layout, block, tensor_scale)
         return QuantResult(
             dequantized=dequantized,

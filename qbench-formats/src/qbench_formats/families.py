@@ -294,8 +294,23 @@ class FloatFormat(_FormatBase):
         return reference.encode_float(self, values)
 
 
+class _NoSpecialValues:
+    """Integer and lookup-table grids: no inf, no NaN code, no negative zero, no subnormals
+    (their smallest non-zero magnitude is both min_normal and min_subnormal)."""
+
+    has_inf = False
+    has_nan = False
+    has_negative_zero = False
+    nan_code = NAN_CODE_NONE
+    nan_description = "none"
+
+    @property
+    def min_subnormal(self) -> float:
+        return self.min_normal  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class IntFormat(_FormatBase):
+class IntFormat(_NoSpecialValues, _FormatBase):
     """Symmetric two's-complement integer: k * 2**scale_exponent for |k| <= 2**(bits-1) - 1.
 
     The most negative code (-2**(bits-1)) is unused so the grid is symmetric, as int8/int4
@@ -325,16 +340,6 @@ class IntFormat(_FormatBase):
     def min_normal(self) -> float:
         return math.ldexp(1.0, self.scale_exponent)
 
-    @property
-    def min_subnormal(self) -> float:
-        return self.min_normal
-
-    has_inf = False
-    has_nan = False
-    has_negative_zero = False
-    nan_code = NAN_CODE_NONE
-    nan_description = "none"
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return reference.encode_int(self, self.round(x).to(torch.float32))
 
@@ -346,7 +351,7 @@ class IntFormat(_FormatBase):
 
 
 @dataclass(frozen=True)
-class LutFormat(_FormatBase):
+class LutFormat(_NoSpecialValues, _FormatBase):
     """A lookup table of values (e.g. NF4); the code is the index into the sorted table."""
 
     name: str
@@ -371,16 +376,6 @@ class LutFormat(_FormatBase):
     @property
     def min_normal(self) -> float:
         return min(abs(v) for v in self.table if v != 0)
-
-    @property
-    def min_subnormal(self) -> float:
-        return self.min_normal
-
-    has_inf = False
-    has_nan = False
-    has_negative_zero = False
-    nan_code = NAN_CODE_NONE
-    nan_description = "none"
 
     def table_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.tensor(self.table, dtype=torch.float32, device=device)

@@ -42,6 +42,20 @@ def server(tmp_path):
     httpd.server_close()
 
 
+def _download(root, url):
+    arguments = (
+        "data",
+        "download",
+        "imagenette",
+        "--root",
+        str(root),
+        "--url",
+        url,
+        "--no-progress",
+    )
+    return run_python(QBENCH, *arguments)
+
+
 def test_download_and_extract_through_the_cli(server, tmp_path):
     served, base = server
     (served / "imagenette2-320.tgz").write_bytes(
@@ -53,17 +67,7 @@ def test_download_and_extract_through_the_cli(server, tmp_path):
         )
     )
     root = tmp_path / "data"
-    result = run_python(
-        QBENCH,
-        "data",
-        "download",
-        "imagenette",
-        "--root",
-        str(root),
-        "--url",
-        f"{base}/imagenette2-320.tgz",
-        "--no-progress",
-    )
+    result = _download(root, f"{base}/imagenette2-320.tgz")
     assert result.returncode == 0, result.stderr
     assert (
         root / "imagenette2-320" / "val" / "n01440764" / "a.JPEG"
@@ -80,17 +84,7 @@ def test_malicious_archive_is_refused_with_one_line(server, tmp_path):
     )
     root = tmp_path / "data"
     for archive in ("evil.tgz", "link.tgz"):
-        result = run_python(
-            QBENCH,
-            "data",
-            "download",
-            "imagenette",
-            "--root",
-            str(root),
-            "--url",
-            f"{base}/{archive}",
-            "--no-progress",
-        )
+        result = _download(root, f"{base}/{archive}")
         assert result.returncode == 2, result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("qbench: error:")]
         assert len(errors) == 1 and "Traceback" not in result.stderr

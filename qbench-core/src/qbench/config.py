@@ -19,11 +19,12 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, QBenchError, closest
+from .spec import CONFIG_ROLES, SCALING_KEYS
 from .types import MODES, OVERFLOWS, ROUNDINGS, SCALE_METHODS
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-QUANT_KEYS = ("format", "mode", "chunk_size", "axis", "scale_format", "scale_method", "rounding")
-CONFIG_ROLES = ("weight", "input", "act")
+#: Keys a role prefix (``weight_``, ``input_``, ``act_``) can override.
+QUANT_KEYS = ("format", *SCALING_KEYS, "rounding")
 DEFAULT_METRICS = ["accuracy", "layerwise", "compliance"]
 #: A custom JSON-schema ``format``: the string is a file path, relative to the config's folder,
 #: that must exist. Component schemas use it for files they read (e.g. a compliance YAML).
@@ -48,9 +49,7 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
         "scale_method": {"enum": list(SCALE_METHODS)},
         "rounding": {"enum": list(ROUNDINGS)},
     }
-    props: dict[str, Any] = {}
-    for key, schema in common.items():
-        props[key] = schema
+    props: dict[str, Any] = dict(common)
     props["overflow"] = {"enum": list(OVERFLOWS)}
     props["enabled"] = {
         "type": "boolean",
@@ -80,7 +79,7 @@ def base_schema(
 ) -> dict[str, Any]:
     """Core's schema with the component option schemas merged in."""
     quant_props = _quant_properties(formats)
-    layer_props = {k: v for k, v in quant_props.items()}
+    layer_props = dict(quant_props)
     layer_props["match"] = {
         "type": "string",
         "minLength": 1,

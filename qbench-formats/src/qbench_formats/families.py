@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.types import OVERFLOWS, ROUNDINGS, QuantSpec, Scaling
+from qbench.types import OVERFLOWS, ROUNDINGS, Scaling
 
 from . import fused, reference
+from .quantizer import QuantizeMethod
 
 #: Code returned by ``encode`` for NaN in a format that has no NaN encoding.
 NAN_CODE_NONE = -1
@@ -60,7 +61,7 @@ def _fmt_number(value: float) -> float:
     return float(value)
 
 
-class _FormatBase:
+class _FormatBase(QuantizeMethod):
     """Behaviour shared by every element format: scaling, codes, summary."""
 
     name: str
@@ -101,20 +102,6 @@ class _FormatBase:
         if self.has_nan:  # type: ignore[attr-defined]
             same = same | torch.isnan(x)
         return same
-
-    def quantize(
-        self,
-        x: torch.Tensor,
-        spec: QuantSpec,
-        *,
-        return_codes: bool = False,
-        generator: torch.Generator | None = None,
-        path: str = "auto",
-    ) -> Any:
-        """Fake-quantize ``x`` with ``spec`` (see :func:`qbench_formats.quantizer.quantize`)."""
-        from .quantizer import quantize
-
-        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)
 
     def summary(self) -> dict[str, Any]:
         """One row of ``qbench formats``."""

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from qbench.types import QuantSpec, Scaling
+from qbench.types import Scaling
+
+from .quantizer import QuantizeMethod
 
 
 @dataclass(frozen=True)
-class BlockPreset:
+class BlockPreset(QuantizeMethod):
     """``element_format`` quantized in chunks with scales in ``scaling.scale_format``.
 
     ``scale_bits`` is the storage of one block scale, so ``effective_bits`` counts it per
@@ -91,20 +93,6 @@ class BlockPreset:
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.element_format.decode(codes)
-
-    def quantize(
-        self,
-        x: torch.Tensor,
-        spec: QuantSpec,
-        *,
-        return_codes: bool = False,
-        generator: torch.Generator | None = None,
-        path: str = "auto",
-    ) -> Any:
-        """Quantize with the element's grid and ``spec.scaling`` (the preset's by default)."""
-        from .quantizer import quantize
-
-        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)
 
     def summary(self) -> dict[str, Any]:
         row = self.element_format.summary()

@@ -455,3 +455,20 @@ def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tup
                     stacklevel=3,
                 )
     return fused_kernel(xg, noise, plan)
+
+
+class QuantizeMethod:
+    """``fmt.quantize(x, spec, ...)`` for every format object (element formats and presets):
+    one entry point into :func:`quantize`, which reads the element grid and the scaling."""
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        return_codes: bool = False,
+        generator: torch.Generator | None = None,
+        path: str = "auto",
+    ) -> Any:
+        """Fake-quantize ``x`` with ``spec``; with ``return_codes`` a :class:`QuantResult`."""
+        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)

@@ -1,0 +1,91 @@
+"""Fused tensor kernels for plugins: torch.compile for large tensors, plain eager for small ones.
+
+A metric that reads every activation of every batch (the layer-wise error, the compliance
+audit) costs one eager pass, one temporary, per torch op. Written as one Python function of
+elementwise ops and reductions, inductor turns it into a single loop over the data. This
+module compiles such a function once per (function, constants) and chooses per call:
+
+* at least :data:`COMPILE_MIN_NUMEL` elements: the compiled kernel (``dynamic=True``, so one
+  kernel serves every shape; no recompile per layer);
+* fewer, or ``QBENCH_COMPILE=0``, or compile unavailable (no C++ compiler): the same
+  function, or a cheaper eager twin, run eagerly. A compile failure is warned about once
+  and the eager path is used from then on.
+
+qbench-formats' quantizer follows the same rules and reads the same environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+#: Below this many elements a kernel runs eagerly: a compiled call's guards and dispatch cost
+#: tens of microseconds, and the one-off compile (seconds per kernel) only pays off where
+#: eager costs real time. Environment: QBENCH_COMPILE_MIN_NUMEL.
+COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 18))
+#: QBENCH_COMPILE=0 turns torch.compile off everywhere in QBench.
+COMPILE_ENABLED = os.environ.get("QBENCH_COMPILE", "1") not in ("0", "false", "no")
+PATHS = ("auto", "compiled", "eager")
+
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+_FAILED: set[tuple[Any, ...]] = set()
+
+
+def _compiled(fn: Callable[..., Any], constants: tuple[Hashable, ...]) -> Callable[..., Any]:
+    key = (fn, constants)
+    kernel = _COMPILED.get(key)
+    if kernel is None:
+        import torch
+
+        # Dynamo keys its cache (and its recompile limit) on the code object: a fresh one per
+        # (function, constants) keeps kernels from evicting each other. The real filename
+        # matters, dynamo shares functions it cannot find a file for.
+        namespace: dict[str, Any] = {"FN": fn, "CONSTANTS": constants}
+        source = "def fused_kernel(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
+        exec(compile(source, __file__, "exec"), namespace)
+        kernel = torch.compile(namespace["fused_kernel"], dynamic=True)
+        _COMPILED[key] = kernel
+    return kernel
+
+
+def use_compiled(numel: int, path: str = "auto") -> bool:
+    """Would a kernel over ``numel`` elements run compiled on ``path``?"""
+    if path not in PATHS:
+        raise ValueError(f"path {path!r} is not one of {', '.join(PATHS)}")
+    if not COMPILE_ENABLED or path == "eager":
+        return False
+    return path == "compiled" or numel >= COMPILE_MIN_NUMEL
+
+
+def fused(
+    fn: Callable[..., Any],
+    tensors: tuple[Any, ...],
+    constants: tuple[Hashable, ...] = (),
+    *,
+    eager: Callable[..., Any] | None = None,
+    numel: int | None = None,
+    path: str = "auto",
+) -> Any:
+    """``fn(*tensors, *constants)``, compiled or eager (see the module docstring).
+
+    ``eager`` is an alternative for the eager path taking the same arguments (e.g. one BLAS
+    call instead of four reductions); it must compute the same result. ``numel`` defaults to
+    the first tensor's element count.
+    """
+    count = tensors[0].numel() if numel is None else numel
+    key = (fn, constants)
+    if use_compiled(count, path) and key not in _FAILED:
+        try:
+            return _compiled(fn, constants)(*tensors)
+        except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
+            _FAILED.add(key)
+            warnings.warn(
+                f"qbench: torch.compile of {getattr(fn, '__qualname__', fn)} failed "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "using the eager path",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return (eager or fn)(*tensors, *constants)

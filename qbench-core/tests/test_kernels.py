@@ -1,0 +1,67 @@
+"""qbench.kernels: one fused function, compiled for large tensors and eager for small ones."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from qbench import kernels
+
+
+def _stats(x: torch.Tensor, shift: float) -> torch.Tensor:
+    y = (x - shift).abs()
+    return torch.stack([y.sum(), y.amax(), (y > 1).sum().to(y.dtype)])
+
+
+def _stats_twin(x: torch.Tensor, shift: float) -> torch.Tensor:
+    return _stats(x, shift) + 1000.0  # a deliberately different twin, to see which one ran
+
+
+def test_small_tensors_run_the_eager_twin_and_large_ones_the_compiled_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kernels, "COMPILE_MIN_NUMEL", 100)
+    small, large = torch.arange(10.0), torch.arange(300.0).reshape(3, 100)
+    assert torch.equal(
+        kernels.fused(_stats, (small,), (2.0,), eager=_stats_twin), _stats_twin(small, 2.0)
+    )
+    assert torch.equal(
+        kernels.fused(_stats, (large,), (2.0,), eager=_stats_twin), _stats(large, 2.0)
+    )
+    assert not kernels.use_compiled(99) and kernels.use_compiled(100)
+    assert kernels.use_compiled(1, "compiled") and not kernels.use_compiled(10**9, "eager")
+    with pytest.raises(ValueError, match="path 'fast' is not one of auto, compiled, eager"):
+        kernels.use_compiled(1, "fast")
+
+
+def test_one_kernel_per_function_and_constants_serves_every_shape() -> None:
+    before = len(kernels._COMPILED)
+    for shape in [(7,), (5, 9), (2, 3, 11)]:
+        x = torch.randn(shape)
+        out = kernels.fused(_stats, (x,), (0.5,), path="compiled")
+        torch.testing.assert_close(out, _stats(x, 0.5), rtol=1e-6, atol=0)
+    kernels.fused(_stats, (torch.randn(4),), (1.5,), path="compiled")
+    assert len(kernels._COMPILED) == before + 2  # (fn, 0.5) and (fn, 1.5)
+    assert not kernels._FAILED
+
+
+def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = torch.randn(50)
+    monkeypatch.setattr(kernels, "COMPILE_ENABLED", False)
+    assert not kernels.use_compiled(10**9, "compiled")
+    monkeypatch.setattr(kernels, "COMPILE_ENABLED", True)
+
+    def broken(fn, constants):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    monkeypatch.setattr(kernels, "_compiled", broken)
+    monkeypatch.setattr(kernels, "_FAILED", set())
+    with pytest.warns(RuntimeWarning, match=r"_stats failed \(RuntimeError: no C\+\+ compiler\)"):
+        first = kernels.fused(_stats, (x,), (0.0,), path="compiled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call goes straight to eager
+        second = kernels.fused(_stats, (x,), (0.0,), path="compiled")
+    assert torch.equal(first, _stats(x, 0.0)) and torch.equal(second, first)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import qbench.plugins
 from eval_helpers import FormatsForTests
@@ -13,3 +15,15 @@ def test_formats() -> None:
     qbench.plugins.register_plugin(FormatsForTests, "qbench-eval-test-formats")
     yield
     qbench.plugins.unregister_plugin("qbench-eval-test-formats")
+
+
+@pytest.fixture(params=["eager", "compiled"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs a test with every fused kernel (qbench.kernels) eager, as on small tensors, or
+    compiled, as on large ones; a compile that silently fell back to eager fails the test."""
+    import qbench.kernels
+
+    threshold = 0 if request.param == "compiled" else 1 << 62
+    monkeypatch.setattr(qbench.kernels, "COMPILE_MIN_NUMEL", threshold)
+    yield request.param
+    assert not qbench.kernels._FAILED, "a kernel fell back to eager: its compile failed"

@@ -3,6 +3,7 @@ the role, the count and examples with their indices and nearest representable va
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -233,6 +234,7 @@ def test_unobservable_layer_fails_with_its_reason() -> None:
 
 # -- the real formats of qbench-formats (a test dependency) ------------------------------
 
+
 REAL = [
     "fp8_e4m3",
     "fp8_e5m2",
@@ -248,24 +250,30 @@ REAL = [
 
 
 @pytest.mark.parametrize("name", REAL)
-def test_real_formats_pass_and_code_table_matches_decode(name: str) -> None:
+def test_real_formats_pass_and_code_table_matches_decode(name: str, kernel_path: str) -> None:
     import qbench
 
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(4, 64, generator=generator) * torch.logspace(-3, 3, 64)
     x[0, :32] = 0.0  # an all-zero block
+    x[2, 3], x[3, 40] = math.nan, -math.inf  # NaN in -> NaN out; -inf saturates
     result = qbench.quantize(x, name, return_codes=True)
     metric = _metric()
     metric.on_tensor("layer", "weight", result)
     audit = metric.result()
-    assert audit["status"] == "PASS", audit["failures"]
+    assert torch.isnan(result.dequantized[2, 3])
+    if name.startswith("mx"):  # OCP MX: a NaN/inf in a block makes its shared scale NaN
+        [failure] = audit["failures"]
+        assert failure["failures"] == {"scale": 2}, failure
+    else:
+        assert audit["status"] == "PASS", audit["failures"]
     element = qbench.get_format(qbench.get_format(name).element)
-    decoded, _ = metric._decode(element.name, element, result.codes)
+    decoded, _ = metric._table(element.name, element, result.codes).lookup(result.codes)
     assert torch.equal(decoded, element.decode(result.codes))
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "mxfp4_e2m1"])
-def test_real_format_with_a_tampered_value_fails(name: str) -> None:
+def test_real_format_with_a_tampered_value_fails(name: str, kernel_path: str) -> None:
     import qbench
 
     result = qbench.quantize(torch.linspace(-3, 3, 64).reshape(2, 32), name, return_codes=True)
@@ -280,6 +288,11 @@ def test_real_format_with_a_tampered_value_fails(name: str) -> None:
     assert failure["layer"] == "head" and failure["failures"] == {"reconstruction": 1}
     example = failure["examples"][0]
     assert example["index"] == [1, 5] and example["value"] == float(tampered[1, 5])
+    nan_for_nan = result.dequantized.clone()
+    nan_for_nan[0, 0] = math.nan  # NaN used where the codes decode to a number: a mismatch
+    metric = _metric()
+    metric.on_tensor("head", "input", dataclasses.replace(result, dequantized=nan_for_nan))
+    assert metric.result()["failures"][0]["failures"] == {"reconstruction": 1}
     assert example["expected"] == float(result.dequantized[1, 5])
     assert float(result.dequantized[1, 5]) in example["nearest"]
 

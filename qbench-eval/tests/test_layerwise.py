@@ -33,7 +33,7 @@ PREPARATION = {
 }
 
 
-def test_layerwise_matches_independent_computation() -> None:
+def test_layerwise_matches_independent_computation(kernel_path: str) -> None:
     reference, quantized = _models()
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randn(7, 12, generator=generator) for _ in range(4)]
@@ -120,3 +120,28 @@ def test_hooks_are_removed_on_close() -> None:
         quantized(torch.randn(2, 12))
         reference(torch.randn(2, 12))
     assert all(layer["calls"] == 0 for layer in metric.result()["layers"])
+
+
+def test_pair_sums_and_input_stats_on_both_paths(kernel_path: str) -> None:
+    from qbench.kernels import fused
+    from qbench_eval.layerwise import _input_stats, _pair_sums, _pair_sums_eager
+
+    generator = torch.Generator().manual_seed(5)
+    r = torch.randn(3, 50, 7, generator=generator) * 1e3
+    q = r + torch.randn(3, 50, 7, generator=generator) * 1e-4  # SQNR ~ 140 dB
+    sums = fused(_pair_sums, (r, q), eager=_pair_sums_eager).tolist()
+    r64, q64 = r.double().numpy().ravel(), q.double().numpy().ravel()
+    expected = [np.sum((q64 - r64) ** 2), r64 @ r64, q64 @ q64, r64 @ q64]
+    assert sums == pytest.approx(expected, rel=1e-12)
+
+    q_bad = q.clone()
+    q_bad[1, 2, 3] = math.nan
+    assert math.isnan(fused(_pair_sums, (r, q_bad), eager=_pair_sums_eager)[2])
+
+    x = torch.tensor([[0.0, -0.0, 3.0e-30], [-7.5, 0.25, 2.0]])
+    zeros, largest, smallest = fused(_input_stats, (x,))
+    assert (int(zeros), float(largest), float(smallest)) == (2, 7.5, float(x[0, 2]))
+    zeros, largest, smallest = fused(_input_stats, (torch.zeros(4, 3),))
+    assert (int(zeros), float(largest), float(smallest)) == (12, 0.0, math.inf)
+    zeros, largest, _ = fused(_input_stats, (torch.tensor([1.0, math.nan, -2.0]),))
+    assert int(zeros) == 0 and math.isnan(float(largest))

@@ -33,6 +33,7 @@ import qbench
 import torch
 import yaml
 from qbench.errors import QBenchError
+from qbench.kernels import fused, use_compiled
 from qbench.types import ROLES, BatchOutputs, QuantResult
 
 DEFAULT_CONFIG_NAME = "compliance_default.yaml"
@@ -229,13 +230,13 @@ class _CodeTable:
         self.legal = torch.cat([legal.new_zeros(1), legal, legal.new_zeros(1)])
         self._on_device: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.values.to(device), self.legal.to(device))
+        return self._on_device[device]
+
     def lookup(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if codes.device not in self._on_device:
-            self._on_device[codes.device] = (
-                self.values.to(codes.device),
-                self.legal.to(codes.device),
-            )
-        values, legal = self._on_device[codes.device]
+        values, legal = self._on(codes.device)
         if codes.dtype not in (torch.int32, torch.int64):  # int8/uint8/int16 would overflow
             codes = codes.to(torch.int32)
         # index_select with the codes' own integer type: one fused pass per table.
@@ -244,6 +245,32 @@ class _CodeTable:
             values.index_select(0, index).reshape(codes.shape),
             legal.index_select(0, index).reshape(codes.shape),
         )
+
+    def counts(
+        self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
+    ) -> torch.Tensor:
+        """[illegal codes, reconstruction mismatches] in one fused pass (see _audit_counts)."""
+        values, legal = self._on(codes.device)
+        tensors = (codes, dequantized, scales, values, legal)
+        return fused(_audit_counts, tensors, (self.offset, values.numel() - 1))
+
+
+def _audit_counts(
+    codes: torch.Tensor,
+    dequantized: torch.Tensor,
+    scales: torch.Tensor,
+    values: torch.Tensor,
+    legal: torch.Tensor,
+    offset: int,
+    last: int,
+) -> torch.Tensor:
+    """How many codes are illegal, and how many ``decode(code) * scale`` differ from the
+    dequantized value the layer used (NaN matching NaN), as a 2-element int64 tensor."""
+    index = (codes.to(torch.int64) + offset).clamp(0, last)
+    reconstructed = values[index] * scales
+    both_nan = torch.isnan(reconstructed) & torch.isnan(dequantized)
+    mismatch = (reconstructed != dequantized) & ~both_nan
+    return torch.stack([(~legal[index]).sum(), mismatch.sum()])
 
 
 # --------------------------------------------------------------------------------------
@@ -406,28 +433,42 @@ class ComplianceMetric:
             return
 
         grid = self._grid(element_name)
-        decoded, legal = self._decode(element_name, element, codes)
-        off_grid = ~legal
-
         expanded = result.expand_scales()
+        scale_checks = self._scale_checks(result)
+        scale_counts = (
+            torch.stack([bad.sum() for _, _, _, bad in scale_checks]).tolist()
+            if scale_checks
+            else []
+        )
+        audit.scales += sum(values.numel() for _, _, values, _ in scale_checks)
+        for (level, scale_format, _, _), count in zip(scale_checks, scale_counts, strict=True):
+            audit.scale_formats[level] = scale_format
+            audit.failures["scale"] += int(count)
+
+        table = self._table(element_name, element, codes)
+        if table is not None and use_compiled(codes.numel()):
+            # Large tensors: the grid and reconstruction checks in one fused pass that only
+            # counts; the masks and examples below are computed only if something failed.
+            counts = table.counts(codes, dequantized, expanded).tolist()
+            if counts == [0, 0]:
+                self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+                return
+        if table is not None:
+            decoded, legal = table.lookup(codes)
+        else:
+            decoded = element.decode(codes)
+            legal = _legal_values(element, grid, decoded)
+        off_grid = ~legal
         reconstructed = decoded * expanded
         # NaN != NaN, so NaN-for-NaN pairs are counted here and taken out below (rare).
         mismatch = reconstructed != dequantized
-
-        scale_checks = self._scale_checks(result)
-        counts = torch.stack(
-            [off_grid.sum(), mismatch.sum(), *[bad.sum() for _, _, _, bad in scale_checks]]
-        ).tolist()  # one host sync per audited tensor
-        off_count, mismatch_count, scale_counts = int(counts[0]), int(counts[1]), counts[2:]
+        counts = torch.stack([off_grid.sum(), mismatch.sum()]).tolist()  # one host sync
+        off_count, mismatch_count = int(counts[0]), int(counts[1])
         if mismatch_count:
             mismatch &= ~(torch.isnan(reconstructed) & torch.isnan(dequantized))
             mismatch_count = int(mismatch.sum())
         audit.failures["grid"] += off_count
         audit.failures["reconstruction"] += mismatch_count
-        audit.scales += sum(values.numel() for _, _, values, _ in scale_checks)
-        for (level, scale_format, _, _), count in zip(scale_checks, scale_counts, strict=True):
-            audit.scale_formats[level] = scale_format
-            audit.failures["scale"] += int(count)
 
         shape = tuple(dequantized.shape)
         if off_count and len(audit.examples) < max_examples:
@@ -467,6 +508,15 @@ class ComplianceMetric:
                     scale=_number(scale),
                     nearest=nearest,
                 )
+        self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+
+    def _scale_examples(
+        self,
+        audit: TensorAudit,
+        scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]],
+        scale_counts: list[Any],
+        max_examples: int,
+    ) -> None:
         for (level, scale_format, values, bad), count in zip(
             scale_checks, scale_counts, strict=True
         ):
@@ -491,24 +541,21 @@ class ComplianceMetric:
                     nearest=nearest,
                 )
 
-    def _decode(
-        self, name: str, element: Any, codes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``element.decode(codes)`` and, elementwise, whether each code is legal.
+    def _table(self, name: str, element: Any, codes: torch.Tensor) -> _CodeTable | None:
+        """The code table of a format of up to 16 bits with integer codes, else None.
 
-        For integer codes of formats up to 16 bits both come from a table built once by
-        decoding every code in [-2^bits, 2^bits) with the format's own ``decode`` (which covers
-        signed and unsigned code conventions), so a tensor costs a gather instead of a full
-        decode and a grid search; other formats decode and search directly.
+        It is built once by decoding every code in [-2^bits, 2^bits) with the format's own
+        ``decode`` (which covers signed and unsigned code conventions), so a tensor costs a
+        gather instead of a full decode and a grid search; other formats decode and search
+        directly.
         """
         small = int(element.bits) <= MAX_ENUMERATED_BITS
-        if small and not codes.is_floating_point() and not codes.is_complex():
-            table = self._tables.get(name)
-            if table is None:
-                table = self._tables[name] = _CodeTable(element, self._grid(name))
-            return table.lookup(codes)
-        decoded = element.decode(codes)
-        return decoded, _legal_values(element, self._grid(name), decoded)
+        if not small or codes.is_floating_point() or codes.is_complex():
+            return None
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = _CodeTable(element, self._grid(name))
+        return table
 
     def _scale_checks(
         self, result: QuantResult

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
+from qbench.kernels import fused
 from qbench.types import BatchOutputs
 from torch import nn
 
@@ -36,6 +37,39 @@ def first_tensor(value: Any) -> torch.Tensor | None:
             if found is not None:
                 return found
     return None
+
+
+def _pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """float64 [sum (q-r)^2, r.r, q.q, r.q] of two float outputs; one fused loop compiled."""
+    r = reference.reshape(-1).to(torch.float64)
+    q = quantized.reshape(-1).to(torch.float64)
+    d = q - r
+    return torch.stack([(d * d).sum(), (r * r).sum(), (q * q).sum(), (r * q).sum()])
+
+
+def _pair_sums_eager(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """:func:`_pair_sums` in three passes and one BLAS call: the Gram matrix of the rows
+    [r, q, q - r] (float64) holds every sum, without cancellation."""
+    n = reference.numel()
+    rows = torch.empty((3, n), dtype=torch.float64, device=reference.device)
+    rows[0].copy_(reference.reshape(-1))
+    rows[1].copy_(quantized.reshape(-1))
+    torch.sub(rows[1], rows[0], out=rows[2])
+    gram = (rows @ rows.T).reshape(-1)  # [rr rq rd; qr qq qd; dr dq dd]
+    return gram[_GRAM_ORDER.to(gram.device)]
+
+
+# _pair_sums' order (sse, r.r, q.q, r.q) read off the flattened 3x3 Gram matrix
+_GRAM_ORDER = torch.tensor([8, 0, 4, 1])
+
+
+def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(number of zeros, max |x| (NaN if any), smallest non-zero |x| (+inf if none))."""
+    magnitude = x.abs()
+    zeros = (magnitude == 0).sum()
+    largest = magnitude.amax()
+    smallest_nonzero = torch.where(magnitude > 0, magnitude, math.inf).amin()
+    return zeros, largest, smallest_nonzero
 
 
 class _LayerStats:
@@ -60,33 +94,23 @@ class _LayerStats:
                 f"layerwise: layer {self.name!r} output shapes differ between the FP32 model "
                 f"{tuple(reference.shape)} and the quantized model {tuple(quantized.shape)}"
             )
-        # float64 dot products: sums over ~10^6 float32 terms keep ~1e-12 relative error, so
-        # an SQNR of 60+ dB (fp16-like formats) is still resolved.
-        r = reference.detach().reshape(-1).to(torch.float64)
-        q = quantized.detach().reshape(-1).to(device=r.device, dtype=torch.float64)
-        diff = q - r
-        q_sq = torch.dot(q, q)
-        row = torch.stack(
-            [
-                torch.dot(diff, diff),
-                torch.dot(r, r),
-                q_sq,
-                torch.dot(r, q),
-                (~torch.isfinite(q_sq)).to(torch.float64),  # any NaN/inf makes q.q non-finite
-            ]
-        )
+        # float64 sums: over ~10^6 float32 terms they keep ~1e-12 relative error, so an SQNR
+        # of 60+ dB (fp16-like formats) is still resolved. One fused pass over both outputs.
+        r = reference.detach()
+        q = quantized.detach().to(device=r.device)
+        sums = fused(_pair_sums, (r, q), eager=_pair_sums_eager)
+        # any NaN/inf in q makes q.q non-finite
+        row = torch.cat([sums, (~torch.isfinite(sums[_Q_SQ : _Q_SQ + 1])).to(torch.float64)])
         self.sums = row if self.sums is None else self.sums + row
         self.elements += r.numel()
         self.calls += 1
 
     def add_input(self, x: torch.Tensor) -> None:
-        magnitude = x.detach().abs()
-        zeros = magnitude.numel() - torch.count_nonzero(magnitude)
-        largest = magnitude.amax().to(torch.float64)
-        # Zeros mapped to +inf: the minimum is then the smallest non-zero magnitude. The overall
-        # minimum is 0 exactly when zeros were seen (derived in _input_result).
-        nonzero = torch.where(magnitude > 0, magnitude, math.inf)
-        smallest_nonzero = nonzero.amin().to(torch.float64)
+        # Zeros are mapped to +inf for the minimum, which is then the smallest non-zero
+        # magnitude; the overall minimum is 0 exactly when zeros were seen (_input_result).
+        zeros, largest, smallest_nonzero = fused(_input_stats, (x.detach(),))
+        largest = largest.to(torch.float64)
+        smallest_nonzero = smallest_nonzero.to(torch.float64)
         if self.input_min_nonzero is None:
             self.input_min_nonzero, self.input_max, self.input_zeros = (
                 smallest_nonzero,
@@ -97,7 +121,7 @@ class _LayerStats:
             self.input_min_nonzero = torch.minimum(self.input_min_nonzero, smallest_nonzero)
             self.input_max = torch.maximum(self.input_max, largest)
             self.input_zeros = self.input_zeros + zeros
-        self.input_elements += magnitude.numel()
+        self.input_elements += x.numel()
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {

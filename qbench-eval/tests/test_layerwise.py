@@ -33,7 +33,8 @@ PREPARATION = {
 }
 
 
-def test_layerwise_matches_independent_computation(kernel_path: str) -> None:
+@pytest.mark.parametrize("grad_mode", ["inference_mode", "no_grad"])
+def test_layerwise_matches_independent_computation(kernel_path: str, grad_mode: str) -> None:
     reference, quantized = _models()
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randn(7, 12, generator=generator) for _ in range(4)]
@@ -41,7 +42,9 @@ def test_layerwise_matches_independent_computation(kernel_path: str) -> None:
 
     metric = LayerwiseMetric(None)
     metric.attach(reference, quantized, {"preparation": PREPARATION})
-    with torch.inference_mode():
+    # no_grad (as in qbench run): outputs are held by reference with their version counter,
+    # and the in-place ReLU after layer "0" is detected; inference tensors are copied.
+    with getattr(torch, grad_mode)():
         for i, x in enumerate(batches):
             ref_logits, q_logits = reference(x), quantized(x)
             metric.update(BatchOutputs(torch.zeros(7, dtype=torch.long), ref_logits, q_logits, i))
@@ -145,3 +148,38 @@ def test_pair_sums_and_input_stats_on_both_paths(kernel_path: str) -> None:
     assert (int(zeros), float(largest), float(smallest)) == (12, 0.0, math.inf)
     zeros, largest, _ = fused(_input_stats, (torch.tensor([1.0, math.nan, -2.0]),))
     assert int(zeros) == 0 and math.isnan(float(largest))
+
+
+class _SometimesInPlace(nn.Module):
+    """Changes its first layer's output in place from the third call on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        self.calls += 1
+        if self.calls >= 3:
+            h.mul_(2.0)
+        return h
+
+
+def test_an_output_changed_in_place_later_is_counted_unpaired_not_mismeasured() -> None:
+    torch.manual_seed(0)
+    reference = _SometimesInPlace().eval()
+    quantized = copy.deepcopy(reference)
+    preparation = {"quantized": [{"name": "lin", "type": "Linear", "roles": {"weight": "x"}}]}
+    metric = LayerwiseMetric(None)
+    metric.attach(reference, quantized, {"preparation": preparation})
+    with torch.no_grad():
+        for i in range(4):
+            x = torch.randn(3, 4)
+            metric.update(BatchOutputs(torch.zeros(3), reference(x), quantized(x), i))
+    result = metric.result()
+    [layer] = result["layers"]
+    # Call 1 is copied and teaches "not changed in place"; call 2 is held by reference; call
+    # 3's reference output is doubled before its twin comes: lost and counted; call 4 copied.
+    assert result["unpaired_calls"] == 1 and layer["calls"] == 3
+    assert layer["mse"] == 0.0  # the twins are identical: nothing mismeasured

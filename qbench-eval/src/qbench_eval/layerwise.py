@@ -15,6 +15,7 @@ import fnmatch
 import math
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,6 +73,13 @@ def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return zeros, largest, smallest_nonzero
 
 
+@dataclass
+class _Kept:
+    tensor: torch.Tensor
+    version: int | None  # None: an inference tensor (no counter), always copied
+    copy: torch.Tensor | None
+
+
 class _LayerStats:
     """Running sums for one layer, kept on the device of the layer's output (no host sync
     until :meth:`result`)."""
@@ -86,7 +94,31 @@ class _LayerStats:
         self.input_zeros: torch.Tensor | None = None
         self.input_min_nonzero: torch.Tensor | None = None
         self.input_max: torch.Tensor | None = None
-        self.pending: dict[str, deque[torch.Tensor]] = {"reference": deque(), "quantized": deque()}
+        self.pending: dict[str, deque[_Kept]] = {"reference": deque(), "quantized": deque()}
+        # Whether a later op (ReLU(inplace=True), ``out += identity``) changes this layer's
+        # output in place before its twin's output arrives: learned on the first call.
+        self.changed_in_place: bool | None = None
+        self.lost_calls = 0
+
+    def keep(self, tensor: torch.Tensor) -> _Kept:
+        """Hold an output until its twin arrives: by reference, with its version counter, if
+        the layer's output is not changed in place later; else (and on the first call, to
+        learn which) as a copy."""
+        version = None if tensor.is_inference() else tensor._version
+        copy = tensor.clone() if version is None or self.changed_in_place is not False else None
+        return _Kept(tensor, version, copy)
+
+    def take(self, kept: _Kept) -> torch.Tensor | None:
+        """The held output as it was when kept (None if that can no longer be known)."""
+        unchanged = kept.version is not None and kept.tensor._version == kept.version
+        if self.changed_in_place is None and kept.version is not None:
+            self.changed_in_place = not unchanged
+        if unchanged:
+            return kept.tensor
+        if kept.copy is None:  # it behaved differently on an earlier call: copy from now on
+            self.changed_in_place = True
+            self.lost_calls += 1
+        return kept.copy
 
     def add_pair(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
         if reference.shape != quantized.shape:
@@ -259,12 +291,13 @@ class LayerwiseMetric:
                 return
             waiting = stats.pending[other]
             if waiting:
-                partner = waiting.popleft()
+                partner = stats.take(waiting.popleft())
+                if partner is None:  # changed in place after all: this call cannot be paired
+                    return
                 pair = (tensor, partner) if side == "reference" else (partner, tensor)
                 stats.add_pair(*pair)
             else:
-                # Cloned: a later in-place op (ReLU(inplace=True)) would otherwise change it.
-                stats.pending[side].append(tensor.detach().clone())
+                stats.pending[side].append(stats.keep(tensor.detach()))
 
         return hook
 
@@ -297,7 +330,8 @@ class LayerwiseMetric:
             "batches": self.batches,
             "layers": [stats.result() for stats in self.layers.values()],
             "missing_in_reference": list(self.missing_in_reference),
-            "unpaired_calls": self.unpaired_calls,
+            "unpaired_calls": self.unpaired_calls
+            + sum(stats.lost_calls for stats in self.layers.values()),
         }
 
 

@@ -269,14 +269,19 @@ def test_real_formats_pass_and_code_table_matches_decode(name: str, kernel_path:
         assert audit["status"] == "PASS", audit["failures"]
     element = qbench.get_format(qbench.get_format(name).element)
     decoded, _ = metric._table(element.name, element, result.codes).lookup(result.codes)
-    assert torch.equal(decoded, element.decode(result.codes))
+    torch.testing.assert_close(
+        decoded, element.decode(result.codes), rtol=0, atol=0, equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "mxfp4_e2m1"])
-def test_real_format_with_a_tampered_value_fails(name: str, kernel_path: str) -> None:
+@pytest.mark.parametrize("columns", [32, 96, 70])  # blocks of 32: one, three, a short last
+def test_real_format_with_a_tampered_value_fails(name: str, columns: int, kernel_path: str) -> None:
     import qbench
 
-    result = qbench.quantize(torch.linspace(-3, 3, 64).reshape(2, 32), name, return_codes=True)
+    x = torch.linspace(-3, 3, 2 * columns).reshape(2, columns)
+    x[1] *= torch.logspace(0, 2, columns)  # blocks with different scales
+    result = qbench.quantize(x, name, return_codes=True)
     tampered = result.dequantized.clone()
     tampered[1, 5] = torch.nextafter(tampered[1, 5], torch.tensor(10.0))  # one ulp off
     bad = QuantResult(
@@ -295,6 +300,13 @@ def test_real_format_with_a_tampered_value_fails(name: str, kernel_path: str) ->
     assert metric.result()["failures"][0]["failures"] == {"reconstruction": 1}
     assert example["expected"] == float(result.dequantized[1, 5])
     assert float(result.dequantized[1, 5]) in example["nearest"]
+    late = result.dequantized.clone()  # in the last block
+    late[1, columns - 2] = torch.nextafter(late[1, columns - 2], torch.tensor(0.0))
+    metric = _metric()
+    metric.on_tensor("head", "input", dataclasses.replace(result, dequantized=late))
+    [failure] = metric.result()["failures"]
+    assert failure["failures"] == {"reconstruction": 1}
+    assert failure["examples"][0]["index"] == [1, columns - 2]
 
 
 def test_points_inside_a_layer_observe_it_and_are_skipped_with_it() -> None:

@@ -255,6 +255,37 @@ class _CodeTable:
         return fused(_audit_counts, tensors, (self.offset, values.numel() - 1))
 
 
+def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(codes, dequantized, scales) as views whose shapes broadcast, without materializing
+    ``expand_scales()`` (a full-size tensor), or None where the layout is not plain.
+
+    Scales of one dimension fewer, or with size-1 dimensions, broadcast as they are (tensor,
+    channel, and chunk modes with one block per row). Chunks of ``c`` along an axis of length
+    ``L = blocks * c`` become a (blocks, c) split of that axis against scales of (blocks, 1).
+    """
+    codes, dequantized = result.codes, result.dequantized
+    scales = result.scales
+    if scales.dim() != codes.dim():
+        expanded = result.expand_scales()  # tensor and channel modes: a reshaped view
+        return (codes, dequantized, expanded) if expanded.numel() < codes.numel() else None
+    differing = [a for a in range(codes.dim()) if scales.shape[a] not in (1, codes.shape[a])]
+    if not differing:
+        return codes, dequantized, scales
+    scaling = result.spec.scaling
+    if len(differing) != 1 or scaling.mode != "chunk" or scaling.chunk_size is None:
+        return None
+    axis = differing[0]
+    length, blocks = codes.shape[axis], scales.shape[axis]
+    chunk = min(int(scaling.chunk_size), length)
+    if blocks * chunk != length:  # a shorter last block: use the expanded scales
+        return None
+    return (
+        codes.unflatten(axis, (blocks, chunk)),
+        dequantized.unflatten(axis, (blocks, chunk)),
+        scales.unsqueeze(axis + 1),
+    )
+
+
 def _audit_counts(
     codes: torch.Tensor,
     dequantized: torch.Tensor,
@@ -433,7 +464,6 @@ class ComplianceMetric:
             return
 
         grid = self._grid(element_name)
-        expanded = result.expand_scales()
         scale_checks = self._scale_checks(result)
         scale_counts = (
             torch.stack([bad.sum() for _, _, _, bad in scale_checks]).tolist()
@@ -449,10 +479,13 @@ class ComplianceMetric:
         if table is not None and use_compiled(codes.numel()):
             # Large tensors: the grid and reconstruction checks in one fused pass that only
             # counts; the masks and examples below are computed only if something failed.
-            counts = table.counts(codes, dequantized, expanded).tolist()
-            if counts == [0, 0]:
+            grouped = _grouped(result)
+            if grouped is None:
+                grouped = (codes, dequantized, result.expand_scales())
+            if table.counts(*grouped).tolist() == [0, 0]:
                 self._scale_examples(audit, scale_checks, scale_counts, max_examples)
                 return
+        expanded = result.expand_scales()
         if table is not None:
             decoded, legal = table.lookup(codes)
         else:

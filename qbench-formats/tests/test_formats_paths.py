@@ -157,3 +157,70 @@ def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None
             kernel._torchdynamo_orig_callable.__code__
         )
         assert len(cache) <= 2
+
+
+def nvfp4_edge_tensors() -> list[torch.Tensor]:
+    """Random blocks next to blocks of zeros, of NaN/inf, of float32 subnormals, and whole
+    tensors whose tensor scale falls back (all zeros: 1; amax / 2688 underflows: 2^-149)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 100, generator=gen) * torch.exp2(
+        torch.randint(-24, 24, (6, 7), generator=gen).repeat_interleave(16, dim=1)[:, :100]
+    )  # a magnitude per 16-block; the last block of each row is 4 long (padded)
+    x[0, 0:16] = 0.0
+    x[0, 16:32] = -0.0
+    x[1, 3] = float("nan")
+    x[1, 20] = float("inf")
+    x[1, 40] = -float("inf")
+    x[1, 48:64] = float("nan")  # a block with no finite value
+    x[2, 0:16] = torch.randn(16, generator=gen) * 2.0**-140  # float32 subnormals
+    x[2, 16:32] = 2.0**-149
+    x[3, 97] = 3.0e38  # sets the tensor amax; most blocks then hit the fp8 min_normal
+    x[4, 96:] = torch.tensor([float("inf"), 0.0, -1e-30, 5.0])
+    tiny = torch.randn(4, 48, generator=gen) * 2.0**-138  # amax / 2688 underflows
+    specials = torch.zeros(3, 32)
+    specials[0, 5] = float("nan")
+    specials[1, 20] = -float("inf")
+    return [x, x[:5, :64] * 1e-3, torch.zeros(5, 48), tiny, specials]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", ["nearest_even", "stochastic"])
+def test_split_nvfp4_kernel_matches_reference(rounding: str) -> None:
+    # A second-level scale runs as three compiled kernels (amax, scales, elements):
+    # bit-identical to the reference and the eager twin, codes and both scale levels too.
+    fmt = qbench.get_format("nvfp4")
+    spec = spec_from_arguments("nvfp4", rounding=rounding)
+    for i, x in enumerate(nvfp4_edge_tensors()):
+        results = {
+            path: fmt.quantize(
+                x,
+                spec,
+                return_codes=True,
+                generator=torch.Generator().manual_seed(i),
+                path=path,
+            )
+            for path in ("compiled", "reference", "eager")
+        }
+        if any(p.second_level for p in quantizer._COMPILE_FAILED):
+            pytest.skip("torch.compile is unavailable here; the eager twin was used")
+        compiled, reference = results["compiled"], results["reference"]
+        for other in (reference, results["eager"]):
+            context = (rounding, i)
+            assert bool(same_bits(compiled.dequantized, other.dequantized).all()), context
+            assert torch.equal(compiled.codes, other.codes), context
+            assert bool(same_bits(compiled.scales, other.scales).all()), context
+            for level in ("block", "tensor"):
+                got, want = compiled.scale_parts[level][0], other.scale_parts[level][0]
+                assert bool(same_bits(got, want).all()), (context, level)
+        if rounding == "nearest_even":  # the plan without codes stores no scale parts
+            plain = fmt.quantize(x, spec, path="compiled")
+            assert bool(same_bits(plain, reference.dequantized).all()), i
+    split = [key for key in quantizer._COMPILED if key[0].second_level]
+    assert {piece for _, piece in split} == {"amax", "scales", "elements"}
+    # Five shapes, one kernel per piece (at most one recompile after the first shape).
+    for key in split:
+        kernel = quantizer._COMPILED[key]
+        cache = torch._dynamo.eval_frame._debug_get_cache_entry_list(
+            kernel._torchdynamo_orig_callable.__code__
+        )
+        assert len(cache) <= 2, key

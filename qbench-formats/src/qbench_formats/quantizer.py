@@ -6,7 +6,8 @@ One algorithm, three ways to run it, all giving the same bits:
 * ``eager``: the float32 bit arithmetic of :mod:`.fused`, op by op (cheap per call, used for
   small tensors such as per-layer activations);
 * ``compiled``: the same function through ``torch.compile(dynamic=True)``: one fused loop
-  per format/scaling, not one compile per shape.
+  per format/scaling, not one compile per shape (with a second-level scale, three kernels:
+  amax, scales, elements; see :func:`split_scales`).
 
 Scales (issue 3 §4):
 
@@ -188,18 +189,24 @@ def _fp32_scale(amax: torch.Tensor, max_value: float) -> torch.Tensor:
     return torch.where(scale > 0, scale, fallback)
 
 
+def group_amax(xg: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """max |x| per group (keepdim): NaN-propagating for e8m0, else over the finite values."""
+    if plan.scale_kind == "e8m0":
+        return _amax(xg, plan.reduce_dims)  # NaN propagates
+    return _finite_amax(xg, plan.reduce_dims)
+
+
 def _scales(
-    xg: torch.Tensor, plan: Plan, round_scale: Callable[..., torch.Tensor], log2: Callable
+    amax: torch.Tensor, plan: Plan, round_scale: Callable[..., torch.Tensor], log2: Callable
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(effective scale, block-level part, tensor-level part) with keepdim shapes."""
+    """(effective scale, block-level part, tensor-level part) with keepdim shapes, from the
+    groups' ``amax`` (:func:`group_amax`)."""
     element = plan.element_facts
     if plan.scale_kind == "e8m0":
-        amax = _amax(xg, plan.reduce_dims)  # NaN propagates
         shared = torch.clamp(log2(amax) - element.emax, E8M0_MIN_EXP, E8M0_MAX_EXP)
         shared = torch.where(amax == 0, torch.full_like(shared, E8M0_MIN_EXP), shared)
         scale = torch.where(torch.isfinite(amax), pow2_f32(shared), float("nan"))
         return scale, scale, None
-    amax = _finite_amax(xg, plan.reduce_dims)
     if plan.scale_kind == "fp32":
         scale = _fp32_scale(amax, element.max_value)
         return scale, scale, None
@@ -217,14 +224,30 @@ def _scales(
     return scale, block, tensor_scale
 
 
-def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
-    """The fast twin (eager or compiled): float32 bit arithmetic throughout."""
+def fused_scales(amax: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
+    """The fast twin's scales from the groups' amax: (effective scale, block part, tensor
+    part), the two parts only where the caller asked for codes (else None, so that a
+    compiled kernel need not store them)."""
     scale, block, tensor_scale = _scales(
-        xg,
+        amax,
         plan,
         lambda b: fused.round_values(plan.scale_arith, b, "nearest_even", "saturate", None),
         floor_log2_f32,
     )
+    if plan.want_elements:
+        return scale, block, tensor_scale
+    return scale, None, None
+
+
+def fused_elements(
+    xg: torch.Tensor,
+    noise: torch.Tensor | None,
+    plan: Plan,
+    scale: torch.Tensor,
+    block: torch.Tensor | None,
+    tensor_scale: torch.Tensor | None,
+) -> tuple[Any, ...]:
+    """The fast twin's element rounding of ``xg / scale`` and the multiplication back."""
     if plan.element_arith is not None:
         elements = fused.round_values(
             plan.element_arith, xg / scale, plan.rounding, plan.overflow, noise
@@ -238,6 +261,11 @@ def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tu
     return (elements.mul_(scale),)  # the rounding returned a fresh buffer: reuse it
 
 
+def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+    """The fast twin (eager or compiled): float32 bit arithmetic throughout."""
+    return fused_elements(xg, noise, plan, *fused_scales(group_amax(xg, plan), plan))
+
+
 def _frexp_floor_log2(amax: torch.Tensor) -> torch.Tensor:
     _, exponent = torch.frexp(amax.to(torch.float64))
     return exponent.to(torch.int32) - 1
@@ -246,7 +274,7 @@ def _frexp_floor_log2(amax: torch.Tensor) -> torch.Tensor:
 def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
     """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours."""
     scale, block, tensor_scale = _scales(
-        xg,
+        group_amax(xg, plan),
         plan,
         lambda b: reference.round_values(plan.scale_format, b, "nearest_even", "saturate", None),
         _frexp_floor_log2,
@@ -255,30 +283,92 @@ def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -
     return elements * scale, elements, scale, block, tensor_scale
 
 
-_COMPILED: dict[Plan, Callable] = {}
+#: Compiled kernels by (plan, piece): "fused" (the whole of :func:`fused_kernel`), or for
+#: a split plan (see :func:`split_scales`) "amax", "scales" and "elements".
+_COMPILED: dict[tuple[Plan, str], Callable] = {}
 _COMPILE_FAILED: set[Plan] = set()
+
+# One function per piece; exec'd into a fresh code object per plan (see compiled_kernel).
+_PIECES = {
+    "fused": ("quantize_kernel", "(xg, noise)", "fused_kernel(xg, noise, PLAN)"),
+    "amax": ("amax_kernel", "(xg)", "group_amax(xg, PLAN)"),
+    "scales": ("scales_kernel", "(amax)", "fused_scales(amax, PLAN)"),
+    "elements": (
+        "elements_kernel",
+        "(xg, noise, scale, block, tensor_scale)",
+        "fused_elements(xg, noise, PLAN, scale, block, tensor_scale)",
+    ),
+}
+
+
+def split_scales(plan: Plan) -> bool:
+    """Whether the compiled twin runs as three kernels rather than one: the groups' amax (a
+    read of x), the scales from those (n/chunk values, on one thread), then the elements (a
+    read and a write of x).
+
+    Only plans with a second-level (per-tensor) scale: its tensor amax must be known before
+    any block is scaled, so x is read twice however the work is fused. Traced as one graph,
+    inductor stores the rounded block scales but inlines the rest of the scale arithmetic
+    (amax / max, / tensor scale, * tensor scale: three divisions and a dozen scalar ops)
+    into the elementwise loop, once per vector of 8 elements, which doubles that loop's
+    arithmetic; and it runs the small loops (tensor amax, block-scale rounding) as parallel
+    regions of their own, each a barrier at which one thread parked by the OS (a shared,
+    loaded box) holds up the other. Split, the elementwise loop only loads one float per
+    block, and there are two parallel regions, the least for two passes over x.
+    """
+    return plan.second_level
+
+
+def _piece_options(piece: str) -> dict[str, Any] | None:
+    """The scales piece runs on one thread: its loops cover n/chunk values (well under a
+    millisecond for 2^24 elements), less than a barrier costs on a loaded box."""
+    from torch._inductor import config as inductor_config
+
+    if piece == "scales" and "cpp.threads" in inductor_config.get_config_copy():
+        return {"cpp.threads": 1}
+    return None
+
+
+def _compiled_piece(plan: Plan, piece: str) -> Callable:
+    kernel = _COMPILED.get((plan, piece))
+    if kernel is None:
+        name, arguments, body = _PIECES[piece]
+        namespace: dict[str, Any] = {
+            "fused_kernel": fused_kernel,
+            "group_amax": group_amax,
+            "fused_scales": fused_scales,
+            "fused_elements": fused_elements,
+            "PLAN": plan,
+        }
+        # The real filename matters: dynamo wraps (and so shares) functions it cannot find
+        # a file for.
+        source = f"def {name}{arguments}:\n    return {body}\n"
+        exec(compile(source, __file__, "exec"), namespace)
+        kernel = torch.compile(namespace[name], dynamic=True, options=_piece_options(piece))
+        _COMPILED[(plan, piece)] = kernel
+    return kernel
 
 
 def compiled_kernel(plan: Plan) -> Callable | None:
     """The compiled fused kernel for ``plan`` (built once; None if compile is unavailable).
 
-    Dynamo keys its cache and its recompile limit on the *code object*, so every plan gets a
-    function of its own (a ``functools.partial`` of one function would make all formats share
-    eight cache slots and silently fall back to eager). ``dynamic=True`` keeps one kernel
-    across tensor shapes.
+    Dynamo keys its cache and its recompile limit on the *code object*, so every plan (and
+    piece) gets a function of its own (a ``functools.partial`` of one function would make
+    all formats share eight cache slots and silently fall back to eager). ``dynamic=True``
+    keeps one kernel across tensor shapes.
     """
     if not COMPILE_ENABLED or plan in _COMPILE_FAILED:
         return None
-    kernel = _COMPILED.get(plan)
-    if kernel is None:
-        namespace: dict[str, Any] = {"fused_kernel": fused_kernel, "PLAN": plan}
-        # A fresh code object per plan; the source is fixed, only PLAN differs. The real
-        # filename matters: dynamo wraps (and so shares) functions it cannot find a file for.
-        source = "def quantize_kernel(xg, noise):\n    return fused_kernel(xg, noise, PLAN)\n"
-        exec(compile(source, __file__, "exec"), namespace)
-        kernel = torch.compile(namespace["quantize_kernel"], dynamic=True)
-        _COMPILED[plan] = kernel
-    return kernel
+    if not split_scales(plan):
+        return _compiled_piece(plan, "fused")
+    amax = _compiled_piece(plan, "amax")
+    scales = _compiled_piece(plan, "scales")
+    elements = _compiled_piece(plan, "elements")
+
+    def split_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
+        return elements(xg, noise, *scales(amax(xg)))
+
+    return split_kernel
 
 
 _ENCODERS: dict[Any, Callable] = {}

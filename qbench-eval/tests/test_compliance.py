@@ -337,3 +337,39 @@ def test_points_inside_a_layer_observe_it_and_are_skipped_with_it() -> None:
     )
     assert metric.result()["missing"][0]["layer"] == "blocks.0.attn"
     assert metric.result()["missing"][0]["role"] == "input"
+
+
+BIT_FIELD_FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp6_e3m2", "fp4_e2m1", "fp4_e3m0"]
+
+
+@pytest.mark.parametrize("name", BIT_FIELD_FORMATS)
+def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: str) -> None:
+    """The audit's arithmetic decoder (used for float formats) against the table of the
+    format's own decode: every code, codes outside the code space, NaN/inf codes, and
+    tampered values, counted alike on the eager and the compiled path."""
+    import qbench
+    from qbench.kernels import fused
+    from qbench_eval.compliance import _audit_counts, _audit_counts_bits
+
+    element = qbench.get_format(name)
+    metric = _metric()
+    span = 2**element.bits
+    codes = torch.arange(-span - 3, span + 3, dtype=torch.int32).repeat(3, 1)
+    table = metric._table(name, element, codes)
+    assert table is not None and table.bit_fields is not None
+    scales = torch.tensor([[0.5], [3.0], [2.0**-20]])
+    decoded, _ = table.lookup(codes)
+    dequantized = decoded * scales
+    dequantized[0, span + 3 : 2 * span + 3 : 3] += 1.0  # tampered values of in-range codes
+    dequantized[1, span + 5] = math.nan  # NaN used where the code decodes to a number
+    values, legal = table._on(codes.device)
+    constants = (*table.bit_fields.key, table.bit_fields.negative_legal)
+    by_bits = fused(_audit_counts_bits, (codes, dequantized, scales), constants)
+    by_table = fused(
+        _audit_counts,
+        (codes, dequantized, scales, values, legal),
+        (table.offset, values.numel() - 1),
+    )
+    assert by_bits.tolist() == by_table.tolist()
+    illegal, mismatched = by_table.tolist()
+    assert illegal >= 3 * 3 * 2 and mismatched >= 5  # both checks really counted something

@@ -229,6 +229,7 @@ class _CodeTable:
         self.values = torch.cat([nan, values, nan])
         self.legal = torch.cat([legal.new_zeros(1), legal, legal.new_zeros(1)])
         self._on_device: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.bit_fields = _BitFields.matching(element, codes, values, legal)
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on_device:
@@ -250,9 +251,107 @@ class _CodeTable:
         self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
     ) -> torch.Tensor:
         """[illegal codes, reconstruction mismatches] in one fused pass (see _audit_counts)."""
+        if self.bit_fields is not None:  # decoded by arithmetic: vectorizes, a gather does not
+            constants = (*self.bit_fields.key, self.bit_fields.negative_legal)
+            return fused(_audit_counts_bits, (codes, dequantized, scales), constants)
         values, legal = self._on(codes.device)
         tensors = (codes, dequantized, scales, values, legal)
         return fused(_audit_counts, tensors, (self.offset, values.numel() - 1))
+
+
+@dataclass(frozen=True)
+class _BitFields:
+    """A float format whose codes are sign | exponent field | mantissa bit patterns in
+    [0, 2^bits), every one of them legal: decoded from the fields by arithmetic, its NaN and
+    infinity codes taken from the table. Used only if it reproduces the format's own
+    ``decode`` on every code (checked once, in :meth:`matching`)."""
+
+    bits: int
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int
+    # (code, 0 for NaN / +1 for +inf / -1 for -inf): no NaN among the constants a compiled
+    # kernel is specialized on (NaN != NaN would fail its guards on every call).
+    specials: tuple[tuple[int, int], ...]
+    # Codes in [-2^bits, 0) decode to NaN, legal or not as the table says (codes beyond the
+    # table are NaN and illegal, as there).
+    negative_legal: bool = False
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.bits, self.exponent_bits, self.mantissa_bits, self.bias, self.specials)
+
+    @classmethod
+    def matching(
+        cls, element: Any, codes: torch.Tensor, values: torch.Tensor, legal: torch.Tensor
+    ) -> _BitFields | None:
+        fields = [getattr(element, k, None) for k in ("exponent_bits", "mantissa_bits", "bias")]
+        if not getattr(element, "signed", False) or any(type(f) is not int for f in fields):
+            return None
+        exponent_bits, mantissa_bits, bias = fields
+        bits = 1 + exponent_bits + mantissa_bits
+        if bits != int(element.bits) or not -126 <= 1 - bias - mantissa_bits:
+            return None
+        if (2**exponent_bits - 1) - bias - mantissa_bits > 127:
+            return None
+        in_range = (codes >= 0) & (codes < 2**bits)
+        outside = ~in_range  # the table's other codes, [-2^bits, 0): all NaN, legal alike
+        outside_legal = bool(legal[outside].all())
+        if not bool(legal[in_range].all()) or not bool(torch.isnan(values[outside]).all()):
+            return None
+        if not outside_legal and bool(legal[outside].any()):
+            return None
+        special = in_range & ~torch.isfinite(values)
+        specials = tuple(
+            (int(c), 0 if math.isnan(v) else (1 if v > 0 else -1))
+            for c, v in zip(codes[special].tolist(), values[special].tolist())
+        )
+        candidate = cls(bits, exponent_bits, mantissa_bits, bias, specials, outside_legal)
+        mine = _decode_bits(codes[in_range], *candidate.key)  # NaN outside: no need to check
+        theirs = values[in_range].to(torch.float32)
+        same = (mine.view(torch.int32) == theirs.view(torch.int32)) | (
+            torch.isnan(mine) & torch.isnan(theirs)
+        )
+        return candidate if bool(same.all()) else None
+
+
+def _decode_bits(
+    codes: torch.Tensor,
+    bits: int,
+    exponent_bits: int,
+    mantissa_bits: int,
+    bias: int,
+    specials: tuple[tuple[int, int], ...],
+) -> torch.Tensor:
+    """float32 values of codes from their bit fields, NaN outside [0, 2^bits) (_BitFields)."""
+    wide = codes.to(torch.int32)
+    c = wide & ((1 << bits) - 1)
+    field = (c >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = c & ((1 << mantissa_bits) - 1)
+    normal = field > 0
+    significand = torch.where(normal, mantissa + (1 << mantissa_bits), mantissa)
+    exponent = torch.where(normal, field, 1) - (bias + mantissa_bits)  # of the significand's lsb
+    value = significand.to(torch.float32) * ((exponent + 127) << 23).view(torch.float32)
+    value = torch.where((c >> (bits - 1)) == 1, -value, value)
+    for code, kind in specials:
+        value = torch.where(c == code, math.inf * kind if kind else math.nan, value)
+    return torch.where(c == wide, value, math.nan)
+
+
+def _audit_counts_bits(
+    codes: torch.Tensor,
+    dequantized: torch.Tensor,
+    scales: torch.Tensor,
+    *fields: Any,
+) -> torch.Tensor:
+    """:func:`_audit_counts` with the codes decoded from their bit fields (_BitFields)."""
+    bits, negative_legal = fields[0], fields[-1]
+    span = 1 << bits
+    legal = (codes >= (-span if negative_legal else 0)) & (codes < span)
+    reconstructed = _decode_bits(codes, *fields[:-1]) * scales
+    both_nan = torch.isnan(reconstructed) & torch.isnan(dequantized)
+    mismatch = (reconstructed != dequantized) & ~both_nan
+    return torch.stack([(~legal).sum(), mismatch.sum()])
 
 
 def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:

@@ -81,10 +81,11 @@ def fused(
             return _compiled(fn, constants)(*tensors)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
             _FAILED.add(key)
+            # inductor's errors start "backend='inductor' raised:", the cause on the next line
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             warnings.warn(
                 f"qbench: torch.compile of {getattr(fn, '__qualname__', fn)} failed "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                "using the eager path",
+                f"({type(exc).__name__}: {reason[:300]}); using the eager path",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -358,15 +358,15 @@ def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """(codes, dequantized, scales) as views whose shapes broadcast, without materializing
     ``expand_scales()`` (a full-size tensor), or None where the layout is not plain.
 
-    Scales of one dimension fewer, or with size-1 dimensions, broadcast as they are (tensor,
-    channel, and chunk modes with one block per row). Chunks of ``c`` along an axis of length
+    Scales of another rank (tensor and channel modes) go through ``expand_scales()``, a
+    reshaped view there; scales of the codes' rank whose sizes are 1 or the codes' broadcast
+    as they are (chunk mode with one block per row). Chunks of ``c`` along an axis of length
     ``L = blocks * c`` become a (blocks, c) split of that axis against scales of (blocks, 1).
     """
     codes, dequantized = result.codes, result.dequantized
     scales = result.scales
-    if scales.dim() != codes.dim():
-        expanded = result.expand_scales()  # tensor and channel modes: a reshaped view
-        return (codes, dequantized, expanded) if expanded.numel() < codes.numel() else None
+    if scales.dim() != codes.dim():  # tensor and channel modes: expanded is a reshaped view
+        return codes, dequantized, result.expand_scales()
     differing = [a for a in range(codes.dim()) if scales.shape[a] not in (1, codes.shape[a])]
     if not differing:
         return codes, dequantized, scales
@@ -578,9 +578,7 @@ class ComplianceMetric:
         if table is not None and use_compiled(codes.numel()):
             # Large tensors: the grid and reconstruction checks in one fused pass that only
             # counts; the masks and examples below are computed only if something failed.
-            grouped = _grouped(result)
-            if grouped is None:
-                grouped = (codes, dequantized, result.expand_scales())
+            grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
             if table.counts(*grouped).tolist() == [0, 0]:
                 self._scale_examples(audit, scale_checks, scale_counts, max_examples)
                 return

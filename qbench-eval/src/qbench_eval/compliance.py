@@ -212,7 +212,7 @@ def _legal_values(element: Any, grid: _Grid, decoded: torch.Tensor) -> torch.Ten
 
 
 class _CodeTable:
-    """Every code of a small format decoded once, with its legality (see ``_decode``).
+    """Every code of a small format decoded once, with its legality (see ``_table``).
 
     Layout: ``[out-of-range-low, code -2^bits, ..., code 2^bits - 1, out-of-range-high]``, so
     a code's slot is ``clamp(code + 2^bits + 1, 0, last)`` and codes the table does not cover

@@ -28,7 +28,6 @@ quantizes to zeros, never NaN. Non-float32 inputs are computed in float32 and ca
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,19 +35,19 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
+from qbench.kernels import COMPILE_ENABLED, COMPILE_MIN_NUMEL
+from qbench.kernels import fused as fused_call
 from qbench.types import MODES, QuantResult, QuantSpec
 
 from . import fused, reference
 from .bits import floor_log2_f32, pow2_f32
 
-#: Below this many elements the eager twin is used: a compiled call's guards and dispatch cost
-#: tens of microseconds, and the one-off compile (~20 s of tracing per kernel, not cached
-#: across processes) only pays off on tensors where eager costs real time. 2^18 keeps the
-#: built-in demo (largest activation 128x16x8x8 = 2^17) eager and every activation of a
-#: 224x224 ImageNet model at batch 16 (>= 16x512x7x7) compiled.
-COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 18))
-#: QBENCH_COMPILE=0 turns torch.compile off (the eager twin gives the same bits).
-COMPILE_ENABLED = os.environ.get("QBENCH_COMPILE", "1") not in ("0", "false", "no")
+# Below qbench.kernels.COMPILE_MIN_NUMEL elements (QBENCH_COMPILE_MIN_NUMEL) the eager twin
+# is used: a compiled call's guards and dispatch cost tens of microseconds, and the one-off
+# compile only pays off where eager costs real time. 2^18 keeps the built-in demo (largest
+# activation 128x16x8x8 = 2^17) eager and every activation of a 224x224 ImageNet model at
+# batch 16 (>= 16x512x7x7) compiled. QBENCH_COMPILE=0 turns torch.compile off (the eager
+# twin gives the same bits).
 
 #: OCP MX v1.0 §5.4: E8M0 encodes 2^-127 ... 2^127.
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
@@ -371,41 +370,24 @@ def compiled_kernel(plan: Plan) -> Callable | None:
     return split_kernel
 
 
-_ENCODERS: dict[Any, Callable] = {}
-_ENCODE_FAILED: set[Any] = set()
-
-
 def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> torch.Tensor:
     """Codes of on-grid ``elements``; large float32 tensors of fp8/fp6/fp4 formats go
     through one compiled bit-field kernel per format (an audited run encodes every observed
     tensor, so this is on the hot path), everything else through ``element.encode_grid``."""
-    use_compile = path == "compiled" or (path == "auto" and elements.numel() >= COMPILE_MIN_NUMEL)
-    if (
-        use_compile
-        and COMPILE_ENABLED
-        and elements.dtype == torch.float32
-        and fused.encodes_from_bits(element)
-        and element not in _ENCODE_FAILED
-    ):
-        kernel = _ENCODERS.get(element)
-        if kernel is None:
-            # a code object per format, for the same reason as compiled_kernel's
-            namespace: dict[str, Any] = {"encode": fused.encode_grid_bits, "FORMAT": element}
-            source = "def encode_kernel(values):\n    return encode(FORMAT, values)\n"
-            exec(compile(source, __file__, "exec"), namespace)
-            kernel = torch.compile(namespace["encode_kernel"], dynamic=True)
-            _ENCODERS[element] = kernel
-        try:
-            return kernel(elements)
-        except Exception as exc:  # compile unavailable here: the eager twin is exact
-            _ENCODE_FAILED.add(element)
-            warnings.warn(
-                f"qbench-formats: torch.compile of the code encoder failed "
-                f"({type(exc).__name__}: {exc}); using the bit-identical eager path",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    if elements.dtype == torch.float32 and fused.encodes_from_bits(element):
+        kernel_path = path if path in ("auto", "compiled") else "eager"
+        return fused_call(
+            _encode_bits, (elements,), (element,), eager=_encode_grid, path=kernel_path
+        )
     return element.encode_grid(elements)
+
+
+def _encode_bits(values: torch.Tensor, element: Any) -> torch.Tensor:
+    return fused.encode_grid_bits(element, values)
+
+
+def _encode_grid(values: torch.Tensor, element: Any) -> torch.Tensor:
+    return element.encode_grid(values)
 
 
 def compilable(plan: Plan) -> bool:

@@ -159,6 +159,35 @@ def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None
         assert len(cache) <= 2
 
 
+@pytest.mark.slow
+def test_compiled_kernel_encodes_codes_in_its_own_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With codes asked for, the compiled kernel returns the int32 codes itself (no second
+    pass through encode_codes), equal to the reference twin's: fp8_e5m2 with overflow to
+    infinity, -0, NaN, float32 subnormals and a short last block."""
+    fmt = qbench.get_format("fp8_e5m2")
+    spec = spec_from_arguments("fp8_e5m2", mode="chunk", chunk_size=20, overflow="format")
+    x = torch.cat([awkward_tensor(3), awkward_tensor(4)])
+    x[5, :4] = torch.tensor([1e30, -1e30, 5e-45, -5e-45])
+    reference = fmt.quantize(x, spec, return_codes=True, path="reference")
+    encoded: list[int] = []
+    real_encode = quantizer.encode_codes
+
+    def counting_encode(*args: object, **kwargs: object) -> torch.Tensor:
+        encoded.append(1)
+        return real_encode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(quantizer, "encode_codes", counting_encode)
+    compiled = fmt.quantize(x, spec, return_codes=True, path="compiled")
+    if any(p.element.name == "fp8_e5m2" for p in quantizer._COMPILE_FAILED):
+        pytest.skip("torch.compile is unavailable here; the eager twin was used")
+    assert not encoded
+    assert compiled.codes.dtype == reference.codes.dtype == torch.int32
+    assert torch.equal(compiled.codes, reference.codes)
+    assert bool(same_bits(compiled.dequantized, reference.dequantized).all())
+    eager = fmt.quantize(x, spec, return_codes=True, path="eager")
+    assert encoded and torch.equal(eager.codes, reference.codes)
+
+
 def nvfp4_edge_tensors() -> list[torch.Tensor]:
     """Random blocks next to blocks of zeros, of NaN/inf, of float32 subnormals, and whole
     tensors whose tensor scale falls back (all zeros: 1; amax / 2688 underflows: 2^-149)."""

@@ -256,7 +256,19 @@ def fused_elements(
             plan.element, xg / scale, plan.rounding, plan.overflow, noise
         )
     if plan.want_elements:
-        return elements * scale, elements, scale, block, tensor_scale
+        dequantized = elements * scale
+        if torch.compiler.is_compiling() and fused.encodes_from_bits(plan.element):
+            # Compiled: the int32 codes come out of the same loop, instead of a float32 copy
+            # of the elements stored here and read back by a second kernel (encode_codes).
+            # The eager twin keeps the elements (element.encode_grid encodes them).
+            return (
+                dequantized,
+                fused.encode_grid_bits(plan.element, elements),
+                scale,
+                block,
+                tensor_scale,
+            )
+        return dequantized, elements, scale, block, tensor_scale
     return (elements.mul_(scale),)  # the rounding returned a fresh buffer: reuse it
 
 
@@ -487,7 +499,11 @@ def quantize(
         if not return_codes:
             return dequantized
         _, elements, scale, block, tensor_scale = outputs
-        codes = encode_codes(element, layout.restore(elements), path)
+        elements = layout.restore(elements)
+        # a compiled kernel returns the codes themselves (see fused_elements)
+        codes = (
+            elements if not elements.is_floating_point() else encode_codes(element, elements, path)
+        )
         parts = _scale_parts(scaling.mode, scaling.scale_format, layout, block, tensor_scale)
         return QuantResult(
             dequantized=dequantized,

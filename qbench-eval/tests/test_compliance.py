@@ -373,3 +373,51 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
     assert by_bits.tolist() == by_table.tolist()
     illegal, mismatched = by_table.tolist()
     assert illegal >= 3 * 3 * 2 and mismatched >= 5  # both checks really counted something
+
+
+def _by_layer(metric: ComplianceMetric) -> dict[str, dict]:
+    return {t["layer"]: t for t in metric.result()["tensors"]}
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "mxfp4_e2m1", "nvfp4"])
+def test_a_shared_quantization_is_checked_once_and_counted_for_each_layer(
+    name: str, kernel_path: str
+) -> None:
+    import qbench
+
+    x = torch.randn(4, 64)
+    result = qbench.quantize(x, name, return_codes=True)
+    metric = _metric()
+    metric.on_tensor("relu", "act", result)  # the ops replay one result for the next layer
+    metric.on_tensor("conv2", "input", dataclasses.replace(result))
+    layers = _by_layer(metric)
+    first, second = layers["relu"], layers["conv2"]
+    assert first["reused_observations"] == 0 and second["reused_observations"] == 1
+    for key in ("status", "format", "element_format", "scale_formats", "elements", "scales"):
+        assert first[key] == second[key], key
+    assert second["elements"] == x.numel() and second["scales"] > 0
+
+    # Equal values in other tensors are not the same tensors: checked in full.
+    copy = dataclasses.replace(result, dequantized=result.dequantized.clone())
+    metric.on_tensor("fc", "input", copy)
+    assert _by_layer(metric)["fc"]["reused_observations"] == 0
+
+
+def test_a_changed_or_failing_shared_quantization_is_checked_again(kernel_path: str) -> None:
+    import qbench
+
+    result = qbench.quantize(torch.randn(4, 64), "fp8_e4m3", return_codes=True)
+    metric = _metric()
+    metric.on_tensor("relu", "act", result)
+    # changed in place after the first check (its version counter moves): checked again
+    result.dequantized[2, 3] = torch.nextafter(result.dequantized[2, 3], torch.tensor(10.0))
+    metric.on_tensor("conv2", "input", result)
+    layers = _by_layer(metric)
+    assert layers["relu"]["status"] == "PASS"
+    assert layers["conv2"]["status"] == "FAIL" and layers["conv2"]["reused_observations"] == 0
+    assert layers["conv2"]["failures"] == {"reconstruction": 1}
+    # a failing check is never reused: the next layer gets its own count and examples
+    metric.on_tensor("fc", "input", result)
+    fc = _by_layer(metric)["fc"]
+    assert fc["failures"] == {"reconstruction": 1} and fc["examples"][0]["index"] == [2, 3]
+    assert fc["reused_observations"] == 0

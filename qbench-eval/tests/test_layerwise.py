@@ -183,3 +183,48 @@ def test_an_output_changed_in_place_later_is_counted_unpaired_not_mismeasured() 
     # 3's reference output is doubled before its twin comes: lost and counted; call 4 copied.
     assert result["unpaired_calls"] == 1 and layer["calls"] == 3
     assert layer["mse"] == 0.0  # the twins are identical: nothing mismeasured
+
+
+class _TwoBranches(nn.Module):
+    """One input into two layers (a residual block's first convolution and downsample),
+    optionally scaled in place between them."""
+
+    def __init__(self, change_between: bool) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.change_between = change_between
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        out = self.a(x)
+        if self.change_between:
+            x.mul_(4.0)
+        return out + self.b(x)
+
+
+@pytest.mark.parametrize("change_between", [False, True])
+def test_an_input_shared_by_two_layers_is_read_once_unless_changed(
+    change_between: bool, kernel_path: str
+) -> None:
+    torch.manual_seed(0)
+    reference = _TwoBranches(change_between).eval()
+    quantized = copy.deepcopy(reference)
+    preparation = {
+        "quantized": [
+            {"name": n, "type": "Linear", "roles": {"weight": "x", "input": "x"}} for n in "ab"
+        ]
+    }
+    metric = LayerwiseMetric(None)
+    metric.attach(reference, quantized, {"preparation": preparation})
+    xs = [torch.randn(5, 6) for _ in range(3)]
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            metric.update(BatchOutputs(torch.zeros(5), reference(x), quantized(x), i))
+    layers = {layer["name"]: layer["input"] for layer in metric.result()["layers"]}
+    seen = torch.cat(xs).abs()
+    factor = 4.0 if change_between else 1.0
+    assert layers["a"]["max_abs"] == float(seen.max())
+    assert layers["b"]["max_abs"] == float(seen.max()) * factor
+    assert layers["b"]["min_nonzero_abs"] == float(seen.min()) * factor
+    assert metric._inputs.hits == (0 if change_between else len(xs))

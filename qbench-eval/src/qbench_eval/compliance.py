@@ -36,6 +36,8 @@ from qbench.errors import QBenchError
 from qbench.kernels import fused, use_compiled
 from qbench.types import ROLES, BatchOutputs, QuantResult
 
+from ._identity import Seen
+
 DEFAULT_CONFIG_NAME = "compliance_default.yaml"
 CHECKS = ("grid", "reconstruction", "scale", "shape", "observed")
 
@@ -418,6 +420,9 @@ class TensorAudit:
     element_format: str = ""
     scale_formats: dict[str, str] = field(default_factory=dict)
     observations: int = 0
+    # observations of the very tensors an earlier clean observation checked (a quantization
+    # shared with the layer before): counted, not read again
+    reused_observations: int = 0
     skipped_observations: int = 0
     elements: int = 0
     scales: int = 0
@@ -437,6 +442,7 @@ class TensorAudit:
             "element_format": self.element_format,
             "scale_formats": dict(self.scale_formats),
             "observations": self.observations,
+            "reused_observations": self.reused_observations,
             "skipped_observations": self.skipped_observations,
             "elements": self.elements,
             "scales": self.scales,
@@ -444,6 +450,25 @@ class TensorAudit:
             "failed": self.failed,
             "examples": list(self.examples),
         }
+
+
+@dataclass(frozen=True)
+class _Clean:
+    """What a clean observation added to its TensorAudit (replayed for the same tensors)."""
+
+    format: str
+    element_format: str
+    scale_formats: dict[str, str]
+    elements: int
+    scales: int
+
+
+def _result_tensors(result: QuantResult) -> tuple[torch.Tensor, ...] | None:
+    """Every tensor an audit of ``result`` reads (codes first), or None if one is not a
+    tensor (then the observation is always checked in full)."""
+    parts = [values for values, _ in (result.scale_parts or {}).values()]
+    tensors = (result.codes, result.dequantized, result.scales, *parts)
+    return tensors if all(isinstance(t, torch.Tensor) for t in tensors) else None
 
 
 def _unravel(flat_index: int, shape: tuple[int, ...]) -> list[int]:
@@ -501,6 +526,7 @@ class ComplianceMetric:
         self.batches = 0
         self._grids: dict[str, _Grid] = {}
         self._tables: dict[str, _CodeTable] = {}
+        self._clean: Seen[_Clean] = Seen()
 
     def attach(self, reference: Any, quantized: Any, context: Mapping[str, Any]) -> None:
         if self.config is None:
@@ -541,6 +567,32 @@ class ComplianceMetric:
         self._audit(audit, result, config.max_examples)
 
     def _audit(self, audit: TensorAudit, result: QuantResult, max_examples: int) -> None:
+        """Check one observation; the very tensors of an earlier clean observation (a
+        quantization shared by consecutive layers, see ``_identity``) are not read again."""
+        tensors = _result_tensors(result)
+        tag = (result.spec, tuple((k, f) for k, (_, f) in (result.scale_parts or {}).items()))
+        clean = self._clean.get(tensors, tag) if tensors else None
+        if clean is not None:
+            audit.format, audit.element_format = clean.format, clean.element_format
+            audit.scale_formats.update(clean.scale_formats)
+            audit.observations += 1
+            audit.reused_observations += 1
+            audit.elements += clean.elements
+            audit.scales += clean.scales
+            return
+        before = (audit.failed, audit.elements, audit.scales)
+        self._check(audit, result, max_examples)
+        if tensors and audit.failed == before[0]:
+            found = _Clean(
+                audit.format,
+                audit.element_format,
+                dict(audit.scale_formats),
+                audit.elements - before[1],
+                audit.scales - before[2],
+            )
+            self._clean.put(tensors, found, tag)
+
+    def _check(self, audit: TensorAudit, result: QuantResult, max_examples: int) -> None:
         spec = result.spec
         fmt = qbench.get_format(spec.format)
         element_name = getattr(fmt, "element", None) or spec.format

@@ -24,6 +24,8 @@ from qbench.kernels import fused
 from qbench.types import BatchOutputs
 from torch import nn
 
+from ._identity import Seen
+
 # Slots of the per-layer output accumulator (float64, on the output's device).
 _SSE, _REF_SQ, _Q_SQ, _DOT, _NONFINITE_CALLS = range(5)
 
@@ -137,10 +139,17 @@ class _LayerStats:
         self.elements += r.numel()
         self.calls += 1
 
-    def add_input(self, x: torch.Tensor) -> None:
+    def add_input(self, x: torch.Tensor, seen: Seen[Any] | None = None) -> None:
         # Zeros are mapped to +inf for the minimum, which is then the smallest non-zero
         # magnitude; the overall minimum is 0 exactly when zeros were seen (_input_result).
-        zeros, largest, smallest_nonzero = fused(_input_stats, (x.detach(),))
+        # The same unchanged tensor feeding another layer (a residual block's input, into
+        # its first convolution and its downsample) is not read twice.
+        found = seen.get((x,)) if seen is not None else None
+        if found is None:
+            found = fused(_input_stats, (x.detach(),))
+            if seen is not None:
+                seen.put((x,), found)
+        zeros, largest, smallest_nonzero = found
         largest = largest.to(torch.float64)
         smallest_nonzero = smallest_nonzero.to(torch.float64)
         if self.input_min_nonzero is None:
@@ -247,6 +256,7 @@ class LayerwiseMetric:
         self.unpaired_calls = 0
         self.batches = 0
         self._handles: list[Any] = []
+        self._inputs: Seen[Any] = Seen()
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -274,7 +284,9 @@ class LayerwiseMetric:
                 quantized_modules[name].register_forward_hook(self._output_hook(stats, "quantized"))
             )
             self._handles.append(
-                quantized_modules[name].register_forward_pre_hook(self._input_hook(stats))
+                quantized_modules[name].register_forward_pre_hook(
+                    self._input_hook(stats, self._inputs)
+                )
             )
 
     def _selected(self, name: str) -> bool:
@@ -302,11 +314,11 @@ class LayerwiseMetric:
         return hook
 
     @staticmethod
-    def _input_hook(stats: _LayerStats) -> Any:
+    def _input_hook(stats: _LayerStats, seen: Seen[Any]) -> Any:
         def hook(module: nn.Module, inputs: Any) -> None:
             tensor = first_tensor(inputs)
             if tensor is not None and tensor.is_floating_point():
-                stats.add_input(tensor)
+                stats.add_input(tensor, seen)
 
         return hook
 

@@ -17,7 +17,9 @@ chunks of 128 with per-channel weights, and all three metrics. On the demo the F
 ~0.1 s of tiny convolutions, so the per-tensor work of the twin and the metrics weighs far
 more than on a real model.
 
-``--breakdown`` also times runs with fewer metrics, to show where the time goes.
+``--breakdown`` also times runs with fewer metrics, to show where the time goes, and the
+plain loop with a second FP32 copy of the model run on every batch: the floor of any
+comparison of a model with its twin, before quantization and metrics add anything.
 ``--threads N`` sets torch's intra-op threads: on a small machine shared with other jobs,
 OpenMP threads that spin-wait for a busy core make every small op many times slower, which
 swamps what is being measured (1 thread is the honest setting there).
@@ -26,6 +28,7 @@ swamps what is being measured (1 thread is the honest setting there).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -41,12 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 2.5
 
 
-def fp32_loop(data: dict[str, Any], limit: int | None, device: str) -> float:
-    """Seconds for the plain loop: build data, FP32 forward, top-1; nothing else."""
+def fp32_loop(data: dict[str, Any], limit: int | None, device: str, forwards: int = 1) -> float:
+    """Seconds for the plain loop: build data, FP32 forward, top-1; nothing else.
+
+    ``forwards=2`` runs a second copy of the FP32 model on every batch too: the floor of any
+    FP32-vs-twin comparison (a twin costs at least one more forward), before quantization
+    and metrics add anything.
+    """
     bundle = qbench.plugins.get("adapter", data["model"]["adapter"]).build(
         dict(data["model"]), device=device
     )
     model = bundle.model.to(device).eval()
+    models = [model] + [copy.deepcopy(model) for _ in range(forwards - 1)]
     options = dict(data["dataset"])
     if limit is not None:
         options["limit"] = limit
@@ -55,8 +64,10 @@ def fp32_loop(data: dict[str, Any], limit: int | None, device: str) -> float:
     correct = images = 0
     with torch.inference_mode():
         for inputs, targets in batches:
-            logits = model(inputs.to(device))
-            correct += int((logits.argmax(1).cpu() == targets).sum())
+            inputs = inputs.to(device)
+            for each in models:
+                logits = each(inputs)
+                correct += int((logits.argmax(1).cpu() == targets).sum())
             images += int(targets.shape[0])
     if device == "cuda":
         torch.cuda.synchronize()
@@ -145,9 +156,12 @@ def main() -> None:
     for _, metrics in variants[1:]:  # each variant's own quantize path (with/without codes)
         qbench_run(data, args.limit, args.device, metrics)
     plain: list[float] = []
+    twice: list[float] = []
     runs: dict[str, list[float]] = {label: [] for label, _ in variants}
     for _ in range(args.repeats):  # interleaved, so load changes hit both alike
         plain.append(fp32_loop(data, args.limit, args.device))
+        if args.breakdown:
+            twice.append(fp32_loop(data, args.limit, args.device, forwards=2))
         for label, metrics in variants:
             runs[label].append(qbench_run(data, args.limit, args.device, metrics))
     base = statistics.median(plain)
@@ -157,6 +171,9 @@ def main() -> None:
     )
     print(f"first (cold) qbench.run   : {cold:8.2f} s (compilation and caches included)")
     print(f"plain FP32 loop           : {base:8.2f} s (median)")
+    if twice:
+        floor = statistics.median(twice)
+        print(f"FP32 loop, two forwards   : {floor:8.2f} s  ratio {floor / base:5.2f} (the floor)")
     for label, _ in variants:
         total = statistics.median(runs[label])
         shown = f"{label} ({', '.join(metric_names)})" if label == "config's metrics" else label

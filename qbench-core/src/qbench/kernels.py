@@ -11,8 +11,8 @@ module compiles such a function once per (function, constants) and chooses per c
   function, or a cheaper eager twin, run eagerly. A compile failure is warned about once
   and the eager path is used from then on.
 
-qbench-formats' quantizer takes its threshold and switch from here and encodes codes
-through :func:`fused`.
+qbench-formats' quantizer takes its threshold and switch from here (at import), and its
+stand-alone code encoder runs through :func:`fused`.
 """
 
 from __future__ import annotations

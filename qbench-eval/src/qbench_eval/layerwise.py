@@ -139,16 +139,15 @@ class _LayerStats:
         self.elements += r.numel()
         self.calls += 1
 
-    def add_input(self, x: torch.Tensor, seen: Seen[Any] | None = None) -> None:
+    def add_input(self, x: torch.Tensor, seen: Seen[Any]) -> None:
         # Zeros are mapped to +inf for the minimum, which is then the smallest non-zero
         # magnitude; the overall minimum is 0 exactly when zeros were seen (_input_result).
         # The same unchanged tensor feeding another layer (a residual block's input, into
         # its first convolution and its downsample) is not read twice.
-        found = seen.get((x,)) if seen is not None else None
+        found = seen.get((x,))
         if found is None:
             found = fused(_input_stats, (x.detach(),))
-            if seen is not None:
-                seen.put((x,), found)
+            seen.put((x,), found)
         zeros, largest, smallest_nonzero = found
         largest = largest.to(torch.float64)
         smallest_nonzero = smallest_nonzero.to(torch.float64)

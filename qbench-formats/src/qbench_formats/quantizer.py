@@ -383,9 +383,10 @@ def compiled_kernel(plan: Plan) -> Callable | None:
 
 
 def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> torch.Tensor:
-    """Codes of on-grid ``elements``; large float32 tensors of fp8/fp6/fp4 formats go
-    through one compiled bit-field kernel per format (an audited run encodes every observed
-    tensor, so this is on the hot path), everything else through ``element.encode_grid``."""
+    """Codes of on-grid ``elements`` computed apart from the quantize kernel (the eager and
+    reference paths; a compiled quantize kernel encodes in its own loop): large float32
+    tensors of fp8/fp6/fp4 formats through one compiled bit-field kernel per format,
+    everything else through ``element.encode_grid``."""
     if elements.dtype == torch.float32 and fused.encodes_from_bits(element):
         kernel_path = path if path in ("auto", "compiled") else "eager"
         return fused_call(

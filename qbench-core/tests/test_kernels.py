@@ -46,6 +46,23 @@ def test_one_kernel_per_function_and_constants_serves_every_shape() -> None:
     assert not kernels._FAILED
 
 
+def test_inductor_options_compile_a_kernel_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    compile_ = torch.compile
+
+    def recording(fn, **kwargs):
+        seen.append(kwargs.get("options"))
+        return compile_(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    x = torch.randn(6, 5)
+    plain = kernels.fused(_stats, (x,), (0.25,), path="compiled")
+    one_loop = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=kernels.ONE_LOOP)
+    again = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=dict(kernels.ONE_LOOP))
+    assert seen == [None, dict(kernels.ONE_LOOP)]  # one compile per distinct options
+    assert torch.equal(plain, one_loop) and torch.equal(one_loop, again)
+
+
 def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -54,7 +71,7 @@ def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
     assert not kernels.use_compiled(10**9, "compiled")
     monkeypatch.setattr(kernels, "COMPILE_ENABLED", True)
 
-    def broken(fn, constants):
+    def broken(fn, constants, options):
         raise RuntimeError("no C++ compiler\nsecond line")
 
     monkeypatch.setattr(kernels, "_compiled", broken)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 #: Below this many elements a kernel runs eagerly: a compiled call's guards and dispatch cost
@@ -29,13 +29,23 @@ COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 18))
 #: QBENCH_COMPILE=0 turns torch.compile off everywhere in QBench.
 COMPILE_ENABLED = os.environ.get("QBENCH_COMPILE", "1") not in ("0", "false", "no")
 PATHS = ("auto", "compiled", "eager")
+#: Inductor options that keep a long elementwise chain inside the reduction that consumes it.
+#: By default inductor stores ("realizes") an intermediate of more than 30 ops, or one read
+#: more than 4 times, to a buffer of its own: a full-size write and read-back in a loop of its
+#: own, which for a decode-and-count kernel more than doubles its time.
+ONE_LOOP: Mapping[str, Any] = {
+    "realize_opcount_threshold": 1 << 16,
+    "realize_reads_threshold": 1 << 16,
+}
 
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _FAILED: set[tuple[Any, ...]] = set()
 
 
-def _compiled(fn: Callable[..., Any], constants: tuple[Hashable, ...]) -> Callable[..., Any]:
-    key = (fn, constants)
+def _compiled(
+    fn: Callable[..., Any], constants: tuple[Hashable, ...], options: tuple[Any, ...] = ()
+) -> Callable[..., Any]:
+    key = (fn, constants, options)
     kernel = _COMPILED.get(key)
     if kernel is None:
         import torch
@@ -46,7 +56,9 @@ def _compiled(fn: Callable[..., Any], constants: tuple[Hashable, ...]) -> Callab
         namespace: dict[str, Any] = {"FN": fn, "CONSTANTS": constants}
         source = "def fused_kernel(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
         exec(compile(source, __file__, "exec"), namespace)
-        kernel = torch.compile(namespace["fused_kernel"], dynamic=True)
+        kernel = torch.compile(
+            namespace["fused_kernel"], dynamic=True, options=dict(options) or None
+        )
         _COMPILED[key] = kernel
     return kernel
 
@@ -68,18 +80,21 @@ def fused(
     eager: Callable[..., Any] | None = None,
     numel: int | None = None,
     path: str = "auto",
+    options: Mapping[str, Any] | None = None,
 ) -> Any:
     """``fn(*tensors, *constants)``, compiled or eager (see the module docstring).
 
     ``eager`` is an alternative for the eager path taking the same arguments (e.g. one BLAS
     call instead of four reductions); it must compute the same result. ``numel`` defaults to
-    the first tensor's element count.
+    the first tensor's element count. ``options`` are inductor options for the compiled
+    kernel (e.g. :data:`ONE_LOOP`).
     """
     count = tensors[0].numel() if numel is None else numel
-    key = (fn, constants)
+    frozen = tuple(sorted((options or {}).items()))
+    key = (fn, constants, frozen)
     if use_compiled(count, path) and key not in _FAILED:
         try:
-            return _compiled(fn, constants)(*tensors)
+            return _compiled(fn, constants, frozen)(*tensors)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
             _FAILED.add(key)
             # inductor's errors start "backend='inductor' raised:", the cause on the next line

@@ -349,7 +349,7 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
     tampered values, counted alike on the eager and the compiled path."""
     import qbench
     from qbench.kernels import fused
-    from qbench_eval.compliance import _audit_counts, _audit_counts_bits
+    from qbench_eval.compliance import _audit_rows
 
     element = qbench.get_format(name)
     metric = _metric()
@@ -363,16 +363,64 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
     dequantized[0, span + 3 : 2 * span + 3 : 3] += 1.0  # tampered values of in-range codes
     dequantized[1, span + 5] = math.nan  # NaN used where the code decodes to a number
     values, legal = table._on(codes.device)
-    constants = (*table.bit_fields.key, table.bit_fields.negative_legal)
-    by_bits = fused(_audit_counts_bits, (codes, dequantized, scales), constants)
+    by_bits = table.counts(codes, dequantized, scales)
     by_table = fused(
-        _audit_counts,
+        _audit_rows,
         (codes, dequantized, scales, values, legal),
-        (table.offset, values.numel() - 1),
+        (table.offset, values.numel() - 1, 0),
     )
     assert by_bits.tolist() == by_table.tolist()
     illegal, mismatched = by_table.tolist()
     assert illegal >= 3 * 3 * 2 and mismatched >= 5  # both checks really counted something
+
+
+@pytest.mark.parametrize(
+    "shape, scale_shape",
+    [
+        ((2, 3, 4, 5, 6), (2, 3, 1, 5, 6)),  # chunks split along an inner axis: merged to 3-D
+        ((2, 70001), (2, 1)),  # a row too long to pack: split by a divisor (7 x 10001)
+        ((2, 65537), (2, 1)),  # a prime row length: unpacked int64 totals
+        ((3, 40000), (1, 40000)),  # broadcast along the outer axis
+        ((), ()),  # a scalar
+    ],
+)
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int8"])
+def test_counts_on_coalesced_rows_match_a_plain_count(
+    name: str, shape: tuple, scale_shape: tuple, kernel_path: str
+) -> None:
+    """The packed per-row counts (views merged, long rows split) against an eager count of
+    the expanded tensors, with illegal codes and mismatches planted in the first and last
+    rows: more than 2^15 of them in one row where a row is that long."""
+    import qbench
+
+    element = qbench.get_format(name)
+    metric = _metric()
+    generator = torch.Generator().manual_seed(3)
+    span = 2**element.bits
+    table = metric._table(name, element, torch.zeros(1, dtype=torch.int32))
+    every = torch.arange(-span, span, dtype=torch.int32)
+    values, legal = table.lookup(every)
+    usable = every[legal & torch.isfinite(values)]  # the format's own finite, legal codes
+    pick = torch.randint(0, usable.numel(), shape, generator=generator)
+    codes = usable[pick]
+    assert table is not None and (table.bit_fields is not None) == (name == "fp8_e4m3")
+    scales = torch.rand(scale_shape, generator=generator) + 0.5
+    decoded, legal = table.lookup(codes)
+    dequantized = decoded * scales
+    flat_codes, flat_dequantized = codes.reshape(-1), dequantized.reshape(-1)
+    n = flat_codes.numel()
+    planted = list(range(0, min(n, 40000), 1)) if n > 1 else [0]
+    flat_dequantized[planted] += 1.0  # mismatches (NaN + 1 stays NaN: not counted)
+    flat_codes[-1] = 2**element.bits + 7  # an illegal code
+    decoded, legal = table.lookup(codes)
+    reconstructed = decoded * scales
+    expected_mismatch = (reconstructed != dequantized) & ~(
+        torch.isnan(reconstructed) & torch.isnan(dequantized)
+    )
+    expected = [int((~legal).sum()), int(expected_mismatch.sum())]
+    # the illegal last code decodes to NaN: a mismatch too, planted or not
+    assert expected == [1, len(set(planted) | {n - 1})]
+    assert table.counts(codes, dequantized, scales).tolist() == expected
 
 
 def _by_layer(metric: ComplianceMetric) -> dict[str, dict]:

@@ -33,7 +33,7 @@ import qbench
 import torch
 import yaml
 from qbench.errors import QBenchError
-from qbench.kernels import fused, use_compiled
+from qbench.kernels import ONE_LOOP, fused, use_compiled
 from qbench.types import ROLES, BatchOutputs, QuantResult
 
 from ._identity import Seen
@@ -252,13 +252,96 @@ class _CodeTable:
     def counts(
         self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
     ) -> torch.Tensor:
-        """[illegal codes, reconstruction mismatches] in one fused pass (see _audit_counts)."""
+        """[illegal codes, reconstruction mismatches] (int64) in one fused pass: per-row
+        counts over the last dimension of the coalesced views (see :func:`_rows`), packed
+        two to an int32, then summed."""
         if self.bit_fields is not None:  # decoded by arithmetic: vectorizes, a gather does not
-            constants = (*self.bit_fields.key, self.bit_fields.negative_legal)
-            return fused(_audit_counts_bits, (codes, dequantized, scales), constants)
-        values, legal = self._on(codes.device)
-        tensors = (codes, dequantized, scales, values, legal)
-        return fused(_audit_counts, tensors, (self.offset, values.numel() - 1))
+            fn: Any = _audit_rows_bits
+            constants: tuple[Any, ...] = (*self.bit_fields.key, self.bit_fields.negative_legal)
+            extra: tuple[torch.Tensor, ...] = ()
+        else:
+            values, legal = self._on(codes.device)
+            fn, constants, extra = _audit_rows, (self.offset, values.numel() - 1), (values, legal)
+        views = _rows(codes, dequantized, scales)
+        if views is None:  # a row too long to pack two counts in an int32: int64 totals
+            tensors = (codes, dequantized, scales, *extra)
+            return fused(fn, tensors, (*constants, 0), options=ONE_LOOP)
+        packed = fused(fn, (*views, *extra), (*constants, _row_dims(views[0])), options=ONE_LOOP)
+        return torch.stack([(packed & _LOW_MASK).sum(), (packed >> _PACK_SHIFT).sum()])
+
+
+#: Per-row counts are packed as illegal + mismatches * 2^16 in an int32: rows of at most
+#: _MAX_ROW elements cannot overflow either half.
+_PACK_SHIFT = 16
+_LOW_MASK = (1 << _PACK_SHIFT) - 1
+_MAX_ROW = (1 << (_PACK_SHIFT - 1)) - 1
+
+
+def _coalesced(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Views of ``tensors`` (same rank; the first full-size, the others of the same size or
+    1 in each dimension) with size-1 dimensions dropped and neighbouring dimensions merged
+    wherever every tensor allows it without a copy: a 5-D chunked activation becomes a
+    3-D (outer, chunk, spatial) problem, the loop nest inductor vectorizes best."""
+    full = tensors[0].shape
+    if any(t.dim() != len(full) for t in tensors):
+        return None
+    keep = [d for d in range(len(full)) if full[d] != 1]
+    groups: list[list[int]] = []
+    for d in keep:
+        if groups and all(_mergeable(t, groups[-1][-1], d) for t in tensors):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    views = []
+    for t in tensors:
+        shape = [math.prod(t.shape[d] for d in group) for group in groups] or [1]
+        views.append(t.reshape(shape))
+    return tuple(views)
+
+
+def _mergeable(t: torch.Tensor, a: int, b: int) -> bool:
+    """Whether dims a < b (with only size-1 dims between them) of ``t`` merge into one."""
+    if t.shape[a] == 1 and t.shape[b] == 1:  # broadcast in both
+        return True
+    if t.shape[a] == 1 or t.shape[b] == 1:  # broadcast in one only
+        return False
+    return t.stride(a) == t.stride(b) * t.shape[b]
+
+
+def _rows(
+    codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
+) -> tuple[torch.Tensor, ...] | None:
+    """Coalesced views whose last dimension has at most _MAX_ROW elements (a long one split
+    in two by a divisor), or None if there is no such split."""
+    views = _coalesced((codes, dequantized, scales))
+    if views is None:
+        return None
+    length = views[0].shape[-1]
+    if length <= _MAX_ROW:
+        return views
+    parts = _split(length)
+    if parts is None:
+        return None
+    return tuple(v.unflatten(-1, parts) if v.shape[-1] != 1 else v.unsqueeze(-1) for v in views)
+
+
+def _row_dims(codes: torch.Tensor) -> int:
+    """How many trailing dimensions make one row: as many as fit in _MAX_ROW elements (a
+    short last dimension alone would leave most of each row to the scalar tail loop)."""
+    dims, size = 1, codes.shape[-1]
+    while dims < codes.dim() and size * codes.shape[-1 - dims] <= _MAX_ROW:
+        size *= codes.shape[-1 - dims]
+        dims += 1
+    return dims
+
+
+def _split(length: int) -> tuple[int, int] | None:
+    """(outer, row) with outer * row == length and row <= _MAX_ROW, the longest such row among
+    the first few divisors; None if none."""
+    for outer in range(-(-length // _MAX_ROW), -(-length // _MAX_ROW) + 64):
+        if length % outer == 0:
+            return outer, length // outer
+    return None
 
 
 @dataclass(frozen=True)
@@ -293,9 +376,9 @@ class _BitFields:
         exponent_bits, mantissa_bits, bias = fields
         bits = 1 + exponent_bits + mantissa_bits
         if bits != int(element.bits) or not -126 <= 1 - bias - mantissa_bits:
-            return None
-        if (2**exponent_bits - 1) - bias - mantissa_bits > 127:
-            return None
+            return None  # the subnormal step 2^(1 - bias - mantissa_bits) is a normal float32
+        if mantissa_bits > 23 or bias > 127 or (2**exponent_bits - 1) - bias > 127:
+            return None  # the normal exponents are float32 normal exponents
         in_range = (codes >= 0) & (codes < 2**bits)
         outside = ~in_range  # the table's other codes, [-2^bits, 0): all NaN, legal alike
         outside_legal = bool(legal[outside].all())
@@ -325,35 +408,55 @@ def _decode_bits(
     bias: int,
     specials: tuple[tuple[int, int], ...],
 ) -> torch.Tensor:
-    """float32 values of codes from their bit fields, NaN outside [0, 2^bits) (_BitFields)."""
+    """float32 values of codes from their bit fields, NaN outside [0, 2^bits) (_BitFields).
+
+    A normal code's exponent and mantissa fields, shifted into float32's fields with the
+    bias changed by integer addition, are its float32 bit pattern; a subnormal one (exponent
+    field 0) is its mantissa times 2^(1 - bias - mantissa_bits), exact. No float32 subnormal
+    is ever formed, so flush-to-zero settings cannot change a value.
+    """
     wide = codes.to(torch.int32)
     c = wide & ((1 << bits) - 1)
-    field = (c >> mantissa_bits) & ((1 << exponent_bits) - 1)
-    mantissa = c & ((1 << mantissa_bits) - 1)
-    normal = field > 0
-    significand = torch.where(normal, mantissa + (1 << mantissa_bits), mantissa)
-    exponent = torch.where(normal, field, 1) - (bias + mantissa_bits)  # of the significand's lsb
-    value = significand.to(torch.float32) * ((exponent + 127) << 23).view(torch.float32)
-    value = torch.where((c >> (bits - 1)) == 1, -value, value)
+    sign = c >> (bits - 1)
+    magnitude = c & ((1 << (bits - 1)) - 1)
+    rebias = (127 - bias) << mantissa_bits
+    normal = ((sign << 31) | ((magnitude + rebias) << (23 - mantissa_bits))).view(torch.float32)
+    subnormal = magnitude.to(torch.float32) * (2.0 ** (1 - bias - mantissa_bits))
+    subnormal = torch.where(sign == 1, -subnormal, subnormal)
+    value = torch.where((magnitude >> mantissa_bits) == 0, subnormal, normal)
     for code, kind in specials:
         value = torch.where(c == code, math.inf * kind if kind else math.nan, value)
     return torch.where(c == wide, value, math.nan)
 
 
-def _audit_counts_bits(
+def _audit_rows_bits(
     codes: torch.Tensor,
     dequantized: torch.Tensor,
     scales: torch.Tensor,
     *fields: Any,
 ) -> torch.Tensor:
-    """:func:`_audit_counts` with the codes decoded from their bit fields (_BitFields)."""
-    bits, negative_legal = fields[0], fields[-1]
+    """:func:`_audit_rows` with the codes decoded from their bit fields (_BitFields)."""
+    bits, negative_legal, row_dims = fields[0], fields[-2], fields[-1]
     span = 1 << bits
-    legal = (codes >= (-span if negative_legal else 0)) & (codes < span)
-    reconstructed = _decode_bits(codes, *fields[:-1]) * scales
-    both_nan = torch.isnan(reconstructed) & torch.isnan(dequantized)
-    mismatch = (reconstructed != dequantized) & ~both_nan
-    return torch.stack([(~legal).sum(), mismatch.sum()])
+    illegal = (codes < (-span if negative_legal else 0)) | (codes >= span)
+    reconstructed = _decode_bits(codes, *fields[:-2]) * scales
+    return _tally(illegal, _mismatch(reconstructed, dequantized), row_dims)
+
+
+def _mismatch(reconstructed: torch.Tensor, dequantized: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``reconstructed != dequantized``, NaN matching NaN (x == x is the NaN test
+    that inductor vectorizes; isnan it does element by element)."""
+    not_both_nan = (reconstructed == reconstructed) | (dequantized == dequantized)
+    return (reconstructed != dequantized) & not_both_nan
+
+
+def _tally(illegal: torch.Tensor, mismatch: torch.Tensor, row_dims: int) -> torch.Tensor:
+    """Per row (the last ``row_dims`` dimensions, at most _MAX_ROW elements), illegal +
+    mismatches * 2^16 as int32; with ``row_dims`` 0 the two int64 totals."""
+    if row_dims:
+        both = illegal.to(torch.int32) + (mismatch.to(torch.int32) << _PACK_SHIFT)
+        return both.sum(dim=tuple(range(-row_dims, 0)), dtype=torch.int32)
+    return torch.stack([illegal.sum(), mismatch.sum()])
 
 
 def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -387,7 +490,7 @@ def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     )
 
 
-def _audit_counts(
+def _audit_rows(
     codes: torch.Tensor,
     dequantized: torch.Tensor,
     scales: torch.Tensor,
@@ -395,14 +498,14 @@ def _audit_counts(
     legal: torch.Tensor,
     offset: int,
     last: int,
+    row_dims: int,
 ) -> torch.Tensor:
     """How many codes are illegal, and how many ``decode(code) * scale`` differ from the
-    dequantized value the layer used (NaN matching NaN), as a 2-element int64 tensor."""
+    dequantized value the layer used (NaN matching NaN): per row packed, or as two int64
+    totals (:func:`_tally`)."""
     index = (codes.to(torch.int64) + offset).clamp(0, last)
     reconstructed = values[index] * scales
-    both_nan = torch.isnan(reconstructed) & torch.isnan(dequantized)
-    mismatch = (reconstructed != dequantized) & ~both_nan
-    return torch.stack([(~legal[index]).sum(), mismatch.sum()])
+    return _tally(~legal[index], _mismatch(reconstructed, dequantized), row_dims)
 
 
 # --------------------------------------------------------------------------------------

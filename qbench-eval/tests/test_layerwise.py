@@ -126,28 +126,79 @@ def test_hooks_are_removed_on_close() -> None:
 
 
 def test_pair_sums_and_input_stats_on_both_paths(kernel_path: str) -> None:
-    from qbench.kernels import fused
-    from qbench_eval.layerwise import _input_stats, _pair_sums, _pair_sums_eager
+    from qbench_eval.layerwise import input_stats, pair_sums
 
     generator = torch.Generator().manual_seed(5)
     r = torch.randn(3, 50, 7, generator=generator) * 1e3
     q = r + torch.randn(3, 50, 7, generator=generator) * 1e-4  # SQNR ~ 140 dB
-    sums = fused(_pair_sums, (r, q), eager=_pair_sums_eager).tolist()
+    sums = pair_sums(r, q).tolist()
     r64, q64 = r.double().numpy().ravel(), q.double().numpy().ravel()
     expected = [np.sum((q64 - r64) ** 2), r64 @ r64, q64 @ q64, r64 @ q64]
     assert sums == pytest.approx(expected, rel=1e-12)
 
     q_bad = q.clone()
     q_bad[1, 2, 3] = math.nan
-    assert math.isnan(fused(_pair_sums, (r, q_bad), eager=_pair_sums_eager)[2])
+    assert math.isnan(pair_sums(r, q_bad)[2])
 
     x = torch.tensor([[0.0, -0.0, 3.0e-30], [-7.5, 0.25, 2.0]])
-    zeros, largest, smallest = fused(_input_stats, (x,))
+    zeros, largest, smallest = input_stats(x)
     assert (int(zeros), float(largest), float(smallest)) == (2, 7.5, float(x[0, 2]))
-    zeros, largest, smallest = fused(_input_stats, (torch.zeros(4, 3),))
+    zeros, largest, smallest = input_stats(torch.zeros(4, 3))
     assert (int(zeros), float(largest), float(smallest)) == (12, 0.0, math.inf)
-    zeros, largest, _ = fused(_input_stats, (torch.tensor([1.0, math.nan, -2.0]),))
+    zeros, largest, _ = input_stats(torch.tensor([1.0, math.nan, -2.0]))
     assert int(zeros) == 0 and math.isnan(float(largest))
+
+
+class _SharedInPlace(nn.Module):
+    """One module called twice per forward (torchvision's ReLU in a residual block), each
+    output then changed in place before the twin model runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.act(self.lin(x))
+        first.mul_(3.0)
+        second = self.act(first)
+        second.add_(1.0)
+        return second
+
+
+def test_copies_of_outputs_changed_in_place_reuse_their_buffers() -> None:
+    torch.manual_seed(0)
+    reference = _SharedInPlace().eval()
+    quantized = copy.deepcopy(reference)
+    with torch.no_grad():
+        quantized.lin.weight.copy_(torch.round(quantized.lin.weight * 8) / 8)
+    preparation = {"quantized": [{"name": "act", "type": "Tanh", "roles": {"act": "x"}}]}
+    metric = LayerwiseMetric(None)
+    metric.attach(reference, quantized, {"preparation": preparation})
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randn(5, 6, generator=generator) for _ in range(3)]
+    stats = metric.layers["act"]
+    buffers: list[set[int]] = []
+    with torch.no_grad():
+        for i, x in enumerate(batches):
+            metric.update(BatchOutputs(torch.zeros(5), reference(x), quantized(x), i))
+            buffers.append({b.data_ptr() for b in stats._free})
+    [layer] = metric.result()["layers"]
+    assert metric.result()["unpaired_calls"] == 0 and layer["calls"] == 6
+
+    def act_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            first = torch.tanh(model.lin(x))
+            second = torch.tanh(first * 3.0)
+        return np.concatenate([first.numpy().ravel(), second.numpy().ravel()])
+
+    r = np.concatenate([act_outputs(reference, x) for x in batches]).astype(np.float64)
+    q = np.concatenate([act_outputs(quantized, x) for x in batches]).astype(np.float64)
+    assert layer["mse"] == pytest.approx(np.mean((r - q) ** 2), rel=1e-9) and layer["mse"] > 0
+    # two copies per batch (one per call), the same two buffers in every batch
+    assert len(buffers[0]) == 2 and buffers[0] == buffers[1] == buffers[2]
+    metric.close()
+    assert not stats._free
 
 
 class _SometimesInPlace(nn.Module):

@@ -20,11 +20,15 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.kernels import fused
+from qbench.kernels import ONE_LOOP, fused
 from qbench.types import BatchOutputs
 from torch import nn
 
 from ._identity import Seen
+
+#: Copy buffers a layer keeps for reuse: one per call of the layer in a forward (a module
+#: called twice, like torchvision's shared ReLU in a residual block, needs two).
+_MAX_FREE_BUFFERS = 4
 
 # Slots of the per-layer output accumulator (float64, on the output's device).
 _SSE, _REF_SQ, _Q_SQ, _DOT, _NONFINITE_CALLS = range(5)
@@ -75,6 +79,16 @@ def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return zeros, largest, smallest_nonzero
 
 
+def pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """:func:`_pair_sums`, compiled as one loop for large outputs, else eager."""
+    return fused(_pair_sums, (reference, quantized), eager=_pair_sums_eager, options=ONE_LOOP)
+
+
+def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_input_stats`, compiled as one loop for large inputs, else eager."""
+    return fused(_input_stats, (x,), options=ONE_LOOP)
+
+
 @dataclass
 class _Kept:
     tensor: torch.Tensor
@@ -101,14 +115,35 @@ class _LayerStats:
         # output in place before its twin's output arrives: learned on the first call.
         self.changed_in_place: bool | None = None
         self.lost_calls = 0
+        self._free: list[torch.Tensor] = []  # copy buffers of measured pairs, for reuse
 
     def keep(self, tensor: torch.Tensor) -> _Kept:
         """Hold an output until its twin arrives: by reference, with its version counter, if
         the layer's output is not changed in place later; else (and on the first call, to
-        learn which) as a copy."""
+        learn which) as a copy, into a buffer this layer reuses batch after batch."""
         version = None if tensor.is_inference() else tensor._version
-        copy = tensor.clone() if version is None or self.changed_in_place is not False else None
+        copy = None
+        if version is None or self.changed_in_place is not False:
+            copy = self._buffer_like(tensor).copy_(tensor)
         return _Kept(tensor, version, copy)
+
+    def _buffer_like(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A free buffer of ``tensor``'s shape, dtype and device: a fresh allocation of an
+        activation-sized tensor costs a page fault per 4 KiB, which for a 50 MB output
+        (resnet's first block at batch 16) is 20x the copy itself."""
+        for i, buffer in enumerate(self._free):
+            if (buffer.shape, buffer.dtype, buffer.device) == (
+                tensor.shape,
+                tensor.dtype,
+                tensor.device,
+            ):
+                return self._free.pop(i)
+        return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+
+    def release(self, kept: _Kept) -> None:
+        """The pair of ``kept`` was measured: its copy's buffer serves a later call."""
+        if kept.copy is not None and len(self._free) < _MAX_FREE_BUFFERS:
+            self._free.append(kept.copy)
 
     def take(self, kept: _Kept) -> torch.Tensor | None:
         """The held output as it was when kept (None if that can no longer be known)."""
@@ -132,7 +167,7 @@ class _LayerStats:
         # of 60+ dB (fp16-like formats) is still resolved. One fused pass over both outputs.
         r = reference.detach()
         q = quantized.detach().to(device=r.device)
-        sums = fused(_pair_sums, (r, q), eager=_pair_sums_eager)
+        sums = pair_sums(r, q)
         # any NaN/inf in q makes q.q non-finite
         row = torch.cat([sums, (~torch.isfinite(sums[_Q_SQ : _Q_SQ + 1])).to(torch.float64)])
         self.sums = row if self.sums is None else self.sums + row
@@ -146,7 +181,7 @@ class _LayerStats:
         # its first convolution and its downsample) is not read twice.
         found = seen.get((x,))
         if found is None:
-            found = fused(_input_stats, (x.detach(),))
+            found = input_stats(x.detach())
             seen.put((x,), found)
         zeros, largest, smallest_nonzero = found
         largest = largest.to(torch.float64)
@@ -302,11 +337,13 @@ class LayerwiseMetric:
                 return
             waiting = stats.pending[other]
             if waiting:
-                partner = stats.take(waiting.popleft())
+                kept = waiting.popleft()
+                partner = stats.take(kept)
                 if partner is None:  # changed in place after all: this call cannot be paired
                     return
                 pair = (tensor, partner) if side == "reference" else (partner, tensor)
                 stats.add_pair(*pair)
+                stats.release(kept)
             else:
                 stats.pending[side].append(stats.keep(tensor.detach()))
 
@@ -328,6 +365,8 @@ class LayerwiseMetric:
         for stats in self.layers.values():
             for side in ("reference", "quantized"):
                 self.unpaired_calls += len(stats.pending[side])
+                for kept in stats.pending[side]:
+                    stats.release(kept)
                 stats.pending[side].clear()
         self.batches += 1
 
@@ -335,6 +374,8 @@ class LayerwiseMetric:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for stats in self.layers.values():
+            stats._free.clear()
 
     def result(self) -> dict[str, Any]:
         return {

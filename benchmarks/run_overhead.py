@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import qbench
+import qbench.memory
 import qbench.plugins
 import torch
 from qbench.config import load_config
@@ -134,6 +135,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    # As `qbench run` does at start, for the plain loop and the runs alike (both run in this
+    # process): freed blocks are reused rather than page-faulted afresh every batch.
+    # QBENCH_MALLOC_TUNING=0 measures both without it.
+    tuned = qbench.memory.keep_freed_memory()
 
     if args.model is not None:
         workdir = tempfile.TemporaryDirectory()
@@ -169,6 +174,7 @@ def main() -> None:
     print(
         f"config: {args.model or args.config} ({cfg.name}), device {args.device}, limit {args.limit or 'all'}, repeats {args.repeats}"
     )
+    print(f"malloc keeps freed memory (qbench.memory): {'yes' if tuned else 'no'}")
     print(f"first (cold) qbench.run   : {cold:8.2f} s (compilation and caches included)")
     print(f"plain FP32 loop           : {base:8.2f} s (median)")
     if twice:

@@ -61,9 +61,11 @@ def run(
 ) -> None:
     """Run CONFIG(s): FP32 and quantized model side by side, then write the reports."""
     from .config import load_config
+    from .memory import keep_freed_memory
     from .runner import run as run_config
 
     loaded = [load_config(path) for path in configs]  # refuse any invalid config before running one
+    keep_freed_memory()  # this process is ours: freed activations are reused, not re-faulted
     for cfg in loaded:
         result = run_config(
             cfg,

@@ -1,0 +1,82 @@
+"""qbench.memory: with the tuning, a freed activation-sized block is reused without page
+faults; without it, every allocation of one faults its pages in afresh.
+
+Each case runs in a fresh interpreter: the setting is process-wide and cannot be undone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_SCRIPT = """
+import json, resource, sys
+import torch
+import qbench.memory
+
+tuned = qbench.memory.keep_freed_memory() if sys.argv[1] == "tune" else False
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def churn(times):
+    for _ in range(times):
+        torch.ones(16 << 20).sum()  # a 64 MiB block, allocated, touched and freed
+
+churn(2)  # the heap grows to hold the block once
+before = faults()
+churn(5)
+print(json.dumps({"tuned": tuned, "again": qbench.memory.keep_freed_memory(),
+                  "faults": faults() - before}))
+"""
+
+PAGES_PER_BLOCK = (64 << 20) // 4096
+
+
+def _churn(mode: str, **env: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
+        timeout=120,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_freed_blocks_are_reused_without_page_faults() -> None:
+    tuned = _churn("tune")
+    if not tuned["tuned"]:
+        pytest.skip("this C library has no mallopt to tune (not glibc)")
+    assert tuned["again"] is True  # idempotent
+    plain = _churn("plain")
+    assert plain["faults"] >= 5 * PAGES_PER_BLOCK // 2  # each block mapped and faulted anew
+    assert tuned["faults"] < PAGES_PER_BLOCK // 4  # reused from the heap
+
+
+def test_the_environment_turns_it_off() -> None:
+    off = _churn("tune", QBENCH_MALLOC_TUNING="0")
+    assert off["tuned"] is False and off["again"] is False
+
+
+def test_qbench_run_on_the_command_line_tunes_its_process(
+    toy_plugins, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qbench.memory
+    import yaml
+    from conftest import toy_config
+    from qbench.cli import main
+
+    calls: list[bool] = []
+    monkeypatch.setattr(qbench.memory, "keep_freed_memory", lambda: calls.append(True) or True)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(toy_config()))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--limit", "2", "--output", str(tmp_path), "--no-progress"])
+    assert info.value.code == 0 and calls == [True]

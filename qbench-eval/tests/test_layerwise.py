@@ -200,6 +200,16 @@ def test_copies_of_outputs_changed_in_place_reuse_their_buffers() -> None:
     metric.close()
     assert not stats._free
 
+    # A buffer made in inference mode is not written outside it (torch forbids that).
+    metric = LayerwiseMetric(None)
+    metric.attach(reference, quantized, {"preparation": preparation})
+    for index, mode in enumerate([torch.inference_mode, torch.no_grad, torch.inference_mode]):
+        with mode():
+            x = batches[index]
+            metric.update(BatchOutputs(torch.zeros(5), reference(x), quantized(x), index))
+    [layer] = metric.result()["layers"]
+    assert layer["calls"] == 6 and layer["mse"] == pytest.approx(np.mean((r - q) ** 2), rel=1e-9)
+
 
 class _SometimesInPlace(nn.Module):
     """Changes its first layer's output in place from the third call on."""

@@ -131,11 +131,15 @@ class _LayerStats:
         """A free buffer of ``tensor``'s shape, dtype and device: a fresh allocation of an
         activation-sized tensor costs a page fault per 4 KiB, which for a 50 MB output
         (resnet's first block at batch 16) is 20x the copy itself."""
+        # an inference tensor cannot be written outside inference mode: such a buffer only
+        # serves inside it
+        inference = torch.is_inference_mode_enabled()
         for i, buffer in enumerate(self._free):
-            if (buffer.shape, buffer.dtype, buffer.device) == (
+            if (buffer.shape, buffer.dtype, buffer.device, buffer.is_inference()) == (
                 tensor.shape,
                 tensor.dtype,
                 tensor.device,
+                inference,
             ):
                 return self._free.pop(i)
         return torch.empty_like(tensor, memory_format=torch.contiguous_format)

@@ -253,8 +253,8 @@ class _CodeTable:
         self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
     ) -> torch.Tensor:
         """[illegal codes, reconstruction mismatches] (int64) in one fused pass: per-row
-        counts over the last dimension of the coalesced views (see :func:`_rows`), packed
-        two to an int32, then summed."""
+        counts over the trailing dimensions of the coalesced views (:func:`_rows`,
+        :func:`_row_dims`), packed two to an int32, then summed."""
         if self.bit_fields is not None:  # decoded by arithmetic: vectorizes, a gather does not
             fn: Any = _audit_rows_bits
             constants: tuple[Any, ...] = (*self.bit_fields.key, self.bit_fields.negative_legal)
@@ -338,7 +338,8 @@ def _row_dims(codes: torch.Tensor) -> int:
 def _split(length: int) -> tuple[int, int] | None:
     """(outer, row) with outer * row == length and row <= _MAX_ROW, the longest such row among
     the first few divisors; None if none."""
-    for outer in range(-(-length // _MAX_ROW), -(-length // _MAX_ROW) + 64):
+    fewest = -(-length // _MAX_ROW)  # ceil: fewer parts leave a row too long
+    for outer in range(fewest, fewest + 64):
         if length % outer == 0:
             return outer, length // outer
     return None

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.kernels import ONE_LOOP, fused
+from qbench.kernels import ONE_LOOP, fused, use_compiled
 from qbench.types import BatchOutputs
 from torch import nn
 
@@ -79,9 +79,27 @@ def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return zeros, largest, smallest_nonzero
 
 
+def _pair_sums_and_stats(
+    reference: torch.Tensor, quantized: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_pair_sums` and :func:`_input_stats` of ``quantized`` in one loop."""
+    return (_pair_sums(reference, quantized), *_input_stats(quantized))
+
+
 def pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     """:func:`_pair_sums`, compiled as one loop for large outputs, else eager."""
     return fused(_pair_sums, (reference, quantized), eager=_pair_sums_eager, options=ONE_LOOP)
+
+
+def pair_sums_and_stats(
+    reference: torch.Tensor, quantized: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(:func:`pair_sums`, :func:`input_stats` of ``quantized``), compiled as one loop: the
+    quantized output is usually the next layer's input, whose statistics then cost no pass
+    of their own. Only used where the kernels run compiled (eager, it would be two passes
+    anyway, and the statistics of an output no layer reads would be wasted work)."""
+    sums, *stats = fused(_pair_sums_and_stats, (reference, quantized), options=ONE_LOOP)
+    return sums, (stats[0], stats[1], stats[2])
 
 
 def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,7 +179,12 @@ class _LayerStats:
             self.lost_calls += 1
         return kept.copy
 
-    def add_pair(self, reference: torch.Tensor, quantized: torch.Tensor) -> None:
+    def add_pair(
+        self, reference: torch.Tensor, quantized: torch.Tensor, seen: Seen[Any] | None = None
+    ) -> None:
+        """Add one pair of outputs. With ``seen``, the quantized output's input statistics
+        are computed in the same loop (where kernels run compiled) and left in ``seen`` for
+        the layer that takes it as input (see :meth:`add_input`)."""
         if reference.shape != quantized.shape:
             raise QBenchError(
                 f"layerwise: layer {self.name!r} output shapes differ between the FP32 model "
@@ -171,7 +194,13 @@ class _LayerStats:
         # of 60+ dB (fp16-like formats) is still resolved. One fused pass over both outputs.
         r = reference.detach()
         q = quantized.detach().to(device=r.device)
-        sums = pair_sums(r, q)
+        if quantized.device != r.device or not use_compiled(q.numel()):
+            seen = None  # q is a copy (not what the next layer reads), or eager: two passes
+        if seen is not None:
+            sums, stats = pair_sums_and_stats(r, q)
+            seen.put((quantized,), stats)
+        else:
+            sums = pair_sums(r, q)
         # any NaN/inf in q makes q.q non-finite
         row = torch.cat([sums, (~torch.isfinite(sums[_Q_SQ : _Q_SQ + 1])).to(torch.float64)])
         self.sums = row if self.sums is None else self.sums + row
@@ -319,7 +348,9 @@ class LayerwiseMetric:
                 reference_modules[name].register_forward_hook(self._output_hook(stats, "reference"))
             )
             self._handles.append(
-                quantized_modules[name].register_forward_hook(self._output_hook(stats, "quantized"))
+                quantized_modules[name].register_forward_hook(
+                    self._output_hook(stats, "quantized", self._inputs)
+                )
             )
             self._handles.append(
                 quantized_modules[name].register_forward_pre_hook(
@@ -332,7 +363,9 @@ class LayerwiseMetric:
         return included and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
 
     @staticmethod
-    def _output_hook(stats: _LayerStats, side: str) -> Any:
+    def _output_hook(stats: _LayerStats, side: str, seen: Seen[Any] | None = None) -> Any:
+        """The forward hook of one side; ``seen`` (the quantized side's) receives the input
+        statistics of its output when the pair is measured as that output arrives."""
         other = "quantized" if side == "reference" else "reference"
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -345,8 +378,10 @@ class LayerwiseMetric:
                 partner = stats.take(kept)
                 if partner is None:  # changed in place after all: this call cannot be paired
                     return
-                pair = (tensor, partner) if side == "reference" else (partner, tensor)
-                stats.add_pair(*pair)
+                if side == "reference":
+                    stats.add_pair(tensor, partner)
+                else:  # the quantized output, fresh: likely the next layer's input
+                    stats.add_pair(partner, tensor, seen)
                 stats.release(kept)
             else:
                 stats.pending[side].append(stats.keep(tensor.detach()))

@@ -90,3 +90,48 @@ def test_qbench_run_on_the_command_line_tunes_its_process(
     with pytest.raises(SystemExit) as info:
         main(["run", str(path), "--limit", "2", "--output", str(tmp_path), "--no-progress"])
     assert info.value.code == 0 and calls == [True]
+
+
+class _Cycle:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_objects_frozen_keeps_earlier_objects_out_of_collections_until_exit() -> None:
+    import gc
+    import weakref
+
+    from qbench.memory import objects_frozen
+
+    assert gc.get_freeze_count() == 0
+    old = _Cycle()
+    old_ref = weakref.ref(old)
+    with objects_frozen() as froze:
+        assert froze and gc.get_freeze_count() > 0
+        del old
+        new = _Cycle()
+        new_ref = weakref.ref(new)
+        del new
+        gc.collect()
+        # garbage made during the block is collected; garbage among the frozen objects waits
+        assert new_ref() is None and old_ref() is not None
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old_ref() is None  # handed back at exit, and collected as usual
+
+
+def test_objects_frozen_leaves_a_freeze_made_by_someone_else() -> None:
+    import gc
+
+    from qbench.memory import objects_frozen
+
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        with objects_frozen() as froze:
+            assert not froze
+        assert gc.get_freeze_count() == count  # their objects stay frozen
+    finally:
+        gc.unfreeze()

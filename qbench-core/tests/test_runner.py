@@ -84,3 +84,26 @@ def test_quantize_api_uses_preset_scaling(toy_plugins):
     result = qbench.quantize(x, "toy3", return_codes=True)
     assert torch.equal(result.codes.float() * result.scales, result.dequantized)
     assert torch.equal(qbench.quantize(x, "toy3"), result.dequantized)
+
+
+def test_a_run_freezes_existing_objects_for_its_duration(toy_plugins, tmp_path, monkeypatch):
+    """Full collections during a run skip the objects that existed before it (qbench.memory);
+    they are handed back to the collector when it ends, also when it fails."""
+    import gc
+
+    import conftest
+
+    seen: list[int] = []
+    update = conftest.ToyMetric.update
+
+    def recording(self, batch):
+        seen.append(gc.get_freeze_count())
+        update(self, batch)
+
+    monkeypatch.setattr(conftest.ToyMetric, "update", recording)
+    qbench.run(toy_config(name="frozen"), output=tmp_path)
+    assert len(seen) == 3 and all(count > 0 for count in seen)
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(qbench.QBenchError):
+        qbench.run(toy_config(name="bad"), output=tmp_path, limit=0)
+    assert gc.get_freeze_count() == 0

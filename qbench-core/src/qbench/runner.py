@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .config import Config, load_config
 from .errors import QBenchError
+from .memory import objects_frozen
 from .plugins import get
 from .types import BatchOutputs
 
@@ -74,6 +75,18 @@ def run(
     progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None = None,
 ) -> RunResult:
     """Run one config end to end and write its reports. Returns a :class:`RunResult`."""
+    with objects_frozen():  # full collections skip what existed before the run
+        return _run(config, limit=limit, device=device, output=output, progress=progress)
+
+
+def _run(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config,
+    *,
+    limit: int | None,
+    device: str | None,
+    output: str | os.PathLike[str] | None,
+    progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None,
+) -> RunResult:
     import torch
 
     from .prepare import observe, preparation_report, prepare

@@ -15,7 +15,7 @@ that calls :func:`qbench.run` itself. A process-wide setting: ``QBENCH_MALLOC_TU
 turns it off. Elsewhere than Linux with glibc it does nothing.
 
 :func:`objects_frozen` is the other half, for Python objects: every :func:`qbench.run`
-holds the garbage collector's view of the objects that existed before it still (see there).
+keeps the objects that existed before it out of the garbage collector's passes (see there).
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ def _mallopt() -> bool:
 def objects_frozen() -> Iterator[bool]:
     """Leave the objects that exist on entry out of the garbage collector's passes until exit.
 
-    A process with torch, its compiler and a prepared model imported tracks half a million
-    Python objects or more, and a full collection walks every one: 0.3 s on resnet18's run,
-    which a run's churn of small objects (results, hooks, compiled-call arguments) triggers
-    every few batches. ``gc.freeze`` moves the existing objects aside, so collections during
-    the run only walk what the run made; ``gc.unfreeze`` at exit hands them back, so garbage
-    among them is only collected later, never lost. If something else froze objects already,
-    nothing is done (unfreezing would release theirs too). Yields whether it froze.
+    A process with torch, its compiler and a prepared model loaded tracks half a million
+    Python objects or more, and a full collection walks every one (0.35 s, measured beside
+    resnet18's runs). A run's churn of objects triggers such collections: about one in two
+    runs repeated in one process, several in a fresh process's first run, whose compiled
+    kernels add objects of their own. ``gc.freeze`` moves the existing objects aside, so
+    collections during the run only walk what the run made; ``gc.unfreeze`` at exit hands
+    them back, so garbage among them is only collected later, never lost. If something else
+    froze objects already, nothing is done (unfreezing would release theirs too). Yields
+    whether it froze.
     """
     if gc.get_freeze_count():
         yield False

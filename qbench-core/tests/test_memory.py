@@ -27,11 +27,18 @@ def churn(times):
     for _ in range(times):
         torch.ones(16 << 20).sum()  # a 64 MiB block, allocated, touched and freed
 
+def window():
+    before = faults()
+    churn(5)
+    return faults() - before
+
 churn(2)  # the heap grows to hold the block once
-before = faults()
-churn(5)
+# A small allocation made meanwhile (torch's thread pools and caches, early on) can land in
+# the freed block and send the next one to fresh pages until the heap settles: the fewest
+# faults of a few windows is what reuse gives. Untuned, every churn faults in every window.
+fewest = min(window() for _ in range(4))
 print(json.dumps({"tuned": tuned, "again": qbench.memory.keep_freed_memory(),
-                  "faults": faults() - before}))
+                  "faults": fewest}))
 """
 
 PAGES_PER_BLOCK = (64 << 20) // 4096

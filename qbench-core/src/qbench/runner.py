@@ -66,6 +66,7 @@ class _FanOut:
             observer.on_tensor(layer, role, result)
 
 
+@objects_frozen()  # full collections during a run skip what existed before it
 def run(
     config: str | os.PathLike[str] | Mapping[str, Any] | Config,
     *,
@@ -75,18 +76,6 @@ def run(
     progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None = None,
 ) -> RunResult:
     """Run one config end to end and write its reports. Returns a :class:`RunResult`."""
-    with objects_frozen():  # full collections skip what existed before the run
-        return _run(config, limit=limit, device=device, output=output, progress=progress)
-
-
-def _run(
-    config: str | os.PathLike[str] | Mapping[str, Any] | Config,
-    *,
-    limit: int | None,
-    device: str | None,
-    output: str | os.PathLike[str] | None,
-    progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None,
-) -> RunResult:
     import torch
 
     from .prepare import observe, preparation_report, prepare

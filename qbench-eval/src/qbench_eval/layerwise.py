@@ -98,8 +98,10 @@ def pair_sums_and_stats(
     quantized output is usually the next layer's input, whose statistics then cost no pass
     of their own. Only used where the kernels run compiled (eager, it would be two passes
     anyway, and the statistics of an output no layer reads would be wasted work)."""
-    sums, *stats = fused(_pair_sums_and_stats, (reference, quantized), options=ONE_LOOP)
-    return sums, (stats[0], stats[1], stats[2])
+    sums, zeros, largest, smallest = fused(
+        _pair_sums_and_stats, (reference, quantized), options=ONE_LOOP
+    )
+    return sums, (zeros, largest, smallest)
 
 
 def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

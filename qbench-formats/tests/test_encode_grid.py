@@ -59,3 +59,22 @@ def test_compiled_encoder_matches_eager(name):
     compiled = encode_codes(fmt, elements, path="compiled")
     assert torch.equal(eager, compiled)
     assert torch.equal(eager, reference.encode_float(fmt, elements).to(torch.int32))
+
+
+def test_wide_quotient_is_the_correctly_rounded_float32_quotient() -> None:
+    """The float64 route CUDA divides by (fused.divide) equals IEEE float32 division, here
+    CPU's, on random bit patterns over the whole range (subnormal, huge, inf, NaN, zero
+    operands and quotients) and on quotients near ties of float32."""
+    generator = torch.Generator().manual_seed(0)
+    bits = torch.randint(-(2**31), 2**31, (2, 1_000_000), dtype=torch.int64, generator=generator)
+    a, b = bits.to(torch.int32).view(torch.float32)
+    # quotients just either side of a tie: b * (1 + (2k+1) 2^-24) in float64, rounded
+    m = torch.randint(1, 2**23, (200_000,), generator=generator).to(torch.float64)
+    near = torch.rand(200_000, generator=generator, dtype=torch.float64) * 4 + 0.5
+    tie_b = near.to(torch.float32)
+    tie_a = (tie_b.to(torch.float64) * (1 + (2 * m + 1) * 2.0**-24)).to(torch.float32)
+    for x, y in ((a, b), (tie_a, tie_b), (a, 3.0), (a, 448.0 * 6.0)):
+        want = x / y
+        got = fused.wide_quotient(x, y)
+        same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (x[~same][:4], y if isinstance(y, float) else y[~same][:4])

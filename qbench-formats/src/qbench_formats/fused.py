@@ -82,6 +82,27 @@ def supports(fmt: object) -> bool:
     return arith_of(fmt) is not None
 
 
+def divide(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+    """``a / b`` for float32 ``a``, correctly rounded on every device.
+
+    On CPU float32 division is IEEE (eager and inductor's C++ alike). Compiled for CUDA,
+    inductor's Triton kernels divide float32 approximately (up to 2 ulp off, found by the
+    ``gpu`` tests on an H100): a scale an ulp off moves values across rounding boundaries.
+    There the quotient is formed in float64 (whose division is always correctly rounded) and
+    rounded once to float32, which equals the correctly rounded float32 quotient since
+    53 >= 2 * 24 + 2 bits (double rounding is innocuous for division at that width).
+    """
+    if a.device.type != "cuda":
+        return a / b
+    return wide_quotient(a, b)
+
+
+def wide_quotient(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+    """``a / b`` formed in float64 and rounded once to ``a``'s float32 (see :func:`divide`)."""
+    wide = b.to(torch.float64) if isinstance(b, torch.Tensor) else b
+    return (a.to(torch.float64) / wide).to(a.dtype)
+
+
 def _round_magnitude_(
     scaled: torch.Tensor, rounding: str, noise: torch.Tensor | None
 ) -> torch.Tensor:

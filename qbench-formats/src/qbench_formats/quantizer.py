@@ -183,7 +183,7 @@ def _finite_amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _fp32_scale(amax: torch.Tensor, max_value: float) -> torch.Tensor:
-    scale = amax / max_value
+    scale = fused.divide(amax, max_value)
     # A group of zeros gets scale 1 (zeros out); a group so small that amax / max underflows
     # gets the smallest float32 instead of 0, so x / scale never divides by zero.
     fallback = torch.where(amax > 0, torch.full_like(amax, F32_TINY), torch.ones_like(amax))
@@ -213,11 +213,11 @@ def _scales(
         return scale, scale, None
     scale_format = plan.scale_arith
     tensor_scale = None
-    block = amax / element.max_value
+    block = fused.divide(amax, element.max_value)
     if plan.second_level:
         tensor_amax = torch.amax(amax)
         tensor_scale = _fp32_scale(tensor_amax, scale_format.max_value * element.max_value)
-        block = block / tensor_scale
+        block = fused.divide(block, tensor_scale)
     block = torch.clamp(block, scale_format.min_normal, scale_format.max_value)
     block = round_scale(block)
     scale = block if tensor_scale is None else block * tensor_scale
@@ -251,11 +251,11 @@ def fused_elements(
     """The fast twin's element rounding of ``xg / scale`` and the multiplication back."""
     if plan.element_arith is not None:
         elements = fused.round_values(
-            plan.element_arith, xg / scale, plan.rounding, plan.overflow, noise
+            plan.element_arith, fused.divide(xg, scale), plan.rounding, plan.overflow, noise
         )
     else:  # lookup tables: binary search in float64 (eager only)
         elements = reference.round_values(
-            plan.element, xg / scale, plan.rounding, plan.overflow, noise
+            plan.element, fused.divide(xg, scale), plan.rounding, plan.overflow, noise
         )
     if plan.want_elements:
         dequantized = elements * scale

@@ -40,6 +40,7 @@ import qbench.memory
 import qbench.plugins
 import torch
 from qbench.config import load_config
+from qbench.runner import full_fp32
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 2.5
@@ -63,7 +64,8 @@ def fp32_loop(data: dict[str, Any], limit: int | None, device: str, forwards: in
     start = time.perf_counter()
     batches = qbench.plugins.get("dataset", options["name"]).build(options, bundle=bundle)
     correct = images = 0
-    with torch.inference_mode():
+    # IEEE FP32 as in qbench.run (no TF32 convolutions on CUDA): the same arithmetic.
+    with torch.inference_mode(), full_fp32():
         for inputs, targets in batches:
             inputs = inputs.to(device)
             for each in models:

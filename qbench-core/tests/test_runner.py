@@ -107,3 +107,73 @@ def test_a_run_freezes_existing_objects_for_its_duration(toy_plugins, tmp_path, 
     with pytest.raises(qbench.QBenchError):
         qbench.run(toy_config(name="bad"), output=tmp_path, limit=0)
     assert gc.get_freeze_count() == 0
+
+
+def test_a_run_turns_tf32_off_and_restores_the_users_settings(toy_plugins, tmp_path, monkeypatch):
+    """The FP32 reference is IEEE FP32 on CUDA as well: the TF32 switches (torch allows TF32
+    for cuDNN convolutions by default) are off during the batches and restored afterwards,
+    set through whichever of torch's two APIs the user set them with."""
+    import conftest
+
+    seen: list[tuple[bool, bool]] = []
+    update = conftest.ToyMetric.update
+
+    def recording(self, batch):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        update(self, batch)
+
+    monkeypatch.setattr(conftest.ToyMetric, "update", recording)
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        qbench.run(toy_config(name="fp32"), output=tmp_path)
+        assert seen == [(False, False)] * 3
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+        with pytest.raises(qbench.QBenchError):
+            qbench.run(toy_config(name="bad"), output=tmp_path, limit=0)
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def test_full_fp32_uses_the_newer_api_where_the_user_did():
+    """torch refuses to read the legacy flag once ``fp32_precision`` set that switch."""
+    from qbench.runner import full_fp32
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no fp32_precision API")
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        with full_fp32():
+            assert matmul.fp32_precision == "ieee"
+            assert not torch.backends.cudnn.allow_tf32
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+    assert matmul.allow_tf32 is False  # the legacy flag reads again once the setting is reset
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_fp32_gives_ieee_convolutions_on_cuda():
+    """Inside a run a CUDA convolution is FP32-accurate (TF32's 10-bit mantissa would leave
+    relative errors near 1e-3)."""
+    import torch.nn.functional as F
+    from qbench.runner import full_fp32
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 64, 32, 32, generator=generator)
+    w = torch.randn(64, 64, 3, 3, generator=generator)
+    exact = F.conv2d(x.double(), w.double())
+    with full_fp32():
+        got = F.conv2d(x.cuda(), w.cuda()).cpu().double()
+    default = F.conv2d(x.cuda(), w.cuda()).cpu().double()
+    scale = exact.abs().max()
+    error = float((got - exact).abs().max() / scale)
+    print(
+        f"max relative error: {error:.2e} IEEE, {float((default - exact).abs().max() / scale):.2e} torch's default"
+    )
+    assert error < 1e-5

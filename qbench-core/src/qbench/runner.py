@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,48 @@ def resolve_device(requested: str | None) -> str:
     return requested
 
 
+#: Where each TF32 switch lives under torch.backends: the legacy ``allow_tf32`` flag, and
+#: the newer ``fp32_precision`` setting for the same kernels.
+_TF32_SWITCHES = ((("cudnn",), ("cudnn", "conv")), (("cuda", "matmul"), ("cuda", "matmul")))
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """FP32 means IEEE FP32 on CUDA too, for as long as the block runs.
+
+    torch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default on Ampere and
+    later GPUs, and a user may have allowed it for matmuls: the "FP32" reference would then
+    carry rounding of its own, near bf16's, and a study of a format would blame the format
+    for it. Both switches are turned off here and restored after, whichever of torch's two
+    APIs for them (``allow_tf32`` or the newer ``fp32_precision``) the user has set. On CPU
+    they change nothing.
+    """
+    import torch
+
+    restore: list[tuple[Any, str, Any]] = []
+    try:
+        for legacy_path, new_path in _TF32_SWITCHES:
+            holder, name, value = _backend(torch, legacy_path), "allow_tf32", False
+            try:  # torch refuses the legacy flag once the new API has set this switch
+                before = getattr(holder, name)
+            except RuntimeError:
+                holder, name, value = _backend(torch, new_path), "fp32_precision", "ieee"
+                before = getattr(holder, name)
+            setattr(holder, name, value)
+            restore.append((holder, name, before))
+        yield
+    finally:
+        for holder, name, before in reversed(restore):
+            setattr(holder, name, before)
+
+
+def _backend(torch: Any, path: Iterable[str]) -> Any:
+    holder = torch.backends
+    for part in path:
+        holder = getattr(holder, part)
+    return holder
+
+
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", part).strip("._") or "unnamed"
 
@@ -67,6 +109,7 @@ class _FanOut:
 
 
 @objects_frozen()  # full collections during a run skip what existed before it
+@full_fp32()  # the reference is IEEE FP32 on CUDA too, not TF32
 def run(
     config: str | os.PathLike[str] | Mapping[str, Any] | Config,
     *,

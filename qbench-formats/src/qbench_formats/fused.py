@@ -85,12 +85,16 @@ def supports(fmt: object) -> bool:
 def divide(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
     """``a / b`` for float32 ``a``, correctly rounded on every device.
 
-    On CPU float32 division is IEEE (eager and inductor's C++ alike). Compiled for CUDA,
-    inductor's Triton kernels divide float32 approximately (up to 2 ulp off, found by the
-    ``gpu`` tests on an H100): a scale an ulp off moves values across rounding boundaries.
-    There the quotient is formed in float64 (whose division is always correctly rounded) and
-    rounded once to float32, which equals the correctly rounded float32 quotient since
-    53 >= 2 * 24 + 2 bits (double rounding is innocuous for division at that width).
+    On CPU float32 division is IEEE (eager and inductor's C++ alike). On CUDA it is not
+    always: inductor's Triton kernels divide float32 approximately (on an H100, 300980 of
+    10^6 random quotients differed from IEEE), and torch's eager kernel multiplies by the
+    reciprocal of a Python-scalar divisor. A scale an ulp off moves values across rounding
+    boundaries. There the quotient is formed in float64 and rounded once to float32: a
+    float64 division is correctly rounded, and rounding it again gives the correctly rounded
+    float32 quotient since 53 >= 2 * 24 + 2 bits. A Python-scalar divisor (a format's max,
+    whose odd part is small) goes through the float64 reciprocal, an error of 2^-53 against
+    quotients that are either exact or at least ~2^-32 away from a float32 rounding
+    boundary; the ``gpu`` tests check both on every probe of every format.
     """
     if a.device.type != "cuda":
         return a / b

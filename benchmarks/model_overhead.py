@@ -49,9 +49,7 @@ def measure(
     x = torch.randn(batch, 3, 224, 224, device=device)
     grad_mode = torch.inference_mode if inference_mode else torch.no_grad
     with grad_mode(), full_fp32():
-        start = time.perf_counter()
-        model_q(x)  # first call: weights quantized, kernels compiled
-        warmup = time.perf_counter() - start
+        warmup = _time(model_q, x)  # first call: weights quantized, kernels compiled
         model(x)
         fp32, quantized = [], []
         for _ in range(repeats):

@@ -86,21 +86,27 @@ def test_quantize_api_uses_preset_scaling(toy_plugins):
     assert torch.equal(qbench.quantize(x, "toy3"), result.dequantized)
 
 
+def _record_during_batches(monkeypatch, probe):
+    """A list that gets ``probe()`` at every batch of later toy runs (the toy metric's update)."""
+    import conftest
+
+    seen = []
+    update = conftest.ToyMetric.update
+
+    def recording(self, batch):
+        seen.append(probe())
+        update(self, batch)
+
+    monkeypatch.setattr(conftest.ToyMetric, "update", recording)
+    return seen
+
+
 def test_a_run_freezes_existing_objects_for_its_duration(toy_plugins, tmp_path, monkeypatch):
     """Full collections during a run skip the objects that existed before it (qbench.memory);
     they are handed back to the collector when it ends, also when it fails."""
     import gc
 
-    import conftest
-
-    seen: list[int] = []
-    update = conftest.ToyMetric.update
-
-    def recording(self, batch):
-        seen.append(gc.get_freeze_count())
-        update(self, batch)
-
-    monkeypatch.setattr(conftest.ToyMetric, "update", recording)
+    seen = _record_during_batches(monkeypatch, gc.get_freeze_count)
     qbench.run(toy_config(name="frozen"), output=tmp_path)
     assert len(seen) == 3 and all(count > 0 for count in seen)
     assert gc.get_freeze_count() == 0
@@ -113,16 +119,10 @@ def test_a_run_turns_tf32_off_and_restores_the_users_settings(toy_plugins, tmp_p
     """The FP32 reference is IEEE FP32 on CUDA as well: the TF32 switches (torch allows TF32
     for cuDNN convolutions by default) are off during the batches and restored afterwards,
     set through whichever of torch's two APIs the user set them with."""
-    import conftest
-
-    seen: list[tuple[bool, bool]] = []
-    update = conftest.ToyMetric.update
-
-    def recording(self, batch):
-        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
-        update(self, batch)
-
-    monkeypatch.setattr(conftest.ToyMetric, "update", recording)
+    seen = _record_during_batches(
+        monkeypatch,
+        lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32),
+    )
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = (cudnn.allow_tf32, matmul.allow_tf32)
     try:

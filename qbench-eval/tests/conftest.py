@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import qbench.plugins
-from eval_helpers import FormatsForTests
+from eval_helpers import FormatsForTests, kernels_on
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,12 +18,11 @@ def test_formats() -> None:
 
 
 @pytest.fixture(params=["eager", "compiled"])
-def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def kernel_path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Runs a test with every fused kernel (qbench.kernels) eager, as on small tensors, or
     compiled, as on large ones; a compile that silently fell back to eager fails the test."""
     import qbench.kernels
 
-    threshold = 0 if request.param == "compiled" else 1 << 62
-    monkeypatch.setattr(qbench.kernels, "COMPILE_MIN_NUMEL", threshold)
-    yield request.param
+    with kernels_on(request.param):
+        yield request.param
     assert not qbench.kernels._FAILED, "a kernel fell back to eager: its compile failed"

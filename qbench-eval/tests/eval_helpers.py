@@ -4,9 +4,12 @@ whose rounding skips some values (a planted violation), and small synthetic mode
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import qbench
+import qbench.kernels
 import qbench.plugins
 import torch
 from qbench.types import QuantResult, QuantSpec, Scaling
@@ -111,3 +114,15 @@ def spec(
 
 def quantize(x: torch.Tensor, s: QuantSpec) -> QuantResult:
     return qbench.get_format(s.format).quantize(x, s, return_codes=True)
+
+
+@contextlib.contextmanager
+def kernels_on(path: str) -> Iterator[None]:
+    """qbench.kernels' fused kernels all eager (``"eager"``, as on small tensors) or all
+    compiled (``"compiled"``, as on large ones) for the block, whatever the tensor size."""
+    saved = qbench.kernels.COMPILE_MIN_NUMEL
+    qbench.kernels.COMPILE_MIN_NUMEL = 0 if path == "compiled" else 1 << 62
+    try:
+        yield
+    finally:
+        qbench.kernels.COMPILE_MIN_NUMEL = saved

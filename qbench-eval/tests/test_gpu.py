@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import qbench
 import qbench.kernels
 import torch
-from eval_helpers import quantize, spec
+from eval_helpers import kernels_on, quantize, spec
 from qbench.spec import spec_from_arguments
 from qbench.types import BatchOutputs
 from qbench_eval.accuracy import AccuracyMetric
@@ -76,25 +74,14 @@ def test_cuda_matches_cpu() -> None:
 # -- the fused kernels on CUDA: compiled (Triton) and eager, against the CPU ---------------
 
 
-@contextlib.contextmanager
-def _kernels(path: str) -> Iterator[None]:
-    """qbench.kernels' fused kernels eager or compiled for the block, whatever the size. The
-    CPU side of these tests runs eager (CPU compiled against eager is tested elsewhere), so
-    only the CUDA side compiles."""
-    saved = qbench.kernels.COMPILE_MIN_NUMEL
-    qbench.kernels.COMPILE_MIN_NUMEL = 0 if path == "compiled" else 1 << 62
-    try:
-        yield
-    finally:
-        qbench.kernels.COMPILE_MIN_NUMEL = saved
-
-
 @pytest.mark.parametrize("path", ["eager", "compiled"])
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "int8", "mxfp4_e2m1", "nvfp4"])
 def test_audit_on_cuda_finds_what_it_finds_on_cpu(name: str, path: str) -> None:
     """A real format's quantization of a conv-sized activation, with one value a ulp off and
     one code outside the code space planted, audited on each device: the same verdict,
-    counts and examples (the bit-field decoder for float formats, the table for int8)."""
+    counts and examples (the bit-field decoder for float formats, the table for int8). The
+    CPU side runs eager (CPU compiled against eager is tested elsewhere), so only the CUDA
+    side compiles."""
     fmt = qbench.get_format(name)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(8, 64, 24, 24, generator=generator)
@@ -115,7 +102,7 @@ def test_audit_on_cuda_finds_what_it_finds_on_cpu(name: str, path: str) -> None:
         codes[7, 60, 20, 1] = 2**element.bits + 3
         metric = ComplianceMetric(None)
         metric.attach(None, None, {"preparation": {"quantized": []}})
-        with _kernels(device_path):
+        with kernels_on(device_path):
             metric.on_tensor(
                 "conv", "input", dataclasses.replace(result, dequantized=dequantized, codes=codes)
             )
@@ -135,10 +122,10 @@ def test_layerwise_kernels_on_cuda_match_cpu(path: str) -> None:
     quantized = reference + 0.01 * torch.randn(reference.shape, generator=generator)
     quantized[0, :3] = 0.0
     quantized[1, 1, 1, 1] = 2.0**-130  # a float32 subnormal: the smallest non-zero |x|
-    with _kernels("eager"):
+    with kernels_on("eager"):
         on_cpu = pair_sums_and_stats(reference, quantized)
         plain = input_stats(quantized)
-    with _kernels(path):
+    with kernels_on(path):
         on_cuda = pair_sums_and_stats(reference.cuda(), quantized.cuda())
         sums = pair_sums(reference.cuda(), quantized.cuda()).cpu()
     assert not qbench.kernels._FAILED, "a kernel fell back to eager: its compile failed"

@@ -720,24 +720,24 @@ class ComplianceMetric:
 
         grid = self._grid(element_name)
         scale_checks = self._scale_checks(result)
-        scale_counts = (
-            torch.stack([bad.sum() for _, _, _, bad in scale_checks]).tolist()
-            if scale_checks
-            else []
-        )
         audit.scales += sum(values.numel() for _, _, values, _ in scale_checks)
+        table = self._table(element_name, element, codes)
+        # Large tensors: the grid and reconstruction checks in one fused pass that only
+        # counts; the masks and examples below are computed only if something failed.
+        counting = table is not None and use_compiled(codes.numel())
+        pending = [bad.sum().reshape(1) for _, _, _, bad in scale_checks]
+        if counting:
+            grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
+            pending.append(table.counts(*grouped))
+        # every count of this tensor in one host sync (a GPU waits here, once per tensor)
+        counts = torch.cat(pending).tolist() if pending else []
+        scale_counts = counts[: len(scale_checks)]
         for (level, scale_format, _, _), count in zip(scale_checks, scale_counts, strict=True):
             audit.scale_formats[level] = scale_format
             audit.failures["scale"] += int(count)
-
-        table = self._table(element_name, element, codes)
-        if table is not None and use_compiled(codes.numel()):
-            # Large tensors: the grid and reconstruction checks in one fused pass that only
-            # counts; the masks and examples below are computed only if something failed.
-            grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
-            if table.counts(*grouped).tolist() == [0, 0]:
-                self._scale_examples(audit, scale_checks, scale_counts, max_examples)
-                return
+        if counting and counts[len(scale_checks) :] == [0, 0]:
+            self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+            return
         expanded = result.expand_scales()
         if table is not None:
             decoded, legal = table.lookup(codes)

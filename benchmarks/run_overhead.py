@@ -12,7 +12,8 @@ Target: <= 2.5.
 
 ``--model resnet18`` (or ``vit_b_16``) measures an ImageNet-sized model instead of the
 demo's tiny one: torchvision's architecture with random weights (no download here) on a
-folder of random 256x256 images written to a temporary directory, batch 16, fp8_e4m3 in
+folder of random 256x256 images written to a temporary directory, batch 16 (``--batch-size``;
+``--workers`` DataLoader processes decode them), fp8_e4m3 in
 chunks of 128 with per-channel weights, and all three metrics. On the demo the FP32 loop is
 ~0.1 s of tiny convolutions, so the per-tensor work of the twin and the metrics weighs far
 more than on a real model.
@@ -94,8 +95,11 @@ def qbench_run(
         return time.perf_counter() - start
 
 
-def _imagenet_sized_config(root: Path, model: str, images: int) -> Path:
-    """A config for ``model`` (random weights) on ``images`` random 256x256 PNGs in 4 classes."""
+def _imagenet_sized_config(
+    root: Path, model: str, images: int, batch_size: int = 16, workers: int = 0
+) -> Path:
+    """A config for ``model`` (random weights) on ``images`` random 256x256 PNGs in 4 classes,
+    ``batch_size`` images per batch, decoded by ``workers`` DataLoader workers."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
@@ -109,7 +113,8 @@ def _imagenet_sized_config(root: Path, model: str, images: int) -> Path:
     config.write_text(
         f"name: {model}_fp8\n"
         f"model: {{adapter: {adapter}, name: {model}, weights: none}}\n"
-        f"dataset: {{name: imagefolder, root: {root / 'images'}, batch_size: 16}}\n"
+        f"dataset: {{name: imagefolder, root: {root / 'images'}, batch_size: {batch_size}, "
+        f"num_workers: {workers}}}\n"
         "quantization: {format: fp8_e4m3, mode: chunk, chunk_size: 128, weight_mode: channel}\n"
         "evaluation: {metrics: [accuracy, layerwise, compliance]}\n",
         encoding="utf-8",
@@ -134,6 +139,10 @@ def main() -> None:
         help="an ImageNet-sized torchvision model on random images instead of --config",
     )
     parser.add_argument("--images", type=int, default=64, help="random images for --model")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch for --model")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers decoding images for --model"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -144,7 +153,11 @@ def main() -> None:
 
     if args.model is not None:
         workdir = tempfile.TemporaryDirectory()
-        cfg = load_config(_imagenet_sized_config(Path(workdir.name), args.model, args.images))
+        cfg = load_config(
+            _imagenet_sized_config(
+                Path(workdir.name), args.model, args.images, args.batch_size, args.workers
+            )
+        )
     else:
         cfg = load_config(args.config)
     data = dict(cfg.data)

@@ -46,6 +46,13 @@ E8M0_MIN_EXPONENT = -127
 E8M0_MAX_EXPONENT = 127
 #: Grids of scale formats wider than this are not enumerated (fp32: finite positive suffices).
 MAX_ENUMERATED_BITS = 16
+#: Per device type, how many bytes of audited tensors (codes, dequantized, scales) may wait
+#: for their counts to be read in one host sync. A sync waits for all queued GPU work, so one
+#: per tensor would keep the host's Python from running ahead of the GPU's kernels; the
+#: tensors stay alive until then (at most this much more memory), and are read again only
+#: for the examples of a failure. The end of a batch reads them too. On the CPU there is
+#: nothing to overlap, and each tensor is settled at once.
+DEFER_BYTES: Mapping[str, int] = {"cuda": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -567,6 +574,32 @@ class _Clean:
     scales: int
 
 
+@dataclass
+class _Observation:
+    """One observation checked by the fused counting pass, its counts not read yet: they
+    are read for many observations in one host sync (:meth:`ComplianceMetric.settle`)."""
+
+    audit: TensorAudit
+    result: QuantResult
+    tensors: tuple[torch.Tensor, ...] | None
+    tag: Any
+    versions: tuple[int, ...] | None  # of ``tensors`` when observed
+    scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]]
+    clean: _Clean  # what it adds to its TensorAudit, replayed if it is clean
+    counts: Any = None  # tensor: [illegal scales per level..., illegal codes, mismatches]
+
+
+def _versions(tensors: tuple[torch.Tensor, ...] | None) -> tuple[int, ...] | None:
+    """In-place version counters, or None if some tensor has none (inference tensors)."""
+    if not tensors or any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
+
+
+def _same(a: tuple[torch.Tensor, ...] | None, b: tuple[torch.Tensor, ...]) -> bool:
+    return a is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 def _result_tensors(result: QuantResult) -> tuple[torch.Tensor, ...] | None:
     """Every tensor an audit of ``result`` reads (codes first), or None if one is not a
     tensor (then the observation is always checked in full)."""
@@ -631,6 +664,12 @@ class ComplianceMetric:
         self._grids: dict[str, _Grid] = {}
         self._tables: dict[str, _CodeTable] = {}
         self._clean: Seen[_Clean] = Seen()
+        self.defer_bytes = dict(DEFER_BYTES)
+        self._pending: list[_Observation] = []
+        self._pending_bytes = 0
+        # (layer, role)s whose quantized tensors were changed in place before a deferred
+        # settle: settled at once from then on, so that failures keep their examples
+        self._changed_in_place: set[tuple[str, str]] = set()
 
     def attach(self, reference: Any, quantized: Any, context: Mapping[str, Any]) -> None:
         if self.config is None:
@@ -675,6 +714,8 @@ class ComplianceMetric:
         quantization shared by consecutive layers, see ``_identity``) are not read again."""
         tensors = _result_tensors(result)
         tag = (result.spec, tuple((k, f) for k, (_, f) in (result.scale_parts or {}).items()))
+        if tensors and any(_same(p.tensors, tensors) for p in self._pending):
+            self.settle()  # whether these tensors are read again depends on that outcome
         clean = self._clean.get(tensors, tag) if tensors else None
         if clean is not None:
             audit.format, audit.element_format = clean.format, clean.element_format
@@ -684,19 +725,16 @@ class ComplianceMetric:
             audit.elements += clean.elements
             audit.scales += clean.scales
             return
-        before = (audit.failed, audit.elements, audit.scales)
-        self._check(audit, result, max_examples)
-        if tensors and audit.failed == before[0]:
-            found = _Clean(
-                audit.format,
-                audit.element_format,
-                dict(audit.scale_formats),
-                audit.elements - before[1],
-                audit.scales - before[2],
-            )
-            self._clean.put(tensors, found, tag)
+        self._check(audit, result, max_examples, tensors, tag)
 
-    def _check(self, audit: TensorAudit, result: QuantResult, max_examples: int) -> None:
+    def _check(
+        self,
+        audit: TensorAudit,
+        result: QuantResult,
+        max_examples: int,
+        tensors: tuple[torch.Tensor, ...] | None,
+        tag: Any,
+    ) -> None:
         spec = result.spec
         fmt = qbench.get_format(spec.format)
         element_name = getattr(fmt, "element", None) or spec.format
@@ -718,26 +756,109 @@ class ComplianceMetric:
             )
             return
 
-        grid = self._grid(element_name)
         scale_checks = self._scale_checks(result)
-        audit.scales += sum(values.numel() for _, _, values, _ in scale_checks)
-        table = self._table(element_name, element, codes)
-        # Large tensors: the grid and reconstruction checks in one fused pass that only
-        # counts; the masks and examples below are computed only if something failed.
-        counting = table is not None and use_compiled(codes.numel())
-        pending = [bad.sum().reshape(1) for _, _, _, bad in scale_checks]
-        if counting:
-            grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
-            pending.append(table.counts(*grouped))
-        # every count of this tensor in one host sync (a GPU waits here, once per tensor)
-        counts = torch.cat(pending).tolist() if pending else []
-        scale_counts = counts[: len(scale_checks)]
-        for (level, scale_format, _, _), count in zip(scale_checks, scale_counts, strict=True):
+        scales = sum(values.numel() for _, _, values, _ in scale_checks)
+        audit.scales += scales
+        for level, scale_format, _, _ in scale_checks:
             audit.scale_formats[level] = scale_format
-            audit.failures["scale"] += int(count)
-        if counting and counts[len(scale_checks) :] == [0, 0]:
-            self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+        observation = _Observation(
+            audit,
+            result,
+            tensors,
+            tag,
+            _versions(tensors),
+            scale_checks,
+            _Clean(
+                audit.format,
+                element_name,
+                {level: scale_format for level, scale_format, _, _ in scale_checks},
+                dequantized.numel(),
+                scales,
+            ),
+        )
+        table = self._table(element_name, element, codes)
+        counts = [bad.sum().reshape(1) for _, _, _, bad in scale_checks]
+        if table is not None and use_compiled(codes.numel()):
+            # Large tensors: the grid and reconstruction checks in one fused pass that only
+            # counts; the masks and examples are computed only if something failed.
+            grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
+            observation.counts = torch.cat([*counts, table.counts(*grouped)])
+            self._pending.append(observation)
+            self._pending_bytes += sum(t.numel() * t.element_size() for t in tensors or ())
+            deferred = observation.versions is not None and (audit.layer, audit.role) not in (
+                self._changed_in_place
+            )
+            if not deferred or self._pending_bytes > self.defer_bytes.get(codes.device.type, 0):
+                self.settle()
             return
+        # Small tensors, eager: counted from the masks that give the examples, after every
+        # pending observation (examples are kept in observation order).
+        self.settle()
+        scale_counts = torch.cat(counts).tolist() if counts else []
+        failed = self._add_scale_counts(audit, scale_checks, scale_counts)
+        failed += self._details(audit, result, max_examples)
+        self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+        if not failed:
+            self._clean.put(tensors or (), observation.clean, tag)
+
+    def settle(self) -> None:
+        """Read the counts of every pending observation (one host sync) and record them:
+        failures, examples (from the tensors, kept alive until now), clean results."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        if not pending:
+            return
+        counts = [p.counts for p in pending]
+        if len({c.device for c in counts}) == 1:
+            flat = torch.cat(counts).tolist()
+        else:  # a model spread over several devices: one sync per device's tensor
+            flat = [v for c in counts for v in c.tolist()]
+        max_examples = self._config().max_examples
+        offset = 0
+        for observation in pending:
+            size = len(observation.scale_checks) + 2
+            self._settle_one(observation, flat[offset : offset + size], max_examples)
+            offset += size
+
+    def _settle_one(self, observation: _Observation, counts: list[int], max_examples: int) -> None:
+        audit, levels = observation.audit, len(observation.scale_checks)
+        scale_counts = counts[:levels]
+        failed = self._add_scale_counts(audit, observation.scale_checks, scale_counts)
+        unchanged = _versions(observation.tensors) == observation.versions
+        if not unchanged:  # changed in place after the layer used it: settle it at once
+            self._changed_in_place.add((audit.layer, audit.role))
+        illegal, mismatched = counts[levels:]
+        if illegal or mismatched:
+            if unchanged:
+                failed += self._details(audit, observation.result, max_examples)
+            else:  # the counts are exact; the elements that failed can no longer be read
+                audit.failures["grid"] += illegal
+                audit.failures["reconstruction"] += mismatched
+                failed += illegal + mismatched
+        self._scale_examples(audit, observation.scale_checks, scale_counts, max_examples)
+        if not failed and unchanged and observation.tensors:
+            self._clean.put(observation.tensors, observation.clean, observation.tag)
+
+    @staticmethod
+    def _add_scale_counts(
+        audit: TensorAudit,
+        scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]],
+        scale_counts: list[Any],
+    ) -> int:
+        failed = 0
+        for _, count in zip(scale_checks, scale_counts, strict=True):
+            failed += int(count)
+        audit.failures["scale"] += failed
+        return failed
+
+    def _details(self, audit: TensorAudit, result: QuantResult, max_examples: int) -> int:
+        """Grid and reconstruction failures of ``result`` counted from their masks, with
+        examples; returns how many failed."""
+        spec = result.spec
+        element_name = getattr(qbench.get_format(spec.format), "element", None) or spec.format
+        element = qbench.get_format(element_name)
+        grid = self._grid(element_name)
+        codes, dequantized = result.codes, result.dequantized
+        table = self._table(element_name, element, codes)
         expanded = result.expand_scales()
         if table is not None:
             decoded, legal = table.lookup(codes)
@@ -794,7 +915,7 @@ class ComplianceMetric:
                     scale=_number(scale),
                     nearest=nearest,
                 )
-        self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+        return off_count + mismatch_count
 
     def _scale_examples(
         self,
@@ -888,9 +1009,11 @@ class ComplianceMetric:
     # -- streaming ----------------------------------------------------------------------
 
     def update(self, batch: BatchOutputs) -> None:
+        self.settle()
         self.batches += 1
 
     def result(self) -> dict[str, Any]:
+        self.settle()
         config = self._config()
         tensors = [audit.as_dict() for audit in self.audits.values()]
         # A layer with several quantization points (attention: in_proj, q, k, v, softmax,

@@ -1,0 +1,146 @@
+"""The audit's deferred counts (``ComplianceMetric.defer_bytes``, on by default on CUDA only):
+counts read for many tensors in one host sync give the very result of reading them per
+tensor, and a tensor changed in place while its counts wait is neither lost nor reused."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import qbench
+import torch
+from eval_helpers import kernels_on, quantize, spec
+from qbench.types import BatchOutputs, QuantResult
+from qbench_eval.compliance import DEFER_BYTES, ComplianceMetric
+
+BATCH = BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1))
+
+
+def _metric(deferred: bool, max_examples: int = 5) -> ComplianceMetric:
+    metric = ComplianceMetric({"max_examples": max_examples})
+    metric.defer_bytes["cpu"] = 1 << 40 if deferred else 0
+    metric.attach(None, None, {"preparation": {"quantized": []}})
+    return metric
+
+
+def _nudged(result: QuantResult, index: tuple[int, ...]) -> QuantResult:
+    """``result`` with one dequantized value an ulp off (a reconstruction failure)."""
+    dequantized = result.dequantized.clone()
+    dequantized[index] = torch.nextafter(dequantized[index], torch.tensor(math.inf))
+    return dataclasses.replace(result, dequantized=dequantized)
+
+
+def _observations() -> list[list[tuple[str, str, QuantResult]]]:
+    """Two batches of observations: clean ones, a shared quantization, a tampered value,
+    codes off the grid, an illegal e8m0 scale, per tensor / chunk / MX / NVFP4 layouts."""
+    torch.manual_seed(0)
+    shared = qbench.quantize(torch.randn(8, 64), "fp8_e4m3", return_codes=True)
+    off_grid = quantize(torch.randn(4, 16), spec("test_int4"))
+    codes = off_grid.codes.clone()
+    codes[1, 3] = -9  # outside -7..7, the dequantized value made consistent with it
+    off_grid = QuantResult(
+        codes.float() * off_grid.scales, codes, off_grid.scales, off_grid.spec, {}
+    )
+    good = quantize(torch.randn(2, 8), spec("test_int8", "chunk", 4, "e8m0"))
+    scales = good.scales.clone()
+    scales[2] = scales[2] * 1.5  # not a power of two
+    bad_scale = QuantResult(
+        good.codes.float() * good.expand(scales),
+        good.codes,
+        scales,
+        good.spec,
+        {"block": (scales, "e8m0")},
+        good.expand,
+    )
+    batches = []
+    for batch in range(2):
+        tampered = qbench.quantize(torch.randn(3, 96), "mxfp4_e2m1", return_codes=True)
+        batches.append(
+            [
+                ("relu", "act", shared),
+                ("conv", "input", dataclasses.replace(shared)),  # the same tensors again
+                ("head", "input", _nudged(tampered, (batch + 1, 7))),
+                ("fc", "input", off_grid),
+                ("fc", "weight", bad_scale),
+                ("nv", "input", qbench.quantize(torch.randn(4, 32), "nvfp4", return_codes=True)),
+                ("head", "input", _nudged(tampered, (0, 95))),
+            ]
+        )
+    return batches
+
+
+@pytest.mark.parametrize("max_examples", [5, 1])
+def test_deferred_counts_give_the_result_of_per_tensor_counts(max_examples: int) -> None:
+    results = []
+    with kernels_on("compiled"):  # the fused counting pass is the deferred one
+        for deferred in (False, True):
+            metric = _metric(deferred, max_examples)
+            for batch in _observations():
+                for layer, role, result in batch:
+                    metric.on_tensor(layer, role, result)
+                # deferred: counts wait for the batch's end (a repeat of pending tensors
+                # settles them early, to know whether they can be reused)
+                assert bool(metric._pending) is deferred
+                metric.update(BATCH)
+            results.append(metric.result())
+    immediate, deferred_result = results
+    assert deferred_result == immediate
+    failures = {(f["layer"], f["role"]): f["failures"] for f in immediate["failures"]}
+    assert failures == {
+        ("head", "input"): {"reconstruction": 4},
+        ("fc", "input"): {"grid": 2},
+        ("fc", "weight"): {"scale": 2},
+    }
+    conv = next(t for t in immediate["tensors"] if t["layer"] == "conv")
+    assert conv["reused_observations"] == 2
+
+
+def test_a_failing_tensor_changed_in_place_keeps_its_counts_and_then_settles_at_once() -> None:
+    with kernels_on("compiled"):
+        metric = _metric(deferred=True)
+        result = qbench.quantize(torch.randn(4, 64), "fp8_e4m3", return_codes=True)
+        bad = _nudged(result, (1, 5))
+        metric.on_tensor("relu", "act", bad)
+        bad.dequantized[2, 2] += 1.0  # the model changes it after use: not what was audited
+        metric.update(BATCH)
+        [failure] = metric.result()["failures"]
+        assert failure["failures"] == {"reconstruction": 1}  # counted when observed
+        assert failure["examples"] == []  # the failing element can no longer be read
+        # from now on this (layer, role) is settled as it is observed, with examples
+        metric.on_tensor("relu", "act", _nudged(result, (3, 9)))
+        assert not metric._pending
+        [failure] = metric.result()["failures"]
+        assert failure["failures"] == {"reconstruction": 2}
+        assert [e["index"] for e in failure["examples"]] == [[3, 9]]
+
+
+def test_clean_tensors_changed_in_place_while_pending_are_checked_again() -> None:
+    with kernels_on("compiled"):
+        metric = _metric(deferred=True)
+        result = qbench.quantize(torch.randn(4, 64), "fp8_e4m3", return_codes=True)
+        metric.on_tensor("relu", "act", result)
+        assert metric._pending
+        result.dequantized[2, 3] = torch.nextafter(result.dequantized[2, 3], torch.tensor(10.0))
+        metric.on_tensor("conv", "input", result)  # the same tensors, changed since
+        layers = {t["layer"]: t for t in metric.result()["tensors"]}
+        assert layers["relu"]["status"] == "PASS"
+        assert layers["conv"]["failures"] == {"reconstruction": 1}
+        assert layers["conv"]["reused_observations"] == 0
+        assert layers["conv"]["examples"][0]["index"] == [2, 3]
+
+
+def test_counts_wait_on_cuda_only_and_within_the_byte_budget() -> None:
+    assert DEFER_BYTES.get("cpu", 0) == 0 and DEFER_BYTES["cuda"] > 0
+    with kernels_on("compiled"):
+        metric = _metric(deferred=True)
+        x = torch.randn(16, 64)
+        metric.defer_bytes["cpu"] = 2 * (x.numel() * 8)  # about two tensors' codes + values
+        for i in range(5):
+            metric.on_tensor(
+                f"l{i}", "input", qbench.quantize(x + i, "fp8_e4m3", return_codes=True)
+            )
+            assert len(metric._pending) <= 2
+        metric.update(BATCH)
+        assert not metric._pending
+        assert metric.result()["status"] == "PASS"

@@ -791,8 +791,9 @@ class ComplianceMetric:
             if not deferred or self._pending_bytes > self.defer_bytes.get(codes.device.type, 0):
                 self.settle()
             return
-        # Small tensors, eager: counted from the masks that give the examples, after every
-        # pending observation (examples are kept in observation order).
+        # Small tensors (eager) and formats without a code table: counted from the masks
+        # that give the examples, after every pending observation (examples stay in
+        # observation order).
         self.settle()
         scale_counts = torch.cat(counts).tolist() if counts else []
         failed = self._add_scale_counts(audit, scale_checks, scale_counts)
@@ -974,10 +975,10 @@ class ComplianceMetric:
         checks = []
         for level, (values, scale_format) in parts.items():
             values = torch.as_tensor(values)
-            v = values.to(torch.float64)
-            legal = torch.isfinite(v) & (v > 0)
+            v = values if values.is_floating_point() else values.to(torch.float64)
+            legal = (v > 0) & (v < math.inf)  # finite and positive (NaN fails both)
             if scale_format == "e8m0":
-                mantissa, exponent = torch.frexp(v)
+                mantissa, exponent = torch.frexp(v.to(torch.float64))
                 # 2^e has frexp mantissa 0.5 and exponent e + 1.
                 legal &= (
                     (mantissa == 0.5)

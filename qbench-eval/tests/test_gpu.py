@@ -106,6 +106,8 @@ def test_audit_on_cuda_finds_what_it_finds_on_cpu(name: str, path: str) -> None:
             metric.on_tensor(
                 "conv", "input", dataclasses.replace(result, dequantized=dequantized, codes=codes)
             )
+        # CUDA's fused counts wait for one host sync (DEFER_BYTES), read here by result()
+        assert bool(metric._pending) is (device == "cuda" and device_path == "compiled")
         reports[device] = metric.result()
     assert not qbench.kernels._FAILED, "a kernel fell back to eager: its compile failed"
     assert reports["cuda"]["failures"] == reports["cpu"]["failures"]

@@ -13,8 +13,8 @@ Target: <= 2.5.
 ``--model resnet18`` (or ``vit_b_16``) measures an ImageNet-sized model instead of the
 demo's tiny one: torchvision's architecture with random weights (no download here) on a
 folder of random 256x256 images written to a temporary directory, batch 16 (``--batch-size``;
-``--workers`` DataLoader processes decode them), fp8_e4m3 in
-chunks of 128 with per-channel weights, and all three metrics. On the demo the FP32 loop is
+``--workers`` DataLoader processes decode them), fp8_e4m3 in chunks of 128 with per-channel
+weights, and all three metrics. On the demo the FP32 loop is
 ~0.1 s of tiny convolutions, so the per-tensor work of the twin and the metrics weighs far
 more than on a real model.
 

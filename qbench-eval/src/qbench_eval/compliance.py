@@ -586,7 +586,7 @@ class _Observation:
     versions: tuple[int, ...] | None  # of ``tensors`` when observed
     scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]]
     clean: _Clean  # what it adds to its TensorAudit, replayed if it is clean
-    counts: Any = None  # tensor: [illegal scales per level..., illegal codes, mismatches]
+    counts: torch.Tensor  # [illegal scales per level..., illegal codes, mismatches]
 
 
 def _versions(tensors: tuple[torch.Tensor, ...] | None) -> tuple[int, ...] | None:
@@ -761,20 +761,12 @@ class ComplianceMetric:
         audit.scales += scales
         for level, scale_format, _, _ in scale_checks:
             audit.scale_formats[level] = scale_format
-        observation = _Observation(
-            audit,
-            result,
-            tensors,
-            tag,
-            _versions(tensors),
-            scale_checks,
-            _Clean(
-                audit.format,
-                element_name,
-                {level: scale_format for level, scale_format, _, _ in scale_checks},
-                dequantized.numel(),
-                scales,
-            ),
+        clean = _Clean(
+            audit.format,
+            element_name,
+            {level: scale_format for level, scale_format, _, _ in scale_checks},
+            dequantized.numel(),
+            scales,
         )
         table = self._table(element_name, element, codes)
         counts = [bad.sum().reshape(1) for _, _, _, bad in scale_checks]
@@ -782,7 +774,16 @@ class ComplianceMetric:
             # Large tensors: the grid and reconstruction checks in one fused pass that only
             # counts; the masks and examples are computed only if something failed.
             grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
-            observation.counts = torch.cat([*counts, table.counts(*grouped)])
+            observation = _Observation(
+                audit,
+                result,
+                tensors,
+                tag,
+                _versions(tensors),
+                scale_checks,
+                clean,
+                torch.cat([*counts, table.counts(*grouped)]),
+            )
             self._pending.append(observation)
             self._pending_bytes += sum(t.numel() * t.element_size() for t in tensors or ())
             deferred = observation.versions is not None and (audit.layer, audit.role) not in (
@@ -796,11 +797,11 @@ class ComplianceMetric:
         # observation order).
         self.settle()
         scale_counts = torch.cat(counts).tolist() if counts else []
-        failed = self._add_scale_counts(audit, scale_checks, scale_counts)
-        failed += self._details(audit, result, max_examples)
+        failed = self._add_scale_counts(audit, scale_counts)
+        failed += self._details(audit, result, element_name, max_examples)
         self._scale_examples(audit, scale_checks, scale_counts, max_examples)
         if not failed:
-            self._clean.put(tensors or (), observation.clean, tag)
+            self._clean.put(tensors or (), clean, tag)
 
     def settle(self) -> None:
         """Read the counts of every pending observation (one host sync) and record them:
@@ -823,14 +824,16 @@ class ComplianceMetric:
     def _settle_one(self, observation: _Observation, counts: list[int], max_examples: int) -> None:
         audit, levels = observation.audit, len(observation.scale_checks)
         scale_counts = counts[:levels]
-        failed = self._add_scale_counts(audit, observation.scale_checks, scale_counts)
+        failed = self._add_scale_counts(audit, scale_counts)
         unchanged = _versions(observation.tensors) == observation.versions
         if not unchanged:  # changed in place after the layer used it: settle it at once
             self._changed_in_place.add((audit.layer, audit.role))
         illegal, mismatched = counts[levels:]
         if illegal or mismatched:
             if unchanged:
-                failed += self._details(audit, observation.result, max_examples)
+                failed += self._details(
+                    audit, observation.result, observation.clean.element_format, max_examples
+                )
             else:  # the counts are exact; the elements that failed can no longer be read
                 audit.failures["grid"] += illegal
                 audit.failures["reconstruction"] += mismatched
@@ -840,22 +843,16 @@ class ComplianceMetric:
             self._clean.put(observation.tensors, observation.clean, observation.tag)
 
     @staticmethod
-    def _add_scale_counts(
-        audit: TensorAudit,
-        scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]],
-        scale_counts: list[Any],
-    ) -> int:
-        failed = 0
-        for _, count in zip(scale_checks, scale_counts, strict=True):
-            failed += int(count)
+    def _add_scale_counts(audit: TensorAudit, scale_counts: list[Any]) -> int:
+        failed = sum(int(count) for count in scale_counts)
         audit.failures["scale"] += failed
         return failed
 
-    def _details(self, audit: TensorAudit, result: QuantResult, max_examples: int) -> int:
-        """Grid and reconstruction failures of ``result`` counted from their masks, with
-        examples; returns how many failed."""
-        spec = result.spec
-        element_name = getattr(qbench.get_format(spec.format), "element", None) or spec.format
+    def _details(
+        self, audit: TensorAudit, result: QuantResult, element_name: str, max_examples: int
+    ) -> int:
+        """Grid and reconstruction failures of ``result`` (elements of ``element_name``)
+        counted from their masks, with examples; returns how many failed."""
         element = qbench.get_format(element_name)
         grid = self._grid(element_name)
         codes, dequantized = result.codes, result.dequantized

@@ -96,7 +96,8 @@ def test_the_pool_runs_channels_last_and_keeps_other_inputs_as_they_are(monkeypa
 def test_quantized_input_then_pool_equals_pooling_the_used_input():
     """With quantization on: the pool's output is nn.MaxPool2d of the input it quantized."""
     model_q = qbench.prepare(
-        nn.Sequential(nn.MaxPool2d(3, 2, 1)), {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 32}
+        nn.Sequential(nn.MaxPool2d(3, 2, 1)),
+        {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 32},
     )
     used: list[torch.Tensor] = []
 

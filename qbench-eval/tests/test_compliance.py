@@ -381,6 +381,9 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
         ((2, 70001), (2, 1)),  # a row too long to pack: split by a divisor (7 x 10001)
         ((2, 65537), (2, 1)),  # a prime row length: unpacked int64 totals
         ((3, 40000), (1, 40000)),  # broadcast along the outer axis
+        ((600, 56), (600, 1)),  # short rows grouped by a divisor: 2 x (300 x 56)
+        ((601, 56), (601, 1)),  # a prime number of short rows: left as they are
+        ((700, 64), (1, 64)),  # short rows grouped, scales broadcast along them
         ((), ()),  # a scalar
     ],
 )
@@ -421,6 +424,24 @@ def test_counts_on_coalesced_rows_match_a_plain_count(
     # the illegal last code decodes to NaN: a mismatch too, planted or not
     assert expected == [1, len(set(planted) | {n - 1})]
     assert table.counts(codes, dequantized, scales).tolist() == expected
+
+
+def test_short_rows_are_grouped_into_long_packed_rows() -> None:
+    """One packed count per group of short rows (a horizontal reduction and a store every
+    56 elements would cost a quarter of the audit): the views split the row axis by its
+    largest divisor that keeps a group within _MAX_ROW elements."""
+    from qbench_eval.compliance import _MAX_ROW, _row_dims, _rows
+
+    codes = torch.zeros(16, 64, 56, 1, 56, dtype=torch.int32)  # chunk 128 along W=56
+    dequantized = torch.zeros(codes.shape)
+    scales = torch.ones(16, 64, 56, 1, 1)
+    views = _rows(codes, dequantized, scales)
+    assert views is not None
+    rows, group, length = views[0].shape
+    assert length == 56 and group * length <= _MAX_ROW and group == 512  # 57344 = 112 x 512
+    assert views[2].shape == (rows, group, 1) and _row_dims(views[0]) == 2
+    single = _rows(codes[:1, :1, :1], dequantized[:1, :1, :1], scales[:1, :1, :1])
+    assert single is not None and single[0].shape == (56,)  # one row: nothing to group
 
 
 def _by_layer(metric: ComplianceMetric) -> dict[str, dict]:

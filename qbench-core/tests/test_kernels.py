@@ -59,8 +59,37 @@ def test_inductor_options_compile_a_kernel_of_their_own(monkeypatch: pytest.Monk
     plain = kernels.fused(_stats, (x,), (0.25,), path="compiled")
     one_loop = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=kernels.ONE_LOOP)
     again = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=dict(kernels.ONE_LOOP))
-    assert seen == [None, dict(kernels.ONE_LOOP)]  # one compile per distinct options
+    threads = kernels.thread_options()
+    assert threads == {"cpp.threads": torch.get_num_threads()}
+    # one compile per distinct options
+    assert seen == [threads, {**threads, **kernels.ONE_LOOP}]
     assert torch.equal(plain, one_loop) and torch.equal(one_loop, again)
+
+
+def test_a_kernel_is_compiled_for_the_thread_count_it_runs_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inductor bakes the thread count into a CPU kernel but not into its disk cache's key:
+    QBench names it in the options, so a process (or a part of one) allowed fewer threads
+    never runs a kernel compiled for more."""
+    seen: list[object] = []
+    compile_ = torch.compile
+
+    def recording(fn, **kwargs):
+        seen.append(kwargs.get("options"))
+        return compile_(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    x = torch.randn(6, 5)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            out = kernels.fused(_stats, (x,), (0.75,), path="compiled")
+            torch.testing.assert_close(out, _stats(x, 0.75), rtol=1e-6, atol=0)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [{"cpp.threads": 1}, {"cpp.threads": 2}]  # the third call reused the first
 
 
 def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(

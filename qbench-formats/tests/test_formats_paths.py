@@ -159,6 +159,49 @@ def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None
         assert len(cache) <= 2
 
 
+def test_kernels_are_compiled_for_the_thread_count_they_run_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each piece is compiled with torch's thread count when it runs (inductor would bake in
+    whatever count compiled it first and its disk cache ignores the count), the scales piece
+    of a split plan on one thread: a second count compiles anew, a count seen before reuses
+    its kernels."""
+    if not quantizer.COMPILE_ENABLED:
+        pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
+    seen: list[tuple[str, object]] = []
+
+    def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((fn.__name__, kwargs.get("options")))
+        return fn  # run the traced function eagerly: the options are what is checked
+
+    monkeypatch.setattr(quantizer, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", recording)
+    x = torch.randn(4, 64)
+    cases = [
+        ("fp8_e4m3", spec_from_arguments("fp8_e4m3", mode="chunk", chunk_size=32)),
+        ("nvfp4", spec_from_arguments("nvfp4")),  # split: amax, scales, elements
+    ]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            for name, spec in cases:
+                fmt = qbench.get_format(name)
+                got = fmt.quantize(x, spec, path="compiled")
+                assert bool(same_bits(got, fmt.quantize(x, spec, path="eager")).all())
+    finally:
+        torch.set_num_threads(before)
+    expected = []
+    for threads in (1, 2):
+        expected += [
+            ("quantize_kernel", {"cpp.threads": threads}),
+            ("amax_kernel", {"cpp.threads": threads}),
+            ("scales_kernel", {"cpp.threads": 1}),
+            ("elements_kernel", {"cpp.threads": threads}),
+        ]
+    assert seen == expected
+
+
 @pytest.mark.slow
 def test_compiled_kernel_encodes_codes_in_its_own_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """With codes asked for, the compiled kernel returns the int32 codes itself (no second
@@ -245,7 +288,7 @@ def test_split_nvfp4_kernel_matches_reference(rounding: str) -> None:
             plain = fmt.quantize(x, spec, path="compiled")
             assert bool(same_bits(plain, reference.dequantized).all()), i
     split = [key for key in quantizer._COMPILED if key[0].second_level]
-    assert {piece for _, piece in split} == {"amax", "scales", "elements"}
+    assert {key[1] for key in split} == {"amax", "scales", "elements"}
     # Five shapes, one kernel per piece (at most one recompile after the first shape).
     for key in split:
         kernel = quantizer._COMPILED[key]

@@ -40,6 +40,27 @@ ONE_LOOP: Mapping[str, Any] = {
 
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _FAILED: set[tuple[Any, ...]] = set()
+_HAS_THREADS_OPTION: bool | None = None
+
+
+def thread_options() -> dict[str, int]:
+    """``{"cpp.threads": N}`` with N torch's intra-op thread count now (empty where inductor
+    has no such option): the options of every CPU kernel QBench compiles.
+
+    Inductor bakes the thread count into a CPU kernel (``omp parallel num_threads(N)``) but
+    leaves it out of its on-disk cache key, so a process allowed fewer threads (a shared
+    machine, ``torch.set_num_threads(1)``) would load kernels compiled by an earlier process
+    for more and run them on more cores than it allowed. Named in the options, the count is
+    part of both that cache's key and this module's, and a changed count compiles anew.
+    """
+    global _HAS_THREADS_OPTION
+    import torch
+
+    if _HAS_THREADS_OPTION is None:
+        from torch._inductor import config as inductor_config
+
+        _HAS_THREADS_OPTION = "cpp.threads" in inductor_config.get_config_copy()
+    return {"cpp.threads": torch.get_num_threads()} if _HAS_THREADS_OPTION else {}
 
 
 def _compiled(
@@ -90,9 +111,11 @@ def fused(
     kernel (e.g. :data:`ONE_LOOP`).
     """
     count = tensors[0].numel() if numel is None else numel
-    frozen = tuple(sorted((options or {}).items()))
+    if not use_compiled(count, path):
+        return (eager or fn)(*tensors, *constants)
+    frozen = tuple(sorted({**thread_options(), **(options or {})}.items()))
     key = (fn, constants, frozen)
-    if use_compiled(count, path) and key not in _FAILED:
+    if key not in _FAILED:
         try:
             return _compiled(fn, constants, frozen)(*tensors)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.kernels import COMPILE_ENABLED, COMPILE_MIN_NUMEL
+from qbench.kernels import COMPILE_ENABLED, COMPILE_MIN_NUMEL, thread_options
 from qbench.kernels import fused as fused_call
 from qbench.types import MODES, QuantResult, QuantSpec
 
@@ -296,9 +296,11 @@ def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -
     return elements * scale, elements, scale, block, tensor_scale
 
 
-#: Compiled kernels by (plan, piece): "fused" (the whole of :func:`fused_kernel`), or for
-#: a split plan (see :func:`split_scales`) "amax", "scales" and "elements".
-_COMPILED: dict[tuple[Plan, str], Callable] = {}
+#: Compiled kernels by (plan, piece, thread options): piece "fused" (the whole of
+#: :func:`fused_kernel`), or for a split plan (see :func:`split_scales`) "amax", "scales" and
+#: "elements"; the thread count torch allowed when the kernel was compiled
+#: (``qbench.kernels.thread_options``).
+_COMPILED: dict[tuple[Plan, str, tuple[tuple[str, int], ...]], Callable] = {}
 _COMPILE_FAILED: set[Plan] = set()
 
 # One function per piece; exec'd into a fresh code object per plan (see compiled_kernel).
@@ -332,18 +334,19 @@ def split_scales(plan: Plan) -> bool:
     return plan.second_level
 
 
-def _piece_options(piece: str) -> dict[str, Any] | None:
-    """The scales piece runs on one thread: its loops cover n/chunk values (well under a
-    millisecond for 2^24 elements), less than a barrier costs on a loaded box."""
-    from torch._inductor import config as inductor_config
-
-    if piece == "scales" and "cpp.threads" in inductor_config.get_config_copy():
+def _piece_options(piece: str, threads: dict[str, int]) -> dict[str, Any] | None:
+    """Torch's thread count now (``qbench.kernels.thread_options``), except for the scales
+    piece, which runs on one thread: its loops cover n/chunk values (well under a millisecond
+    for 2^24 elements), less than a barrier costs on a loaded box."""
+    if piece == "scales" and threads:
         return {"cpp.threads": 1}
-    return None
+    return dict(threads) or None
 
 
 def _compiled_piece(plan: Plan, piece: str) -> Callable:
-    kernel = _COMPILED.get((plan, piece))
+    threads = thread_options()
+    key = (plan, piece, tuple(threads.items()))
+    kernel = _COMPILED.get(key)
     if kernel is None:
         name, arguments, body = _PIECES[piece]
         namespace: dict[str, Any] = {
@@ -357,8 +360,10 @@ def _compiled_piece(plan: Plan, piece: str) -> Callable:
         # a file for.
         source = f"def {name}{arguments}:\n    return {body}\n"
         exec(compile(source, __file__, "exec"), namespace)
-        kernel = torch.compile(namespace[name], dynamic=True, options=_piece_options(piece))
-        _COMPILED[(plan, piece)] = kernel
+        kernel = torch.compile(
+            namespace[name], dynamic=True, options=_piece_options(piece, threads)
+        )
+        _COMPILED[key] = kernel
     return kernel
 
 

@@ -18,6 +18,20 @@ def _stats_twin(x: torch.Tensor, shift: float) -> torch.Tensor:
     return _stats(x, shift) + 1000.0  # a deliberately different twin, to see which one ran
 
 
+@pytest.fixture
+def compiled_options(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The inductor options of every torch.compile call made while the test runs."""
+    seen: list[object] = []
+    compile_ = torch.compile
+
+    def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("options"))
+        return compile_(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    return seen
+
+
 def test_small_tensors_run_the_eager_twin_and_large_ones_the_compiled_kernel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -46,15 +60,8 @@ def test_one_kernel_per_function_and_constants_serves_every_shape() -> None:
     assert not kernels._FAILED
 
 
-def test_inductor_options_compile_a_kernel_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[object] = []
-    compile_ = torch.compile
-
-    def recording(fn, **kwargs):
-        seen.append(kwargs.get("options"))
-        return compile_(fn, **kwargs)
-
-    monkeypatch.setattr(torch, "compile", recording)
+def test_inductor_options_compile_a_kernel_of_their_own(compiled_options: list[object]) -> None:
+    seen = compiled_options
     x = torch.randn(6, 5)
     plain = kernels.fused(_stats, (x,), (0.25,), path="compiled")
     one_loop = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=kernels.ONE_LOOP)
@@ -67,19 +74,12 @@ def test_inductor_options_compile_a_kernel_of_their_own(monkeypatch: pytest.Monk
 
 
 def test_a_kernel_is_compiled_for_the_thread_count_it_runs_with(
-    monkeypatch: pytest.MonkeyPatch,
+    compiled_options: list[object],
 ) -> None:
     """Inductor bakes the thread count into a CPU kernel but not into its disk cache's key:
     QBench names it in the options, so a process (or a part of one) allowed fewer threads
     never runs a kernel compiled for more."""
-    seen: list[object] = []
-    compile_ = torch.compile
-
-    def recording(fn, **kwargs):
-        seen.append(kwargs.get("options"))
-        return compile_(fn, **kwargs)
-
-    monkeypatch.setattr(torch, "compile", recording)
+    seen = compiled_options
     x = torch.randn(6, 5)
     before = torch.get_num_threads()
     try:

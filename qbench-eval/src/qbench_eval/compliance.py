@@ -324,9 +324,10 @@ def _rows(
 
     Short rows are grouped: where the dimension before the last holds more rows than fit in
     _MAX_ROW elements, it is split by a divisor too, so that one packed count covers many
-    rows (:func:`_row_dims`). A chunked activation with one block per short spatial row
-    (56 elements of resnet18's 56x56 maps under chunk 128) would otherwise end every 56
-    elements in a horizontal reduction and a store, a quarter of the kernel's time."""
+    rows (:func:`_row_dims`). Chunks along the last axis (a ViT token's 768 features in
+    blocks of 128, each with its own scale) would otherwise end every block in a horizontal
+    reduction and a store: 14-18% of the audit's time on (16, 197, 768) and (16, 197, 3072)
+    activations, and a quarter of it on 56-element rows."""
     views = _coalesced((codes, dequantized, scales))
     if views is None:
         return None

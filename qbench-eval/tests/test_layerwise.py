@@ -154,6 +154,29 @@ def test_pair_sums_and_input_stats_on_both_paths(kernel_path: str) -> None:
     assert int(zeros) == 0 and math.isnan(float(largest))
 
 
+def test_zeros_are_counted_alike_in_int32_and_int64(
+    kernel_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrow (int32) zero count that tensors below 2^31 elements get gives the wide
+    count, as int64, eager and compiled, alone and fused with the pair sums."""
+    from qbench.kernels import ONE_LOOP, fused
+    from qbench_eval import layerwise
+
+    generator = torch.Generator().manual_seed(5)
+    r = torch.randn(3, 40, 50, generator=generator)
+    q = torch.where(torch.rand(r.shape, generator=generator) < 0.3, 0.0, r)
+    q[0, 0, :4] = torch.tensor([-0.0, math.inf, -math.inf, 0.0])
+    expected = int((q == 0).sum())
+    assert layerwise._narrow_count(q) and expected > 1000
+    for narrow in (True, False):
+        zeros, *_ = fused(layerwise._input_stats, (q,), (narrow,), options=ONE_LOOP)
+        fused_zeros = fused(layerwise._pair_sums_and_stats, (r, q), (narrow,), options=ONE_LOOP)[1]
+        assert zeros.dtype == fused_zeros.dtype == torch.int64
+        assert int(zeros) == int(fused_zeros) == expected
+    monkeypatch.setattr(layerwise, "_NARROW_COUNT_BELOW", q.numel())
+    assert not layerwise._narrow_count(q)  # at the bound: the wide count
+
+
 class _SharedInPlace(nn.Module):
     """One module called twice per forward (torchvision's ReLU in a residual block), each
     output then changed in place before the twin model runs."""

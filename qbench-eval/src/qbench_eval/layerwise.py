@@ -70,20 +70,34 @@ def _pair_sums_eager(reference: torch.Tensor, quantized: torch.Tensor) -> torch.
 _GRAM_ORDER = torch.tensor([8, 0, 4, 1])
 
 
-def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(number of zeros, max |x| (NaN if any), smallest non-zero |x| (+inf if none))."""
+#: Below this many elements the zeros are counted in int32 (exact: no count can reach it),
+#: which AVX2 adds eight lanes at a time against int64's four: pair sums and statistics
+#: 8-12% faster on resnet18's activations. The count is returned as int64 either way.
+_NARROW_COUNT_BELOW = 1 << 31
+
+
+def _narrow_count(x: torch.Tensor) -> bool:
+    return x.numel() < _NARROW_COUNT_BELOW
+
+
+def _input_stats(
+    x: torch.Tensor, narrow_count: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(number of zeros (int64), max |x| (NaN if any), smallest non-zero |x| (+inf if
+    none)); ``narrow_count`` counts in int32 first (see :data:`_NARROW_COUNT_BELOW`)."""
     magnitude = x.abs()
-    zeros = (magnitude == 0).sum()
+    is_zero = magnitude == 0
+    zeros = is_zero.sum(dtype=torch.int32).to(torch.int64) if narrow_count else is_zero.sum()
     largest = magnitude.amax()
     smallest_nonzero = torch.where(magnitude > 0, magnitude, math.inf).amin()
     return zeros, largest, smallest_nonzero
 
 
 def _pair_sums_and_stats(
-    reference: torch.Tensor, quantized: torch.Tensor
+    reference: torch.Tensor, quantized: torch.Tensor, narrow_count: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_pair_sums` and :func:`_input_stats` of ``quantized`` in one loop."""
-    return (_pair_sums(reference, quantized), *_input_stats(quantized))
+    return (_pair_sums(reference, quantized), *_input_stats(quantized, narrow_count))
 
 
 def pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
@@ -99,14 +113,14 @@ def pair_sums_and_stats(
     of their own. Only used where the kernels run compiled (eager, it would be two passes
     anyway, and the statistics of an output no layer reads would be wasted work)."""
     sums, zeros, largest, smallest = fused(
-        _pair_sums_and_stats, (reference, quantized), options=ONE_LOOP
+        _pair_sums_and_stats, (reference, quantized), (_narrow_count(quantized),), options=ONE_LOOP
     )
     return sums, (zeros, largest, smallest)
 
 
 def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_input_stats`, compiled as one loop for large inputs, else eager."""
-    return fused(_input_stats, (x,), options=ONE_LOOP)
+    return fused(_input_stats, (x,), (_narrow_count(x),), options=ONE_LOOP)
 
 
 @dataclass

@@ -343,8 +343,7 @@ def _piece_options(piece: str, threads: dict[str, int]) -> dict[str, Any] | None
     return dict(threads) or None
 
 
-def _compiled_piece(plan: Plan, piece: str) -> Callable:
-    threads = thread_options()
+def _compiled_piece(plan: Plan, piece: str, threads: dict[str, int]) -> Callable:
     key = (plan, piece, tuple(threads.items()))
     kernel = _COMPILED.get(key)
     if kernel is None:
@@ -377,11 +376,12 @@ def compiled_kernel(plan: Plan) -> Callable | None:
     """
     if not COMPILE_ENABLED or plan in _COMPILE_FAILED:
         return None
+    threads = thread_options()  # read once per call, for every piece
     if not split_scales(plan):
-        return _compiled_piece(plan, "fused")
-    amax = _compiled_piece(plan, "amax")
-    scales = _compiled_piece(plan, "scales")
-    elements = _compiled_piece(plan, "elements")
+        return _compiled_piece(plan, "fused", threads)
+    amax = _compiled_piece(plan, "amax", threads)
+    scales = _compiled_piece(plan, "scales", threads)
+    elements = _compiled_piece(plan, "elements", threads)
 
     def split_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
         return elements(xg, noise, *scales(amax(xg)))

@@ -113,3 +113,41 @@ def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
         warnings.simplefilter("error")  # the second call goes straight to eager
         second = kernels.fused(_stats, (x,), (0.0,), path="compiled")
     assert torch.equal(first, _stats(x, 0.0)) and torch.equal(second, first)
+
+
+@pytest.mark.parametrize(
+    ("make", "order"),
+    [
+        (lambda: torch.randn(2, 3, 4, 5), None),  # contiguous already
+        (
+            lambda: torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last),
+            (0, 2, 3, 1),
+        ),
+        (
+            lambda: torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d),
+            (0, 2, 3, 4, 1),
+        ),
+        (lambda: torch.randn(5, 7).t(), (1, 0)),
+        (lambda: torch.randn(4, 6)[:, ::2], None),  # gaps: no order is contiguous
+        (lambda: torch.randn(3, 1).expand(3, 4), None),  # a broadcast overlaps
+        (lambda: torch.randn(2, 1, 4, 5).contiguous(memory_format=torch.channels_last), None),
+        (lambda: torch.randn(7), None),
+    ],
+)
+def test_memory_order_is_the_permutation_under_which_a_tensor_is_contiguous(make, order) -> None:  # type: ignore[no-untyped-def]
+    tensor = make()
+    assert kernels.memory_order(tensor) == order
+    if order is not None:
+        permuted = tensor.permute(order)
+        assert permuted.is_contiguous() and permuted.data_ptr() == tensor.data_ptr()
+
+
+def test_in_memory_order_permutes_every_tensor_by_the_first_ones_order() -> None:
+    first = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    second = torch.randn(2, 3, 4, 5)
+    a, b = kernels.in_memory_order(first, second)
+    assert (
+        a.is_contiguous() and a.shape == (2, 4, 5, 3) and torch.equal(b, second.permute(0, 2, 3, 1))
+    )
+    plain = torch.randn(3, 4)
+    assert kernels.in_memory_order(plain, second)[0] is plain

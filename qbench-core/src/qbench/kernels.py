@@ -84,6 +84,29 @@ def _compiled(
     return kernel
 
 
+def memory_order(tensor: Any) -> tuple[int, ...] | None:
+    """The permutation of ``tensor``'s dimensions, largest stride first, under which it is
+    contiguous, where that is not its own order (a channels-last activation: (0, 2, 3, 1));
+    None if it is contiguous already or has no such order (gaps, overlaps, broadcasts).
+
+    A kernel that does not care about the order of elements (sums, counts, extrema) reads a
+    permuted tensor in one linear sweep; read in logical order, a channels-last tensor is a
+    gather with a stride of C elements that inductor cannot vectorize, and ``reshape(-1)``
+    of it is a copy."""
+    if tensor.dim() < 2 or tensor.is_contiguous():
+        return None
+    # a stable sort: dimensions of equal stride (size 1) keep their logical order
+    order = tuple(sorted(range(tensor.dim()), key=lambda d: -tensor.stride(d)))
+    return order if tensor.permute(order).is_contiguous() else None
+
+
+def in_memory_order(*tensors: Any) -> tuple[Any, ...]:
+    """``tensors`` permuted by the first one's :func:`memory_order` (unchanged if it has
+    none): the first becomes contiguous, and so does every other of the same layout."""
+    order = memory_order(tensors[0])
+    return tensors if order is None else tuple(t.permute(order) for t in tensors)
+
+
 def use_compiled(numel: int, path: str = "auto") -> bool:
     """Would a kernel over ``numel`` elements run compiled on ``path``?"""
     if path not in PATHS:

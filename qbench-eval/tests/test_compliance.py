@@ -490,3 +490,64 @@ def test_a_changed_or_failing_shared_quantization_is_checked_again(kernel_path: 
     fc = _by_layer(metric)["fc"]
     assert fc["failures"] == {"reconstruction": 1} and fc["examples"][0]["index"] == [2, 3]
     assert fc["reused_observations"] == 0
+
+
+@pytest.mark.parametrize(
+    "name, channels, chunk",
+    [("fp8_e4m3", 256, 128), ("int8", 256, 64), ("fp4_e2m1", 96, 32)],
+)
+def test_a_channels_last_activation_is_audited_like_its_contiguous_twin(
+    name: str, channels: int, chunk: int, kernel_path: str
+) -> None:
+    """A channels-last activation chunked along its channels (what a run on CPU quantizes)
+    is read in memory order: the same codes, counts and examples as the same values laid
+    out contiguously, with a planted mismatch found at the same logical index."""
+    import qbench
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, channels, 6, 5, generator=generator)
+    x *= torch.logspace(-2, 2, channels).reshape(1, channels, 1, 1)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        result = qbench.quantize(
+            x.contiguous(memory_format=layout),
+            name,
+            mode="chunk",
+            chunk_size=chunk,
+            axis=1,
+            return_codes=True,
+        )
+        tampered = result.dequantized.clone()
+        tampered[1, channels - 3, 4, 2] = torch.nextafter(
+            tampered[1, channels - 3, 4, 2], torch.tensor(math.inf)
+        )
+        results.append(dataclasses.replace(result, dequantized=tampered))
+    plain, nhwc = results
+    assert nhwc.codes.is_contiguous(memory_format=torch.channels_last)
+    assert not nhwc.codes.is_contiguous()  # the audit really sees the other layout
+    assert torch.equal(plain.codes, nhwc.codes)
+    assert torch.equal(plain.dequantized.view(torch.int32), nhwc.dequantized.view(torch.int32))
+    found = []
+    for result in results:
+        metric = _metric()
+        metric.on_tensor("layer1.conv", "input", result)
+        [failure] = metric.result()["failures"]
+        found.append(failure)
+    assert found[0] == found[1]
+    assert found[0]["failures"] == {"reconstruction": 1}
+    assert found[0]["examples"][0]["index"] == [1, channels - 3, 4, 2]
+
+
+def test_a_channels_last_chunked_activation_becomes_a_last_axis_layout() -> None:
+    """The audit's views of a channels-last activation chunked along C are contiguous with
+    the chunk last (one linear sweep), not a gather C elements apart."""
+    import qbench
+    from qbench_eval.compliance import _grouped
+
+    x = torch.randn(2, 256, 6, 5).contiguous(memory_format=torch.channels_last)
+    result = qbench.quantize(x, "fp8_e4m3", mode="chunk", chunk_size=128, axis=1, return_codes=True)
+    grouped = _grouped(result)
+    assert grouped is not None
+    codes, dequantized, scales = grouped
+    assert codes.shape == (2, 6, 5, 2, 128) and codes.is_contiguous()
+    assert dequantized.is_contiguous() and scales.shape == (2, 6, 5, 2, 1)

@@ -154,6 +154,43 @@ def test_pair_sums_and_input_stats_on_both_paths(kernel_path: str) -> None:
     assert int(zeros) == 0 and math.isnan(float(largest))
 
 
+def test_channels_last_outputs_are_read_in_memory_order(
+    kernel_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channels-last pair (what a run on CPU compares) gives the sums and statistics of
+    the same values laid out contiguously, and reaches the kernels as contiguous tensors
+    (one linear sweep, not a gather C elements apart)."""
+    from qbench.kernels import fused
+    from qbench_eval import layerwise
+
+    generator = torch.Generator().manual_seed(7)
+    r = torch.randn(2, 24, 5, 3, generator=generator)
+    q = torch.where(torch.rand(r.shape, generator=generator) < 0.2, 0.0, r + 1e-3 * r.sign())
+    nhwc = [t.contiguous(memory_format=torch.channels_last) for t in (r, q)]
+    assert not nhwc[0].is_contiguous()
+    seen: list[bool] = []
+
+    def recording(fn, tensors, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.extend(t.is_contiguous() for t in tensors)
+        return fused(fn, tensors, *args, **kwargs)
+
+    monkeypatch.setattr(layerwise, "fused", recording)
+    plain_sums = layerwise.pair_sums(r, q).tolist()
+    assert layerwise.pair_sums(*nhwc).tolist() == pytest.approx(plain_sums, rel=1e-12)
+    r64, q64 = r.double().numpy().ravel(), q.double().numpy().ravel()
+    assert plain_sums == pytest.approx(
+        [np.sum((q64 - r64) ** 2), r64 @ r64, q64 @ q64, r64 @ q64], rel=1e-12
+    )
+    expected = [int((q == 0).sum()), float(q.abs().max()), float(q.abs()[q != 0].min())]
+    assert expected[0] > 0
+    for stats in (layerwise.input_stats(nhwc[1]), layerwise.pair_sums_and_stats(*nhwc)[1]):
+        assert [int(stats[0]), float(stats[1]), float(stats[2])] == expected
+    assert seen and all(seen)
+    # A kept copy of a channels-last output is one too: the pair stays in one layout.
+    kept = layerwise._LayerStats("conv", {}).keep(nhwc[0])
+    assert kept.copy is not None and kept.copy.stride() == nhwc[0].stride()
+
+
 def test_zeros_are_counted_alike_in_int32_and_int64(
     kernel_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

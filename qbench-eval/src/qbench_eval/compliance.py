@@ -34,7 +34,7 @@ import qbench
 import torch
 import yaml
 from qbench.errors import QBenchError
-from qbench.kernels import ONE_LOOP, fused, use_compiled
+from qbench.kernels import ONE_LOOP, fused, in_memory_order, memory_order, use_compiled
 from qbench.types import ROLES, BatchOutputs, QuantResult
 
 from ._identity import Seen
@@ -509,7 +509,12 @@ def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     codes, dequantized = result.codes, result.dequantized
     scales = result.scales
     if scales.dim() != codes.dim():  # tensor and channel modes: expanded is a reshaped view
-        return codes, dequantized, result.expand_scales()
+        return in_memory_order(codes, dequantized, result.expand_scales())
+    # Counts do not depend on the order of elements: all three are read in the codes' memory
+    # order, so a channels-last activation chunked along its channels is a last-axis layout.
+    order = memory_order(codes)
+    if order is not None:
+        codes, dequantized, scales = (t.permute(order) for t in (codes, dequantized, scales))
     differing = [a for a in range(codes.dim()) if scales.shape[a] not in (1, codes.shape[a])]
     if not differing:
         return codes, dequantized, scales
@@ -803,7 +808,9 @@ class ComplianceMetric:
         if table is not None and use_compiled(codes.numel()):
             # Large tensors: the grid and reconstruction checks in one fused pass that only
             # counts; the masks and examples are computed only if something failed.
-            grouped = _grouped(result) or (codes, dequantized, result.expand_scales())
+            grouped = _grouped(result) or in_memory_order(
+                codes, dequantized, result.expand_scales()
+            )
             observation = _Observation(
                 audit,
                 result,

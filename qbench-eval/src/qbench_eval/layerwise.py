@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.kernels import ONE_LOOP, fused, use_compiled
+from qbench.kernels import ONE_LOOP, fused, in_memory_order, use_compiled
 from qbench.types import BatchOutputs
 from torch import nn
 
@@ -101,8 +101,14 @@ def _pair_sums_and_stats(
 
 
 def pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """:func:`_pair_sums`, compiled as one loop for large outputs, else eager."""
-    return fused(_pair_sums, (reference, quantized), eager=_pair_sums_eager, options=ONE_LOOP)
+    """:func:`_pair_sums`, compiled as one loop for large outputs, else eager. Both outputs
+    are read in the reference's memory order (a channels-last pair in one linear sweep)."""
+    return fused(
+        _pair_sums,
+        in_memory_order(reference, quantized),
+        eager=_pair_sums_eager,
+        options=ONE_LOOP,
+    )
 
 
 def pair_sums_and_stats(
@@ -113,14 +119,17 @@ def pair_sums_and_stats(
     of their own. Only used where the kernels run compiled (eager, it would be two passes
     anyway, and the statistics of an output no layer reads would be wasted work)."""
     sums, zeros, largest, smallest = fused(
-        _pair_sums_and_stats, (reference, quantized), (_narrow_count(quantized),), options=ONE_LOOP
+        _pair_sums_and_stats,
+        in_memory_order(reference, quantized),
+        (_narrow_count(quantized),),
+        options=ONE_LOOP,
     )
     return sums, (zeros, largest, smallest)
 
 
 def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_input_stats`, compiled as one loop for large inputs, else eager."""
-    return fused(_input_stats, (x,), (_narrow_count(x),), options=ONE_LOOP)
+    return fused(_input_stats, in_memory_order(x), (_narrow_count(x),), options=ONE_LOOP)
 
 
 @dataclass
@@ -176,7 +185,9 @@ class _LayerStats:
                 inference,
             ):
                 return self._free.pop(i)
-        return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+        # A dense tensor's strides are kept (a channels-last output stays one): the copy is a
+        # straight one, and the pair is read in one order (:func:`pair_sums`).
+        return torch.empty_like(tensor)
 
     def release(self, kept: _Kept) -> None:
         """The pair of ``kept`` was measured: its copy's buffer serves a later call."""

@@ -32,6 +32,10 @@ FORMATS = {
 VIT = "vit_mxfp4_e2m1"  # the zoo ViT: attention layers report several quantization points
 
 
+#: A report's ``memory_format`` as torch's
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
 def _config(name: str) -> dict:
     if name == VIT:
         return {
@@ -79,8 +83,9 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _independent(name: str) -> dict:
-    """Logits, top-1 and one layer's outputs computed here, without QBench's metrics."""
+def _independent(name: str, memory_format: str) -> dict:
+    """Logits, top-1 and one layer's outputs computed here, without QBench's metrics, in the
+    layout the run used (its report says which)."""
     import qbench
     import qbench.plugins
 
@@ -88,6 +93,7 @@ def _independent(name: str) -> dict:
         {"adapter": "zoo", "name": "tiny_resnet"}, device="cpu"
     )
     reference = bundle.model.eval()
+    reference = reference.to(memory_format=LAYOUTS[memory_format])
     quantized = qbench.prepare(reference, FORMATS[name]).eval()
     batches = qbench.plugins.get("dataset", "digits").build(
         {"name": "digits", "split": "test", "batch_size": BATCH, "limit": LIMIT}, bundle=bundle
@@ -111,6 +117,7 @@ def _independent(name: str) -> dict:
     targets, ref_logits, q_logits = [], [], []
     with torch.no_grad():
         for images, labels in batches:
+            images = images.contiguous(memory_format=LAYOUTS[memory_format])
             targets.append(labels.numpy())
             ref_logits.append(reference(images).double().numpy())
             q_logits.append(quantized(images).double().numpy())
@@ -135,7 +142,11 @@ def test_report_numbers_match_an_independent_computation(cli_run: Path, name: st
     ]
     report = json.loads((out_dir / "report.json").read_text())
     metrics = report["metrics"]
-    mine = _independent(name)
+    # on this CPU runner: auto picks channels-last for the zoo's convolutional model
+    assert report["memory_format"] == (
+        "channels_last" if report["device"] == "cpu" else "contiguous"
+    )
+    mine = _independent(name, report["memory_format"])
 
     # Accuracy: top-1 and agreement recomputed from logits computed here.
     accuracy = metrics["accuracy"]
@@ -204,7 +215,8 @@ def test_vit_attention_is_audited_and_accuracy_matches(cli_run: Path) -> None:
     bundle = qbench.plugins.get("adapter", "zoo").build(
         {"adapter": "zoo", "name": "tiny_vit"}, device="cpu"
     )
-    reference = bundle.model.eval()
+    layout = LAYOUTS[report["memory_format"]]  # the layout the run used
+    reference = bundle.model.eval().to(memory_format=layout)
     quantized = qbench.prepare(reference, FORMATS["mxfp4_e2m1"]).eval()
     batches = qbench.plugins.get("dataset", "digits").build(
         {"name": "digits", "split": "test", "batch_size": BATCH, "limit": LIMIT}, bundle=bundle
@@ -212,6 +224,7 @@ def test_vit_attention_is_audited_and_accuracy_matches(cli_run: Path) -> None:
     hits = {"reference": 0, "quantized": 0}
     with torch.no_grad():
         for images, labels in batches:
+            images = images.contiguous(memory_format=layout)
             hits["reference"] += int((reference(images).argmax(1) == labels).sum())
             hits["quantized"] += int((quantized(images).argmax(1) == labels).sum())
     accuracy = report["metrics"]["accuracy"]

@@ -102,6 +102,7 @@ CASES = [
     ),
     ("unknown reporter", _with("output.reporters", ["pdf"]), "output.reporters[0]"),
     ("bad device", _with("device", "tpu"), "device"),
+    ("bad memory format", _with("memory_format", "nhwc"), "memory_format"),
     ("bad name", _with("name", "has spaces/and slashes"), "name"),
 ]
 
@@ -169,6 +170,7 @@ def test_defaults_are_filled(toy_plugins, tmp_path):
     assert cfg["model"]["width"] == 4  # from the adapter plugin's schema
     assert cfg["output"] == {"dir": "reports", "reporters": ["json"]}
     assert cfg["device"] == "auto"
+    assert cfg["memory_format"] == "auto"
 
 
 def test_valid_config_passes_validate(toy_plugins, tmp_path, capsys):

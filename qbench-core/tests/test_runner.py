@@ -63,6 +63,7 @@ def test_limit_and_device_flags(toy_plugins, tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "toy_mlp" / "limited" / "report.json").read_text())
     assert saved["dataset"]["images"] == 5
     assert saved["device"] == "cpu"
+    assert saved["memory_format"] == "contiguous"  # auto, and the toy model has no convolution
     out = capsys.readouterr().out
     assert "report:" in out and "limited" in out
 
@@ -177,3 +178,57 @@ def test_full_fp32_gives_ieee_convolutions_on_cuda():
         f"max relative error: {error:.2e} IEEE, {float((default - exact).abs().max() / scale):.2e} torch's default"
     )
     assert error < 1e-5
+
+
+def test_memory_format_auto_picks_channels_last_for_convolutions_on_cpu_only():
+    from qbench.runner import resolve_memory_format
+
+    convolutional = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    dense = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    assert resolve_memory_format("auto", "cpu", convolutional) == "channels_last"
+    assert resolve_memory_format(None, "cpu", convolutional) == "channels_last"
+    assert resolve_memory_format("auto", "cpu", dense) == "contiguous"
+    assert resolve_memory_format("auto", "cuda", convolutional) == "contiguous"
+    for chosen in ("contiguous", "channels_last"):
+        assert resolve_memory_format(chosen, "cpu", dense) == chosen
+    with pytest.raises(qbench.QBenchError, match="memory_format 'nhwc'; allowed: auto, "):
+        resolve_memory_format("nhwc", "cpu", dense)
+
+
+def test_a_channels_last_run_feeds_both_models_channels_last(toy_plugins, tmp_path, monkeypatch):
+    """memory_format: channels_last converts the model before the twin is made (its weights
+    and the twin's) and every 4-D batch; the report records the layout."""
+    import conftest
+    from qbench.types import ModelBundle
+
+    layouts: list[tuple[str, bool]] = []
+
+    class Image(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 4, 2)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            layouts.append(("input", x.is_contiguous(memory_format=torch.channels_last)))
+            layouts.append(
+                ("weight", self.conv.weight.is_contiguous(memory_format=torch.channels_last))
+            )
+            return self.head(self.conv(x).mean((2, 3)))
+
+    def build(self, options, *, device="cpu"):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        return ModelBundle(model=Image().eval(), name="toy_image", num_classes=3)
+
+    def batches(self, options, *, bundle):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(1)
+        return [(torch.randn(5, 2, 3, 3, generator=generator), torch.arange(5) % 3)]
+
+    monkeypatch.setattr(conftest.ToyAdapter, "build", build)
+    monkeypatch.setattr(conftest.ToyDataset, "build", batches)
+    for chosen, expected in (("channels_last", True), ("contiguous", False)):
+        layouts.clear()
+        result = qbench.run({**toy_config(name=chosen), "memory_format": chosen}, output=tmp_path)
+        assert result.report["memory_format"] == chosen
+        assert len(layouts) == 4  # one batch, both models
+        assert all(is_channels_last == expected for _, is_channels_last in layouts), layouts

@@ -26,6 +26,8 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 #: Keys a role prefix (``weight_``, ``input_``, ``act_``) can override.
 QUANT_KEYS = ("format", *SCALING_KEYS, "rounding")
 DEFAULT_METRICS = ["accuracy", "layerwise", "compliance"]
+#: Values of the ``memory_format`` key (see ``qbench.runner.resolve_memory_format``).
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: A custom JSON-schema ``format``: the string is a file path, relative to the config's folder,
 #: that must exist. Component schemas use it for files they read (e.g. a compliance YAML).
 EXISTING_FILE = "existing-file"
@@ -139,6 +141,12 @@ def base_schema(
                 "description": "default: the file's stem",
             },
             "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
+            "memory_format": {
+                "enum": list(MEMORY_FORMATS),
+                "default": "auto",
+                "description": "layout of 4-D activations and weights in both models; auto: "
+                "channels_last on CPU for models with 2-D convolutions, else contiguous",
+            },
             "seed": {"type": "integer", "default": 0},
             "model": merged("adapter", adapters, {}),
             "dataset": merged("name", datasets, dataset_common),

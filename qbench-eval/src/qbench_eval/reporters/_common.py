@@ -68,11 +68,18 @@ def header_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Config", f"{report.get('name', '-')} ({report.get('config_file') or 'in memory'})"),
         ("Model", str(report.get("model", "-"))),
         ("Dataset", data_text),
-        ("Device", str(report.get("device", "-"))),
+        ("Device", _device_text(report)),
         ("Elapsed", f"{number(report.get('elapsed_s'), 2)} s"),
         ("Quantization", quantization_summary(report.get("quantization") or {})),
         ("QBench", str(report.get("qbench_version", "-"))),
     ]
+
+
+def _device_text(report: Mapping[str, Any]) -> str:
+    """The device, with the memory layout where the run records one (``cpu, channels_last``)."""
+    text = str(report.get("device", "-"))
+    layout = report.get("memory_format")
+    return f"{text}, {layout}" if layout else text
 
 
 def quantization_summary(quantization: Mapping[str, Any]) -> str:

@@ -48,7 +48,13 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 2.5
 
 
-def fp32_loop(data: dict[str, Any], limit: int | None, device: str, forwards: int = 1) -> float:
+def fp32_loop(
+    data: dict[str, Any],
+    limit: int | None,
+    device: str,
+    forwards: int = 1,
+    channels_last: bool = False,
+) -> float:
     """Seconds for the plain loop: build the model and the data, FP32 forward, top-1;
     nothing else. The model is built inside the timed region, as ``qbench.run`` builds it
     inside its own: both sides pay the same construction (random init or weight loading),
@@ -56,7 +62,10 @@ def fp32_loop(data: dict[str, Any], limit: int | None, device: str, forwards: in
 
     ``forwards=2`` runs a second copy of the FP32 model on every batch too: the floor of any
     FP32-vs-twin comparison (a twin costs at least one more forward), before quantization
-    and metrics add anything.
+    and metrics add anything. ``channels_last`` runs the loop in the layout ``qbench.run``
+    picks on CPU for a convolutional model (``memory_format: auto``), which a plain loop as
+    usually written does not: the ratio of a run to that loop shows what QBench adds beyond
+    the layout.
     """
     options = dict(data["dataset"])
     if limit is not None:
@@ -66,6 +75,8 @@ def fp32_loop(data: dict[str, Any], limit: int | None, device: str, forwards: in
         dict(data["model"]), device=device
     )
     model = bundle.model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     models = [model] + [copy.deepcopy(model) for _ in range(forwards - 1)]
     batches = qbench.plugins.get("dataset", options["name"]).build(options, bundle=bundle)
     correct = images = 0
@@ -73,6 +84,8 @@ def fp32_loop(data: dict[str, Any], limit: int | None, device: str, forwards: in
     with torch.inference_mode(), full_fp32():
         for inputs, targets in batches:
             inputs = inputs.to(device)
+            if channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             for each in models:
                 logits = each(inputs)
                 correct += int((logits.argmax(1).cpu() == targets).sum())
@@ -147,6 +160,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="DataLoader workers decoding images for --model"
     )
+    parser.add_argument(
+        "--memory-format",
+        choices=["auto", "contiguous", "channels_last"],
+        default=None,
+        help="the runs' memory_format (default: the config's, auto)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -166,6 +185,8 @@ def main() -> None:
         cfg = load_config(args.config)
     data = dict(cfg.data)
     data["output"] = {**data.get("output", {}), "dir": "unused"}
+    if args.memory_format is not None:
+        data["memory_format"] = args.memory_format
     # Warm-up with the very batches timed below (kernels are compiled per shape): imports,
     # weight caches and compilation are one-off costs, printed apart from the ratio.
     fp32_loop(data, args.limit, args.device)
@@ -181,17 +202,19 @@ def main() -> None:
         qbench_run(data, args.limit, args.device, metrics)
     plain: list[float] = []
     twice: list[float] = []
+    plain_nhwc: list[float] = []
     runs: dict[str, list[float]] = {label: [] for label, _ in variants}
     for _ in range(args.repeats):  # interleaved, so load changes hit both alike
         plain.append(fp32_loop(data, args.limit, args.device))
         if args.breakdown:
             twice.append(fp32_loop(data, args.limit, args.device, forwards=2))
+            plain_nhwc.append(fp32_loop(data, args.limit, args.device, channels_last=True))
         for label, metrics in variants:
             runs[label].append(qbench_run(data, args.limit, args.device, metrics))
     base = statistics.median(plain)
     metric_names = (data.get("evaluation") or {}).get("metrics", [])
     print(
-        f"config: {args.model or args.config} ({cfg.name}), device {args.device}, limit {args.limit or 'all'}, repeats {args.repeats}"
+        f"config: {args.model or args.config} ({cfg.name}), device {args.device}, limit {args.limit or 'all'}, repeats {args.repeats}, memory_format {data.get('memory_format', 'auto')}"
     )
     print(f"malloc keeps freed memory (qbench.memory): {'yes' if tuned else 'no'}")
     print(f"first (cold) qbench.run   : {cold:8.2f} s (compilation and caches included)")
@@ -199,11 +222,18 @@ def main() -> None:
     if twice:
         floor = statistics.median(twice)
         print(f"FP32 loop, two forwards   : {floor:8.2f} s  ratio {floor / base:5.2f} (the floor)")
+        nhwc = statistics.median(plain_nhwc)
+        print(f"FP32 loop, channels-last  : {nhwc:8.2f} s  ratio {nhwc / base:5.2f}")
     for label, _ in variants:
         total = statistics.median(runs[label])
         shown = f"{label} ({', '.join(metric_names)})" if label == "config's metrics" else label
         print(f"qbench.run, {shown:<14}: {total:8.2f} s  ratio {total / base:5.2f}")
     ratio = statistics.median(runs[variants[0][0]]) / base
+    if plain_nhwc:
+        print(
+            "run / channels-last FP32 loop: "
+            f"{statistics.median(runs[variants[0][0]]) / statistics.median(plain_nhwc):.2f}"
+        )
     print(
         f"run / FP32 ratio: {ratio:.2f} (target <= {TARGET}) {'OK' if ratio <= TARGET else 'ABOVE TARGET'}"
     )

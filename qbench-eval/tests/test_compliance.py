@@ -494,7 +494,12 @@ def test_a_changed_or_failing_shared_quantization_is_checked_again(kernel_path: 
 
 @pytest.mark.parametrize(
     "name, channels, chunk",
-    [("fp8_e4m3", 256, 128), ("int8", 256, 64), ("fp4_e2m1", 96, 32)],
+    [
+        ("fp8_e4m3", 256, 128),
+        ("int8", 256, 64),
+        ("fp4_e2m1", 96, 32),
+        ("fp8_e5m2", 200, 128),  # a short last block: padded, and still channels-last
+    ],
 )
 def test_a_channels_last_activation_is_audited_like_its_contiguous_twin(
     name: str, channels: int, chunk: int, kernel_path: str

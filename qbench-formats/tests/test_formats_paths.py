@@ -159,6 +159,27 @@ def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None
         assert len(cache) <= 2
 
 
+@pytest.mark.parametrize("path", ["eager", "compiled"])
+@pytest.mark.parametrize("channels", [256, 200])  # whole blocks; a padded short last block
+def test_a_channels_last_activation_keeps_its_layout_and_its_values(
+    path: str, channels: int
+) -> None:
+    """Chunked along C, a channels-last activation (what a CPU run feeds the twin) gives
+    the reference's bits and codes, and comes back channels-last: the next convolution
+    reads it without a reorder, and the audit in one linear sweep."""
+    fmt = qbench.get_format("fp8_e4m3")
+    spec = spec_from_arguments("fp8_e4m3", mode="chunk", chunk_size=128, axis=1)
+    x = awkward_tensor(3).flatten()[: 2 * channels * 15]
+    x = torch.cat([x, torch.randn(2 * channels * 15 - x.numel())]).reshape(2, channels, 3, 5)
+    reference = fmt.quantize(x, spec, return_codes=True, path="reference")
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    result = fmt.quantize(nhwc, spec, return_codes=True, path=path)
+    assert bool(same_bits(result.dequantized, reference.dequantized).all())
+    assert torch.equal(result.codes, reference.codes)
+    for tensor in (result.dequantized, result.codes):
+        assert tensor.stride() == nhwc.stride()
+
+
 def test_kernels_are_compiled_for_the_thread_count_they_run_with(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

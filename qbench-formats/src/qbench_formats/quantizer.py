@@ -140,14 +140,15 @@ def layout_for(shape: torch.Size, mode: str, axis: int | None, chunk_size: int |
         if pad:
             # Zeros never change an absmax, so padding the short last block cannot leak
             # into its scale; the padded lanes are cut off again in ``restore``.
-            pad_shape = list(t.shape)
-            pad_shape[a] = pad
-            t = torch.cat([t, t.new_zeros(pad_shape)], dim=a)
+            # (zeros in t's layout: the padded tensor, and so the result, keep a channels-last
+            # activation's layout)
+            t = torch.cat([t, torch.zeros_like(t.narrow(a, 0, pad))], dim=a)
         return t.unflatten(a, (blocks, c))
 
     def restore(t: torch.Tensor) -> torch.Tensor:
         t = t.flatten(a, a + 1)
-        return t.narrow(a, 0, length).contiguous() if pad else t
+        # a dense copy in the input's layout: a channels-last activation stays channels-last
+        return t.narrow(a, 0, length).clone(memory_format=torch.preserve_format) if pad else t
 
     return Layout(
         grouped=grouped,

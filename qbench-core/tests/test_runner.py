@@ -230,5 +230,53 @@ def test_a_channels_last_run_feeds_both_models_channels_last(toy_plugins, tmp_pa
         layouts.clear()
         result = qbench.run({**toy_config(name=chosen), "memory_format": chosen}, output=tmp_path)
         assert result.report["memory_format"] == chosen
-        assert len(layouts) == 4  # one batch, both models
+        # one batch, both models; channels-last first runs the reference on one image
+        assert len(layouts) == (6 if expected else 4)
         assert all(is_channels_last == expected for _, is_channels_last in layouts), layouts
+
+
+def test_a_model_that_cannot_run_channels_last_runs_contiguous_under_auto(
+    toy_plugins, tmp_path, monkeypatch
+):
+    """``x.view(n, -1)`` after a convolution fails on a channels-last tensor: auto notices on
+    one image of the first batch and runs contiguous (no batch lost); asked for by name,
+    channels_last is refused with a one-line error."""
+    import conftest
+    from qbench.types import ModelBundle
+
+    class Viewing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 4, 2)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            return self.head(h.view(h.shape[0], -1))
+
+    def build(self, options, *, device="cpu"):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        return ModelBundle(model=Viewing().eval(), name="toy_viewing", num_classes=3)
+
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 2, 3, 3, generator=generator), torch.arange(4) % 3) for _ in range(3)]
+    monkeypatch.setattr(conftest.ToyAdapter, "build", build)
+    monkeypatch.setattr(conftest.ToyDataset, "build", lambda self, options, *, bundle: data)
+    with pytest.raises(RuntimeError, match="view"):  # the premise: this model cannot
+        Viewing()(data[0][0].contiguous(memory_format=torch.channels_last))
+
+    result = qbench.run(toy_config(name="auto"), device="cpu", output=tmp_path)
+    assert result.report["memory_format"] == "contiguous"
+    assert result.report["dataset"]["images"] == 12
+    model = Viewing().eval()
+    model.load_state_dict(build(None, None).model.state_dict())
+    twin = qbench.prepare(model, {"format": "toy3"})
+    with torch.no_grad():
+        agree = sum(int((model(x).argmax(1) == twin(x).argmax(1)).sum()) for x, _ in data)
+    assert result.metrics["accuracy"]["agreement"] == pytest.approx(agree / 12)
+
+    with pytest.raises(qbench.QBenchError) as info:
+        qbench.run({**toy_config(name="named"), "memory_format": "channels_last"}, output=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("memory_format: channels_last: the model")
+    assert "view" in message and "allowed: auto" in message

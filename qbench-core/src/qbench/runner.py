@@ -7,6 +7,7 @@ prepared once (weights quantized once), and reporters write atomically.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import time
@@ -163,6 +164,14 @@ def run(
             raise QBenchError(f"--limit must be >= 1, found {limit}")
         dataset_options["limit"] = limit
     batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
+    total = _length(batches)
+    if channels_last:
+        batches, channels_last = _runs_channels_last(
+            reference, batches, dev, data.get("memory_format") or "auto"
+        )
+        if not channels_last:  # auto, and the model cannot: back to the contiguous layout
+            reference = reference.to(memory_format=torch.contiguous_format)
+            layout = "contiguous"
 
     quantization = dict(data.get("quantization") or {})
     quantized = prepare(reference, quantization).to(dev).eval()
@@ -191,7 +200,6 @@ def run(
             # no_grad, not inference_mode: inference tensors carry no version counter, which
             # the ops use to share one quantization of a tensor between consecutive layers.
             stack.enter_context(torch.no_grad())
-            total = _length(batches)
             iterator = progress(batches, total, cfg.name) if progress is not None else batches
             for index, (inputs, targets) in enumerate(iterator):
                 inputs = inputs.to(dev, non_blocking=True)
@@ -237,6 +245,41 @@ def run(
     for reporter_name in data["output"]["reporters"]:
         files.extend(Path(p) for p in get("reporter", reporter_name).write(report, out_dir))
     return RunResult(report, out_dir, files)
+
+
+def _runs_channels_last(
+    model: Any, batches: Iterable[Any], device: str, requested: str
+) -> tuple[Iterable[Any], bool]:
+    """Whether ``model``, converted to channels-last, runs on one image of the first batch:
+    a forward that reshapes an activation with ``view`` (``x.view(n, -1)`` after a
+    convolution, common in older models) cannot take a channels-last tensor. Returns the
+    batches to iterate (the first one put back in front) and the answer. Where the config
+    asked for ``channels_last`` itself, a model that cannot is a user error; under ``auto``
+    the run goes on contiguous (and a model that fails either way fails in the run proper,
+    with its own error)."""
+    import torch
+
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        return [], True
+    batches = itertools.chain([first], iterator)
+    inputs = first[0]
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or inputs.shape[0] == 0:
+        return batches, True
+    sample = inputs[:1].to(device).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            model(sample)
+    except RuntimeError as exc:
+        if requested != "channels_last":
+            return batches, False
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QBenchError(
+            f"memory_format: channels_last: the model cannot run on channels-last tensors "
+            f"({reason[:200]}); allowed: auto (falls back to contiguous) or contiguous"
+        ) from exc
+    return batches, True
 
 
 def _length(batches: Any) -> int | None:

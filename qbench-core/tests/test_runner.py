@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import qbench
@@ -195,37 +196,49 @@ def test_memory_format_auto_picks_channels_last_for_convolutions_on_cpu_only():
         resolve_memory_format("nhwc", "cpu", dense)
 
 
-def test_a_channels_last_run_feeds_both_models_channels_last(toy_plugins, tmp_path, monkeypatch):
-    """memory_format: channels_last converts the model before the twin is made (its weights
-    and the twin's) and every 4-D batch; the report records the layout."""
+class _ConvNet(torch.nn.Module):
+    """A 2x2 convolution and a linear head for (N, 2, 3, 3) images. ``record`` is told whether
+    its input and convolution weight are channels-last on each call (a function: the twin,
+    a deep copy, shares it); with ``view`` it flattens with ``view``, which a channels-last
+    activation cannot take."""
+
+    def __init__(self, view: bool = False, record: Any = None) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, 2)
+        self.head = torch.nn.Linear(16, 3)
+        self.view, self.record = view, record
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.record is not None:
+            self.record(("input", x.is_contiguous(memory_format=torch.channels_last)))
+            weight = self.conv.weight
+            self.record(("weight", weight.is_contiguous(memory_format=torch.channels_last)))
+        h = self.conv(x)
+        return self.head(h.view(h.shape[0], -1) if self.view else h.flatten(1))
+
+
+def _serve(monkeypatch, make_model, data):  # type: ignore[no-untyped-def]
+    """The toy adapter builds ``make_model()`` (seeded) and the toy dataset yields ``data``;
+    returns the adapter's build."""
     import conftest
     from qbench.types import ModelBundle
 
-    layouts: list[tuple[str, bool]] = []
-
-    class Image(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(2, 4, 2)
-            self.head = torch.nn.Linear(4, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            layouts.append(("input", x.is_contiguous(memory_format=torch.channels_last)))
-            layouts.append(
-                ("weight", self.conv.weight.is_contiguous(memory_format=torch.channels_last))
-            )
-            return self.head(self.conv(x).mean((2, 3)))
-
     def build(self, options, *, device="cpu"):  # type: ignore[no-untyped-def]
         torch.manual_seed(0)
-        return ModelBundle(model=Image().eval(), name="toy_image", num_classes=3)
-
-    def batches(self, options, *, bundle):  # type: ignore[no-untyped-def]
-        generator = torch.Generator().manual_seed(1)
-        return [(torch.randn(5, 2, 3, 3, generator=generator), torch.arange(5) % 3)]
+        return ModelBundle(model=make_model().eval(), name="toy_image", num_classes=3)
 
     monkeypatch.setattr(conftest.ToyAdapter, "build", build)
-    monkeypatch.setattr(conftest.ToyDataset, "build", batches)
+    monkeypatch.setattr(conftest.ToyDataset, "build", lambda self, options, *, bundle: data)
+    return build
+
+
+def test_a_channels_last_run_feeds_both_models_channels_last(toy_plugins, tmp_path, monkeypatch):
+    """memory_format: channels_last converts the model before the twin is made (its weights
+    and the twin's) and every 4-D batch; the report records the layout."""
+    layouts: list[tuple[str, bool]] = []
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(5, 2, 3, 3, generator=generator), torch.arange(5) % 3)]
+    _serve(monkeypatch, lambda: _ConvNet(record=lambda item: layouts.append(item)), data)
     for chosen, expected in (("channels_last", True), ("contiguous", False)):
         layouts.clear()
         result = qbench.run({**toy_config(name=chosen), "memory_format": chosen}, output=tmp_path)
@@ -241,34 +254,16 @@ def test_a_model_that_cannot_run_channels_last_runs_contiguous_under_auto(
     """``x.view(n, -1)`` after a convolution fails on a channels-last tensor: auto notices on
     one image of the first batch and runs contiguous (no batch lost); asked for by name,
     channels_last is refused with a one-line error."""
-    import conftest
-    from qbench.types import ModelBundle
-
-    class Viewing(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(2, 4, 2)
-            self.head = torch.nn.Linear(16, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.conv(x)
-            return self.head(h.view(h.shape[0], -1))
-
-    def build(self, options, *, device="cpu"):  # type: ignore[no-untyped-def]
-        torch.manual_seed(0)
-        return ModelBundle(model=Viewing().eval(), name="toy_viewing", num_classes=3)
-
     generator = torch.Generator().manual_seed(1)
     data = [(torch.randn(4, 2, 3, 3, generator=generator), torch.arange(4) % 3) for _ in range(3)]
-    monkeypatch.setattr(conftest.ToyAdapter, "build", build)
-    monkeypatch.setattr(conftest.ToyDataset, "build", lambda self, options, *, bundle: data)
+    build = _serve(monkeypatch, lambda: _ConvNet(view=True), data)
     with pytest.raises(RuntimeError, match="view"):  # the premise: this model cannot
-        Viewing()(data[0][0].contiguous(memory_format=torch.channels_last))
+        _ConvNet(view=True)(data[0][0].contiguous(memory_format=torch.channels_last))
 
     result = qbench.run(toy_config(name="auto"), device="cpu", output=tmp_path)
     assert result.report["memory_format"] == "contiguous"
     assert result.report["dataset"]["images"] == 12
-    model = Viewing().eval()
+    model = _ConvNet(view=True).eval()
     model.load_state_dict(build(None, None).model.state_dict())
     twin = qbench.prepare(model, {"format": "toy3"})
     with torch.no_grad():

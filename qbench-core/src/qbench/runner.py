@@ -153,9 +153,9 @@ def run(
     model_options = dict(data["model"])
     bundle = get("adapter", model_options["adapter"]).build(model_options, device=dev)
     reference = bundle.model.to(dev).eval()
-    layout = resolve_memory_format(data.get("memory_format"), dev, reference)
-    channels_last = layout == "channels_last"
-    if channels_last:  # before prepare: the twin is a copy and quantizes these weights
+    requested_layout = data.get("memory_format") or "auto"
+    layout = resolve_memory_format(requested_layout, dev, reference)
+    if layout == "channels_last":  # before prepare: the twin is a copy, quantizing these weights
         reference = reference.to(memory_format=torch.channels_last)
 
     dataset_options = dict(data["dataset"])
@@ -165,13 +165,12 @@ def run(
         dataset_options["limit"] = limit
     batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
     total = _length(batches)
-    if channels_last:
-        batches, channels_last = _runs_channels_last(
-            reference, batches, dev, data.get("memory_format") or "auto"
-        )
-        if not channels_last:  # auto, and the model cannot: back to the contiguous layout
+    if layout == "channels_last":
+        batches, runs = _runs_channels_last(reference, batches, dev, requested_layout)
+        if not runs:  # auto, and the model cannot: back to the contiguous layout
             reference = reference.to(memory_format=torch.contiguous_format)
             layout = "contiguous"
+    channels_last = layout == "channels_last"
 
     quantization = dict(data.get("quantization") or {})
     quantized = prepare(reference, quantization).to(dev).eval()

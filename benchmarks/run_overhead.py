@@ -21,7 +21,12 @@ more than on a real model.
 
 ``--breakdown`` also times runs with fewer metrics, to show where the time goes, and the
 plain loop with a second FP32 copy of the model run on every batch: the floor of any
-comparison of a model with its twin, before quantization and metrics add anything.
+comparison of a model with its twin, before quantization and metrics add anything. It then
+also prints what a run costs beyond that floor per call of a quantized layer (the layer-wise
+metric's count): the ratio is about floor + calls x that cost / plain loop, so it exceeds the
+target where a batch's FP32 forward is short against its layers' share (the demo's 8x8
+images, batch 16 on a GPU).
+
 ``--threads N`` sets torch's intra-op threads: on a small machine shared with other jobs,
 OpenMP threads that spin-wait for a busy core make every small op many times slower, which
 swamps what is being measured (1 thread is the honest setting there).
@@ -101,15 +106,31 @@ def qbench_run(
     data: dict[str, Any], limit: int | None, device: str, metrics: list[str] | None
 ) -> float:
     """Seconds for a whole ``qbench.run`` (model build, prepare, both forwards, metrics, reports)."""
+    return _timed_run(data, limit, device, metrics)[0]
+
+
+def _timed_run(
+    data: dict[str, Any], limit: int | None, device: str, metrics: list[str] | None
+) -> tuple[float, dict[str, Any]]:
+    """(:func:`qbench_run`'s seconds, the run's report as ``qbench.run`` returns it)."""
     data = dict(data)
     if metrics is not None:
         data["evaluation"] = {**(data.get("evaluation") or {}), "metrics": metrics}
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        qbench.run(data, limit=limit, device=device, output=out)
+        result = qbench.run(data, limit=limit, device=device, output=out)
         if device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, result.report
+
+
+def layer_calls(report: dict[str, Any]) -> tuple[int, int]:
+    """(calls of quantized layers, batches) in a run's report, from its layer-wise metric
+    ((0, 0) without it): how many times per run QBench does its per-layer work."""
+    layerwise = (report.get("metrics") or {}).get("layerwise") or {}
+    return sum(layer.get("calls", 0) for layer in layerwise.get("layers", [])), layerwise.get(
+        "batches", 0
+    )
 
 
 def _imagenet_sized_config(
@@ -190,7 +211,7 @@ def main() -> None:
     # Warm-up with the very batches timed below (kernels are compiled per shape): imports,
     # weight caches and compilation are one-off costs, printed apart from the ratio.
     fp32_loop(data, args.limit, args.device)
-    cold = qbench_run(data, args.limit, args.device, None)
+    cold, cold_report = _timed_run(data, args.limit, args.device, None)
 
     variants: list[tuple[str, list[str] | None]] = [("config's metrics", None)]
     if args.breakdown:
@@ -229,6 +250,17 @@ def main() -> None:
         shown = f"{label} ({', '.join(metric_names)})" if label == "config's metrics" else label
         print(f"qbench.run, {shown:<14}: {total:8.2f} s  ratio {total / base:5.2f}")
     ratio = statistics.median(runs[variants[0][0]]) / base
+    calls, batches = layer_calls(cold_report)
+    if twice and calls and batches:
+        # What a run costs beyond the floor, per quantized-layer call: the ratio is about
+        # floor + calls x this / plain loop, so it passes 2.5 when a batch's FP32 forward is
+        # short against its layers' share of this (a tiny model, a small batch on a GPU).
+        extra = (statistics.median(runs[variants[0][0]]) - floor) / calls
+        print(
+            f"quantized layer calls: {calls} ({calls / batches:.0f} a batch, {batches} batches); "
+            f"run beyond the floor per layer call: {extra * 1e3:.2f} ms; "
+            f"plain loop per batch: {base / batches * 1e3:.1f} ms"
+        )
     if plain_nhwc:
         print(
             "run / channels-last FP32 loop: "

@@ -19,23 +19,79 @@ FLOATS = [
 ]
 
 
+def _negative_nan() -> torch.Tensor:
+    nan = torch.tensor([float("nan")])
+    negative = (nan.view(torch.int32) | torch.tensor([-(2**31)], dtype=torch.int32)).view(
+        torch.float32
+    )
+    assert bool(negative.isnan()) and bool(negative.view(torch.int32) < 0)
+    return negative
+
+
+# encode_grid_bits takes torch's float8 cast eagerly where it applies (fp8 formats), the bit
+# fields otherwise; encode_bit_fields is the bit-field encoder alone (the compiled path).
+ENCODERS = {
+    "encode_grid_bits": fused.encode_grid_bits,
+    "encode_bit_fields": fused.encode_bit_fields,
+}
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("name", FLOATS)
-def test_bit_encoder_matches_reference_on_every_value(name):
+def test_bit_encoder_matches_reference_on_every_value(name, encoder):
     fmt = qbench.get_format(name)
     assert fused.encodes_from_bits(fmt)
     values = fmt.values()
     specials = torch.tensor([0.0, -0.0, float("nan"), float("inf"), float("-inf")])
-    grid = torch.cat([values, -values, specials]).to(torch.float32)
+    grid = torch.cat([values, -values, specials, _negative_nan()]).to(torch.float32)
     if not fmt.has_inf:
         grid = grid[~torch.isinf(grid)]
     expected = reference.encode_float(fmt, grid)
-    got = fused.encode_grid_bits(fmt, grid)
+    got = ENCODERS[encoder](fmt, grid)
     assert got.dtype == torch.int32
     assert torch.equal(got, expected.to(torch.int32))
     # and the codes decode back to the values (NaN to NaN)
     decoded = fmt.decode(got)
     same = (decoded == grid) | (torch.isnan(decoded) & torch.isnan(grid))
     assert bool(same.all())
+
+
+def test_fp8_formats_encode_by_torch_cast_only_where_the_codes_coincide(monkeypatch):
+    from qbench_formats.families import FloatFormat
+
+    expected = {
+        "fp8_e4m3": torch.float8_e4m3fn,
+        "fp8_e5m2": torch.float8_e5m2,
+        "fp8_e4m3fnuz": torch.float8_e4m3fnuz,
+        "fp8_e5m2fnuz": torch.float8_e5m2fnuz,
+    }
+    for name in FLOATS:
+        assert fused.float8_dtype(qbench.get_format(name)) is expected.get(name), name
+    # fp8-shaped grids no torch dtype encodes: an IEEE-style E4M3 (max 240, inf), another bias
+    ieee_e4m3 = FloatFormat("e4m3_ieee", 4, 3, 7, "ieee")
+    biased = FloatFormat("e4m3_bias6", 4, 3, 6, "fn")
+    for fmt in (ieee_e4m3, biased, qbench.get_format("int8")):
+        assert fused.float8_dtype(fmt) is None, fmt
+    grid = torch.cat([ieee_e4m3.values(), -ieee_e4m3.values()]).to(torch.float32)
+    assert torch.equal(
+        fused.encode_grid_bits(ieee_e4m3, grid),
+        reference.encode_float(ieee_e4m3, grid).to(torch.int32),
+    )
+
+    # eager fp8 encoding really is the cast: it runs with the bit-field encoder disabled,
+    # and keeps a channels-last tensor's layout
+    def refuse(fmt, values):
+        raise AssertionError("bit fields used")
+
+    e4m3 = qbench.get_format("fp8_e4m3")
+    x = e4m3.round(torch.randn(2, 5, 3, 4) * 100).contiguous(memory_format=torch.channels_last)
+    want = fused.encode_grid_bits(e4m3, x.contiguous())
+    monkeypatch.setattr(fused, "encode_bit_fields", refuse)
+    got = fused.encode_grid_bits(e4m3, x)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(AssertionError, match="bit fields used"):
+        fused.encode_grid_bits(qbench.get_format("fp6_e2m3"), torch.zeros(3))
 
 
 def test_formats_outside_float32_normals_take_the_reference():

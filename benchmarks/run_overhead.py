@@ -253,7 +253,7 @@ def main() -> None:
     calls, batches = layer_calls(cold_report)
     if twice and calls and batches:
         # What a run costs beyond the floor, per quantized-layer call: the ratio is about
-        # floor + calls x this / plain loop, so it passes 2.5 when a batch's FP32 forward is
+        # floor + calls x this / plain loop, so it exceeds 2.5 when a batch's FP32 forward is
         # short against its layers' share of this (a tiny model, a small batch on a GPU).
         extra = (statistics.median(runs[variants[0][0]]) - floor) / calls
         print(

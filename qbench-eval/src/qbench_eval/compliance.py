@@ -34,7 +34,7 @@ import qbench
 import torch
 import yaml
 from qbench.errors import QBenchError
-from qbench.kernels import ONE_LOOP, fused, in_memory_order, memory_order, use_compiled
+from qbench.kernels import ONE_LOOP, fused, in_memory_order, use_compiled
 from qbench.types import ROLES, BatchOutputs, QuantResult
 
 from ._identity import Seen
@@ -512,9 +512,7 @@ def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         return in_memory_order(codes, dequantized, result.expand_scales())
     # Counts do not depend on the order of elements: all three are read in the codes' memory
     # order, so a channels-last activation chunked along its channels is a last-axis layout.
-    order = memory_order(codes)
-    if order is not None:
-        codes, dequantized, scales = (t.permute(order) for t in (codes, dequantized, scales))
+    codes, dequantized, scales = in_memory_order(codes, dequantized, scales)
     differing = [a for a in range(codes.dim()) if scales.shape[a] not in (1, codes.shape[a])]
     if not differing:
         return codes, dequantized, scales

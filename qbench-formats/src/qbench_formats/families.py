@@ -272,9 +272,10 @@ class FloatFormat(_FormatBase):
         """Codes of values already on the grid (skips the rounding ``encode`` does).
 
         This runs for every observed tensor of an audited run, so float32 inputs of formats
-        whose every value is a float32 normal (fp8/fp6/fp4) read the fields straight off the
-        float32 bits; anything else takes the float64 reference. Both give the same codes
-        (tested on every code point).
+        whose every value is a float32 normal (fp8/fp6/fp4) take :func:`fused.encode_grid_bits`
+        (the fields read straight off the float32 bits, or for fp8, eagerly, torch's float8
+        cast); anything else takes the float64 reference. All give the same codes (tested on
+        every code point).
         """
         if values.dtype == torch.float32 and fused.encodes_from_bits(self):
             return fused.encode_grid_bits(self, values)

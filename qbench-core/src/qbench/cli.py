@@ -17,6 +17,8 @@ import click
 from .errors import ConfigError, QBenchError
 
 EXIT_USER_ERROR = 2
+#: ``qbench run`` finished and wrote its reports, and a check (the audit) said FAIL.
+EXIT_CHECK_FAILED = 3
 
 
 class _State:
@@ -52,20 +54,37 @@ def cli(debug: bool) -> None:
     help="Report root (default: the config's output.dir).",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a report of another run (other model or data) in the report folder.",
+)
+@click.option(
+    "--fail-on-audit/--no-fail-on-audit",
+    default=True,
+    help=f"Exit {EXIT_CHECK_FAILED} when a run's audit (any metric's verdict) is FAIL "
+    "(default); --no-fail-on-audit exits 0 for exploratory runs.",
+)
 def run(
     configs: tuple[Path, ...],
     limit: int | None,
     device: str | None,
     output: Path | None,
     progress: bool,
+    overwrite: bool,
+    fail_on_audit: bool,
 ) -> None:
-    """Run CONFIG(s): FP32 and quantized model side by side, then write the reports."""
+    """Run CONFIG(s): FP32 and quantized model side by side, then write the reports.
+
+    Exit status: 0 when every run passed its checks, 2 for bad input (nothing or only the
+    runs before it were done), 3 when the runs finished and an audit said FAIL."""
     from .config import load_config
     from .memory import keep_freed_memory
     from .runner import run as run_config
 
     loaded = [load_config(path) for path in configs]  # refuse any invalid config before running one
     keep_freed_memory()  # this process is ours: freed activations are reused, not re-faulted
+    failed: list[str] = []
     for cfg in loaded:
         result = run_config(
             cfg,
@@ -73,8 +92,18 @@ def run(
             device=device,
             output=output,
             progress=_progress_bar if progress else None,
+            overwrite=overwrite,
         )
         _print_summary(result)
+        if result.failed:
+            failed.append(f"{cfg.name} ({', '.join(result.failed)})")
+    if failed and fail_on_audit:
+        click.echo(
+            f"qbench: FAIL: {'; '.join(failed)} said FAIL; reports were written "
+            f"(exit {EXIT_CHECK_FAILED}; --no-fail-on-audit exits 0)",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
 
 
 def _progress_bar(batches: Any, total: int | None, label: str) -> Any:
@@ -101,10 +130,14 @@ def _stderr_console() -> Any:
 
 def _print_summary(result: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     report = result.report
     metrics = report["metrics"]
+    console = Console()
+    for warning in report.get("warnings") or ():
+        console.print(f"[bold yellow]WARNING[/]: {escape(warning)}", highlight=False)
     table = Table(
         title=f"{report['model']} / {report['name']} ({report['dataset']['images']} images)"
     )
@@ -130,7 +163,6 @@ def _print_summary(result: Any) -> None:
     cosines = [row.get("cosine") for row in layers if isinstance(row.get("cosine"), (int, float))]
     if cosines:
         table.add_row("min layer cosine", "", f"{min(cosines):.4f}")
-    console = Console()
     console.print(table)
     console.print(f"report: {result.out_dir}")
     for path in result.files:
@@ -142,18 +174,43 @@ def _print_summary(result: Any) -> None:
 
 @cli.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def validate(configs: tuple[Path, ...]) -> None:
-    """Check CONFIG(s) against the schema without running anything."""
+@click.option(
+    "--schema-only",
+    is_flag=True,
+    help="Check against the schema only (fast: builds nothing, reads no files).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report root to check (default: the config's output.dir).",
+)
+def validate(configs: tuple[Path, ...], schema_only: bool, output: Path | None) -> None:
+    """Check CONFIG(s) without running them: the schema, then (unless --schema-only) what a
+    run would refuse before its first batch: the model builds and its twin prepares (layer
+    patterns, scale methods), the dataset finds its files, the metrics accept their options,
+    the report folder is writable. Images are not read."""
     from .config import config_schema, load_config
+    from .runner import check
 
     schema = config_schema()
     problems: list[str] = []
+    loaded = []
     for path in configs:
         try:
-            load_config(path, schema=schema)
-            click.echo(f"{path}: ok")
+            loaded.append(load_config(path, schema=schema))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    for cfg in loaded:
+        if schema_only:
+            click.echo(f"{cfg.path}: ok (schema only)")
+            continue
+        try:
+            checked, not_checked = check(cfg, output=output)
+        except QBenchError as exc:
+            problems.append(f"{cfg.path}: {str(exc).replace(chr(10), ' ')}")
+            continue
+        click.echo(f"{cfg.path}: ok: {'; '.join(checked)}; not checked: {'; '.join(not_checked)}")
     if problems:
         raise ConfigError(problems)
 
@@ -192,7 +249,12 @@ def formats(name: str | None) -> None:
     reg = registry("format")
     if name is not None:
         fmt = reg.get(name)
-        info = _summary(fmt)
+        try:
+            info = _summary(fmt)
+        except Exception as exc:
+            raise QBenchError(
+                f"format {name!r} ({reg.plugin_of(name).label}) is broken: {_broken(exc)}"
+            ) from None
         click.echo(f"{name}: {info.get('description', '')} (plugin: {reg.plugin_of(name).label})")
         for key in ("bits", "effective_bits", "max", "min_normal", "min_subnormal", "inf", "nan"):
             if key in info:
@@ -213,7 +275,11 @@ def formats(name: str | None) -> None:
             labels = " and ".join(p.label for p in conflicts[fmt_name])
             click.echo(f"{fmt_name:<16} CONFLICT: registered by {labels}")
             continue
-        info = _summary(fmt)
+        try:
+            info = _summary(fmt)
+        except Exception as exc:  # a broken format plugin: name it, list the others
+            click.echo(f"{fmt_name:<16} BROKEN: {_broken(exc)} ({reg.plugin_of(fmt_name).label})")
+            continue
         click.echo(
             f"{fmt_name:<16} {info.get('kind', ''):<7} {info.get('bits', ''):>5} "
             f"{_g(info.get('effective_bits')):>5} {_g(info.get('max')):>12} "
@@ -231,6 +297,12 @@ def _summary(fmt: Any) -> dict[str, Any]:
         "max": getattr(fmt, "max_value", ""),
         "min_subnormal": getattr(fmt, "min_subnormal", ""),
     }
+
+
+def _broken(exc: Exception) -> str:
+    """One line for a plugin component that raised."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _g(value: Any) -> str:
@@ -289,7 +361,11 @@ def download(dataset: str, root: Path, url: str | None, progress: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the click group, turning QBench errors into exit status 2."""
     try:
-        cli.main(args=argv, prog_name="qbench", standalone_mode=False)
+        # Not standalone: click returns the code of a click.exceptions.Exit raised inside
+        # a command (run's exit 3) instead of exiting itself.
+        code = cli.main(args=argv, prog_name="qbench", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -311,9 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # an internal error: one line, the traceback behind --debug
         if _State.debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
         click.echo(
-            f"qbench: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            f"qbench: internal error: {_broken(exc)} (rerun with --debug for the traceback)",
             err=True,
         )
         sys.exit(1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from . import __version__
 from .config import MEMORY_FORMATS, Config, load_config
 from .errors import QBenchError
 from .memory import objects_frozen
+from .output import check_location, run_key, write_report_set
 from .plugins import get
 from .types import BatchOutputs
 
@@ -35,6 +35,15 @@ class RunResult:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.report["metrics"]
+
+    @property
+    def failed(self) -> list[str]:
+        """The metrics whose verdict (a result's ``status``) is ``FAIL``: the audit's, say."""
+        return [
+            name
+            for name, result in self.metrics.items()
+            if isinstance(result, Mapping) and result.get("status") == "FAIL"
+        ]
 
 
 def resolve_device(requested: str | None) -> str:
@@ -114,10 +123,6 @@ def _backend(torch: Any, path: Iterable[str]) -> Any:
     return holder
 
 
-def _safe(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", part).strip("._") or "unnamed"
-
-
 class _FanOut:
     """One observer for ``qbench.prepare.observe`` that forwards to every metric that observes."""
 
@@ -138,8 +143,13 @@ def run(
     device: str | None = None,
     output: str | os.PathLike[str] | None = None,
     progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Run one config end to end and write its reports. Returns a :class:`RunResult`."""
+    """Run one config end to end and write its reports. Returns a :class:`RunResult`.
+
+    The output location is checked before the first batch (``overwrite`` allows replacing
+    the report of another run there); the reports are written as one set (``qbench.output``).
+    """
     import torch
 
     from .prepare import observe, preparation_report, prepare
@@ -158,13 +168,15 @@ def run(
     if layout == "channels_last":  # before prepare: the twin is a copy, quantizing these weights
         reference = reference.to(memory_format=torch.channels_last)
 
-    dataset_options = dict(data["dataset"])
-    if limit is not None:
-        if limit < 1:
-            raise QBenchError(f"--limit must be >= 1, found {limit}")
-        dataset_options["limit"] = limit
+    dataset_options = _dataset_options(data, limit)
     batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
     total = _length(batches)
+    key = run_key(model_options, dataset_options)
+    location = check_location(
+        _output_root(data, output), bundle.name, cfg.name, key, overwrite=overwrite
+    )
+    reporters = [(name, *_reporter(name)) for name in data["output"]["reporters"]]
+    classes = _dataset_classes(batches)
     if layout == "channels_last":
         batches, runs = _runs_channels_last(reference, batches, dev, requested_layout)
         if not runs:  # auto, and the model cannot: back to the contiguous layout
@@ -205,6 +217,8 @@ def run(
                 if channels_last and inputs.dim() == 4:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 reference_logits = reference(inputs)
+                if index == 0:
+                    _check_output_width(reference_logits, targets, classes, bundle.name)
                 quantized_logits = quantized(inputs)
                 batch = BatchOutputs(targets.to(dev), reference_logits, quantized_logits, index)
                 for metric in metrics.values():
@@ -220,30 +234,152 @@ def run(
             f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit"
         )
 
+    dataset_report: dict[str, Any] = {
+        "name": dataset_options["name"],
+        "split": dataset_options.get("split"),
+        "images": images,
+    }
+    skipped = list(getattr(batches, "skipped", None) or [])
+    if skipped:
+        dataset_report["skipped_count"] = len(skipped)
+        dataset_report["skipped"] = skipped[:MAX_SKIPPED_LISTED]
+    results = {name: metric.result() for name, metric in metrics.items()}
     report: dict[str, Any] = {
         "qbench_version": __version__,
         "name": cfg.name,
         "model": bundle.name,
         "config_file": str(cfg.path) if cfg.path is not None else None,
-        "dataset": {
-            "name": dataset_options["name"],
-            "split": dataset_options.get("split"),
-            "images": images,
-        },
+        "run_key": key,
+        "warnings": _warnings(dataset_options["name"], skipped, images, results),
+        "dataset": dataset_report,
         "device": dev,
         "memory_format": layout,
         "elapsed_s": round(time.perf_counter() - started, 3),
         "quantization": quantization,
         "preparation": prep,
-        "metrics": {name: metric.result() for name, metric in metrics.items()},
+        "metrics": results,
     }
-    # Relative output dirs are relative to the working directory, like every other CLI path.
-    out_root = Path(output) if output is not None else Path(data["output"]["dir"])
-    out_dir = out_root / _safe(bundle.name) / _safe(cfg.name)
-    files: list[Path] = []
-    for reporter_name in data["output"]["reporters"]:
-        files.extend(Path(p) for p in get("reporter", reporter_name).write(report, out_dir))
-    return RunResult(report, out_dir, files)
+    files = write_report_set(location, report, reporters)
+    return RunResult(report, location.out_dir, files)
+
+
+def check(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config,
+    *,
+    limit: int | None = None,
+    device: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> tuple[list[str], list[str]]:
+    """What ``qbench validate`` checks beyond the schema, reading no images: the model builds
+    (weights loaded), the twin prepares (layer patterns, scale methods, formats), the dataset
+    finds its files, the metrics accept their options, the output location is writable and
+    holds no other run's report. Returns (what was checked, what could not be) as lines;
+    raises :class:`QBenchError` on the first problem."""
+    from .prepare import prepare
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    data = cfg.data
+    dev = resolve_device(device or data.get("device"))
+    model_options = dict(data["model"])
+    bundle = get("adapter", model_options["adapter"]).build(model_options, device="cpu")
+    twin = prepare(bundle.model.eval(), dict(data.get("quantization") or {}))
+    layers = sum(1 for _ in twin.modules())
+    dataset_options = _dataset_options(data, limit)
+    batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
+    evaluation = data.get("evaluation") or {}
+    for name in evaluation.get("metrics", []):
+        get("metric", name)(evaluation.get(name))
+    location = check_location(
+        _output_root(data, output),
+        bundle.name,
+        cfg.name,
+        run_key(model_options, dataset_options),
+        overwrite=overwrite,
+        create=False,
+    )
+    images = getattr(batches, "num_images", None)
+    checked = [
+        f"model {bundle.name} built and its twin prepared ({layers} modules)",
+        f"dataset {dataset_options['name']} found"
+        + (f" ({images} images)" if isinstance(images, int) else ""),
+        f"metrics {', '.join(evaluation.get('metrics', [])) or '(none)'} accept their options",
+        f"reports can be written to {location.out_dir}",
+    ]
+    not_checked = [
+        "images are not decoded",
+        f"no forward pass on {dev} (shapes, output width, channels-last)",
+    ]
+    return checked, not_checked
+
+
+def _dataset_options(data: Mapping[str, Any], limit: int | None) -> dict[str, Any]:
+    options = dict(data["dataset"])
+    if limit is not None:
+        if limit < 1:
+            raise QBenchError(f"--limit must be >= 1, found {limit}")
+        options["limit"] = limit
+    return options
+
+
+def _output_root(data: Mapping[str, Any], output: str | os.PathLike[str] | None) -> Path:
+    """Relative output dirs are relative to the working directory, like every other path."""
+    return Path(output) if output is not None else Path(data["output"]["dir"])
+
+
+#: How many skipped files a report lists by name (all are counted).
+MAX_SKIPPED_LISTED = 100
+
+
+def _reporter(name: str) -> tuple[Any, str]:
+    """A reporter and the label (distribution and version) of the plugin that registered it."""
+    from .plugins import registry
+
+    return get("reporter", name), registry("reporter").plugin_of(name).label
+
+
+def _warnings(
+    dataset: str, skipped: list[Any], images: int, results: Mapping[str, Any]
+) -> list[str]:
+    """The report's first lines: what makes its numbers less than they seem. Metrics say
+    their own in their result's ``warnings`` list."""
+    lines = []
+    if skipped:
+        first = skipped[0].get("path") if isinstance(skipped[0], Mapping) else skipped[0]
+        lines.append(
+            f"dataset {dataset}: {len(skipped)} unreadable image(s) skipped (skip_corrupt) "
+            f"and {images} evaluated; e.g. {first}"
+        )
+    for result in results.values():
+        if isinstance(result, Mapping):
+            lines.extend(str(line) for line in result.get("warnings") or ())
+    return lines
+
+
+def _dataset_classes(batches: Any) -> int | None:
+    info = getattr(batches, "info", None)
+    classes = info.get("num_classes") if isinstance(info, Mapping) else None
+    return classes if isinstance(classes, int) and classes > 0 else None
+
+
+def _check_output_width(logits: Any, targets: Any, classes: int | None, model: str) -> None:
+    """A model whose output width is not the dataset's label space gives numbers that mean
+    nothing (a 1000-way head scored on 10 classes): refuse after the first batch."""
+    if logits.dim() != 2:
+        return
+    width = int(logits.shape[1])
+    if classes is not None and width != classes:
+        raise QBenchError(
+            f"model {model!r} outputs {width} classes but the dataset has {classes}; "
+            "allowed: a model whose output width is the dataset's class count "
+            "(set model.num_classes, or a checkpoint trained for this dataset)"
+        )
+    top = int(targets.max()) if targets.numel() else -1
+    if top >= width:
+        raise QBenchError(
+            f"model {model!r} outputs {width} classes but the dataset has label {top}; "
+            "allowed: labels below the model's output width"
+        )
 
 
 def _runs_channels_last(

@@ -64,7 +64,10 @@ class ServerState:
 
     files: dict[str, bytes] = field(default_factory=dict)
     interrupt_first: int | None = None  # bytes to send before dropping the first GET
+    interrupt_every: int | None = None  # bytes to send before dropping every GET
     honour_range: bool = True
+    send_length: bool = True  # False: no Content-Length, the body ends when the connection does
+    refuse_range: str | None = None  # answer every Range request 416: "no-total" or "total"
     requests: list[dict[str, str | None]] = field(default_factory=list)
 
 
@@ -83,6 +86,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         start = 0
         header = self.headers.get("Range")
+        if header and state.refuse_range:
+            self.send_response(416)
+            if state.refuse_range == "total":
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if header and state.honour_range:
             start = int(header.removeprefix("bytes=").split("-")[0])
             if start >= len(data):
@@ -95,11 +105,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if state.send_length:
+            self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        if state.interrupt_first is not None:
-            cut, state.interrupt_first = state.interrupt_first, None
+        if state.interrupt_first is not None or state.interrupt_every is not None:
+            cut = (
+                state.interrupt_first
+                if state.interrupt_first is not None
+                else state.interrupt_every
+            )
+            state.interrupt_first = None
             self.wfile.write(body[:cut])
             self.wfile.flush()
             self.close_connection = True

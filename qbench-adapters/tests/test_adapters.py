@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import jsonschema
 import pytest
 import torch
@@ -17,7 +19,8 @@ from qbench_adapters.adapters import (
     ViTAdapter,
     ZooAdapter,
 )
-from qbench_adapters.zoo import NarrowResNet
+from qbench_adapters.zoo import MODELS, NarrowResNet
+from safetensors.torch import save_file
 
 
 @pytest.fixture
@@ -158,7 +161,10 @@ def test_generic_from_factory_and_from_a_self_describing_checkpoint(tmp_path):
     checkpoints.save_with_factory(
         bundle.model, path, "torchvision.models:resnet18", {"num_classes": 7}
     )
-    again = GenericAdapter().build({"weights": str(path)})
+    # torchvision's resnet18 is not on the allow-list: the file's factory needs confirming
+    with pytest.raises(QBenchError, match="trust_checkpoint_factory"):
+        GenericAdapter().build({"weights": str(path)})
+    again = GenericAdapter().build({"weights": str(path), "trust_checkpoint_factory": True})
     assert again.name == "resnet18" and again.num_classes == 7
     assert torch.equal(again.model.fc.weight, bundle.model.fc.weight)
 
@@ -214,3 +220,172 @@ def test_device_auto_and_bad_device():
 def test_zoo_on_cuda():
     bundle = ZooAdapter().build({"name": "tiny_vit"}, device="cuda")
     assert next(bundle.model.parameters()).is_cuda
+
+
+# -- a factory named only by a checkpoint needs the user's confirmation ------------------------
+
+MARKER_MODULE = "qbench_test_marker_factory"
+
+
+@pytest.fixture
+def marker_factory(tmp_path, monkeypatch):
+    """``(spec, marker)``: an importable factory that creates ``marker`` when imported or called."""
+    marker = tmp_path / "marker"
+    package = tmp_path / "site"
+    package.mkdir()
+    (package / f"{MARKER_MODULE}.py").write_text(
+        "import pathlib\n"
+        "import torch\n"
+        f"MARKER = pathlib.Path({str(marker)!r})\n"
+        "MARKER.with_suffix('.imported').touch()\n"
+        "def build(width=3):\n"
+        "    MARKER.touch()\n"
+        "    return torch.nn.Linear(2, width)\n"
+    )
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.delitem(sys.modules, MARKER_MODULE, raising=False)
+    yield f"{MARKER_MODULE}:build", marker
+    sys.modules.pop(MARKER_MODULE, None)
+
+
+def test_checkpoint_factory_is_not_imported_without_confirmation(tmp_path, marker_factory):
+    spec, marker = marker_factory
+    path = tmp_path / "m.safetensors"
+    checkpoints.save_with_factory(torch.nn.Linear(2, 4), path, spec, {"width": 4})
+    with pytest.raises(QBenchError) as info:
+        GenericAdapter().build({"adapter": "generic", "weights": str(path)})
+    message = str(info.value)
+    assert str(path) in message and repr(spec) in message and "\n" not in message
+    for way in ("model.factory", "trust_checkpoint_factory: true", "trust_factory("):
+        assert way in message
+    assert not marker.exists() and not marker.with_suffix(".imported").exists()
+    assert MARKER_MODULE not in sys.modules
+
+
+def test_subprocess_run_named_by_a_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.safetensors"
+    checkpoints.save_with_factory(
+        torch.nn.Linear(1, 1), path, "subprocess:run", {"args": ["touch", str(marker)]}
+    )
+    with pytest.raises(QBenchError, match=r"names factory 'subprocess:run'"):
+        GenericAdapter().build({"weights": str(path)})
+    assert not marker.exists()
+
+
+def test_confirmed_checkpoint_factories_load(tmp_path, marker_factory, monkeypatch):
+    spec, marker = marker_factory
+    source = torch.nn.Linear(2, 4)
+    path = tmp_path / "m.safetensors"
+    checkpoints.save_with_factory(source, path, spec, {"width": 4})
+    trusted = GenericAdapter().build({"weights": str(path), "trust_checkpoint_factory": True})
+    assert marker.exists() and torch.equal(trusted.model.weight, source.weight)
+    named = GenericAdapter().build({"weights": str(path), "factory": spec, "kwargs": {"width": 4}})
+    assert torch.equal(named.model.weight, source.weight)
+    # a plugin that registers the factory as trusted: no option needed
+    monkeypatch.setattr(checkpoints, "TRUSTED_FACTORIES", set(checkpoints.TRUSTED_FACTORIES))
+    checkpoints.trust_factory(spec)
+    allowed = GenericAdapter().build({"weights": str(path)})
+    assert torch.equal(allowed.model.weight, source.weight)
+    with pytest.raises(QBenchError, match="package.module:callable"):
+        checkpoints.trust_factory("not a spec")
+
+
+def test_zoo_checkpoints_load_without_confirmation(tmp_path):
+    assert {f"qbench_adapters.zoo:{name}" for name in MODELS} <= checkpoints.TRUSTED_FACTORIES
+    source = ZooAdapter().build({"name": "tiny_cnn", "weights": "none", "seed": 5}).model
+    path = tmp_path / "cnn.safetensors"
+    checkpoints.save_with_factory(source, path, "qbench_adapters.zoo:tiny_cnn", {"num_classes": 10})
+    bundle = GenericAdapter().build({"weights": str(path)})
+    assert bundle.num_classes == 10
+    for key, value in source.state_dict().items():
+        assert torch.equal(bundle.model.state_dict()[key], value), key
+
+
+def test_trust_option_is_in_the_schema():
+    schema = GenericAdapter().options_schema
+    option = schema["properties"]["trust_checkpoint_factory"]
+    assert option["type"] == "boolean" and option["default"] is False and option["description"]
+    jsonschema.validate({"trust_checkpoint_factory": True}, schema)
+
+
+@pytest.mark.parametrize(
+    ("raw", "found"), [("{not json", "is not JSON"), ("[1, 2]", "JSON list, not an object")]
+)
+def test_malformed_factory_kwargs_metadata_is_one_line(tmp_path, raw, found):
+    path = tmp_path / "bad.safetensors"
+    state = ZooAdapter().build({"name": "tiny_cnn", "weights": "none"}).model.state_dict()
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(path),
+        metadata={"qbench.factory": "qbench_adapters.zoo:tiny_cnn", "qbench.kwargs": raw},
+    )
+    with pytest.raises(QBenchError, match=found) as info:
+        GenericAdapter().build({"weights": str(path)})
+    assert str(path) in str(info.value) and "qbench.kwargs" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# -- transform options --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transform", "key", "schema_refuses"),
+    [
+        ({"std": [0]}, "std", True),
+        ({"std": [0.2, 0.0, 0.2]}, "std", True),
+        ({"std": [-1.0]}, "std", True),
+        ({"std": [0.2, 0.2, 0.2, 0.2]}, "std", True),
+        # lengths the schema cannot tell from the image mode: refused when building
+        ({"mean": [0.5, 0.5]}, "mean", False),
+        ({"image_mode": "L", "mean": [0.5, 0.5, 0.5]}, "mean", False),
+    ],
+)
+def test_bad_normalisation_options_are_refused(transform, key, schema_refuses):
+    options = {"factory": "qbench_adapters.zoo:tiny_cnn", "transform": transform}
+    with pytest.raises(QBenchError, match=rf"^model\.transform\.{key}: found ") as info:
+        GenericAdapter().build(options)
+    assert "\n" not in str(info.value)
+    if schema_refuses:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(options, GenericAdapter().options_schema)
+
+
+def test_normalisation_with_one_value_or_grey_images():
+    bundle = GenericAdapter().build(
+        {"factory": "qbench_adapters.zoo:tiny_cnn", "transform": {"mean": [0.5], "std": [0.25]}}
+    )
+    x = bundle.transform(Image.new("RGB", (8, 8), (255, 255, 255)))
+    assert torch.allclose(x, torch.full_like(x, 2.0))
+    grey = GenericAdapter().build(
+        {"factory": "qbench_adapters.zoo:tiny_cnn", "transform": {"image_mode": "L"}}
+    )
+    assert grey.transform(Image.new("L", (300, 300))).shape == (1, 224, 224)
+
+
+# -- model.num_classes ----------------------------------------------------------------------------
+
+
+def test_generic_passes_num_classes_to_the_factory():
+    options = {"factory": "torchvision.models:mobilenet_v3_small", "num_classes": 10}
+    bundle = GenericAdapter().build(options)
+    assert bundle.num_classes == 10 and bundle.class_index is None
+    assert bundle.model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+    zoo = GenericAdapter().build({"factory": "qbench_adapters.zoo:tiny_cnn", "num_classes": 3})
+    assert zoo.model[-1].out_features == 3 and zoo.num_classes == 3
+    assert "num_classes" in GenericAdapter().options_schema["properties"]
+
+
+def test_generic_num_classes_that_cannot_be_honoured_is_refused():
+    options = {
+        "factory": "torch.nn:Linear",
+        "kwargs": {"in_features": 4, "out_features": 3},
+        "num_classes": 10,
+    }
+    with pytest.raises(QBenchError, match=r"model.num_classes: 10, .* 3 outputs") as info:
+        GenericAdapter().build(options)
+    assert "\n" not in str(info.value)
+    clash = {"factory": "qbench_adapters.zoo:tiny_cnn", "kwargs": {"num_classes": 7}}
+    with pytest.raises(QBenchError, match=r"model.num_classes: 10 disagrees .* num_classes 7"):
+        GenericAdapter().build({**clash, "num_classes": 10})
+    assert GenericAdapter().build({**clash, "num_classes": 7}).num_classes == 7

@@ -124,7 +124,9 @@ def test_corrupt_jpeg_is_named_or_skipped_and_counted(tmp_path, imagenet_bundle,
     )
     x, y = collect(batches)
     assert len(y) == 4
-    assert [Path(p).name for p in batches.skipped] == ["val_4.JPEG"]
+    assert [Path(s["path"]).name for s in batches.skipped] == ["val_4.JPEG"]
+    reason = batches.skipped[0]["reason"]
+    assert reason.startswith("OSError: ") and "truncated" in reason.lower() and "\n" not in reason
     assert batches.info["skipped_corrupt"] == 1
     assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
 
@@ -136,7 +138,8 @@ def test_corrupt_files_are_reported_from_worker_processes(tmp_path, plain_bundle
     options = {"root": str(root), "num_workers": 1, "skip_corrupt": True}
     batches = ImageFolderDataset().build(options, bundle=plain_bundle)
     assert collect(batches)[1].tolist() == [0]
-    assert len(batches.skipped) == 1
+    assert len(batches.skipped) == 1 and batches.info["skipped_corrupt"] == 1
+    assert batches.skipped[0]["path"].endswith("bad.jpg") and batches.skipped[0]["reason"]
 
 
 def test_tiny_imagenet_bad_annotation_line_names_file_and_line(tmp_path, imagenet_bundle):
@@ -231,3 +234,67 @@ def test_digits_honours_batch_size_and_limit(plain_bundle):
     assert [len(t) for _, t in batches] == [64, 64, 2]
     with pytest.raises(QBenchError, match="no split 'validation'"):
         DigitsDataset().build({"split": "validation"}, bundle=plain_bundle)
+
+
+def test_empty_class_folder_is_refused_not_relabelled(tmp_path, plain_bundle):
+    # Dropping "b" would turn c's label 2 into 1: every later class scored against a wrong id.
+    root = tmp_path / "folder"
+    write_image(root / "a" / "0.png", 1)
+    (root / "b").mkdir()
+    (root / "b" / "readme.txt").write_text("no images here")
+    write_image(root / "c" / "0.png", 3)
+    with pytest.raises(QBenchError, match="holds no images") as info:
+        ImageFolderDataset().build({"root": str(root)}, bundle=plain_bundle)
+    assert str(root / "b") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_symlink_loop_in_a_dataset_root_is_a_user_error(tmp_path, plain_bundle, imagenet_bundle):
+    root = tmp_path / "folder"
+    write_image(root / "a" / "0.png", 1)
+    (root / "loop").symlink_to(root / "loop")
+    with pytest.raises(QBenchError, match="Too many levels of symbolic links") as info:
+        ImageFolderDataset().build({"root": str(root)}, bundle=plain_bundle)
+    assert str(root / "loop") in str(info.value) and "\n" not in str(info.value)
+    # the root itself, and a split folder, caught in a loop
+    looped = tmp_path / "looped"
+    looped.symlink_to(looped)
+    with pytest.raises(QBenchError, match=rf"cannot read {looped} .*symbolic link"):
+        ImageFolderDataset().build({"root": str(looped)}, bundle=plain_bundle)
+    nette = tmp_path / "nette"
+    nette.mkdir()
+    (nette / "val").symlink_to(nette / "val")
+    with pytest.raises(QBenchError, match=rf"cannot read {nette / 'val'} "):
+        ImagenetteDataset().build({"root": str(nette)}, bundle=imagenet_bundle)
+    tiny = tmp_path / "tiny"
+    make_tiny(tiny)
+    (tiny / "val" / "val_annotations.txt").unlink()
+    (tiny / "val" / "val_annotations.txt").symlink_to(tiny / "val" / "val_annotations.txt")
+    with pytest.raises(QBenchError, match="val_annotations.txt"):
+        TinyImageNetDataset().build({"root": str(tiny)}, bundle=imagenet_bundle)
+
+
+def test_every_dataset_says_the_size_of_its_label_space(tmp_path, plain_bundle, imagenet_bundle):
+    digits = DigitsDataset().build({"limit": 5}, bundle=plain_bundle)
+    assert digits.info["num_classes"] == 10
+    folder = tmp_path / "folder"
+    for i, name in enumerate(("a", "b", "c")):
+        write_image(folder / name / "0.png", i)
+    assert (
+        ImageFolderDataset().build({"root": str(folder)}, bundle=plain_bundle).info["num_classes"]
+        == 3
+    )
+    nette = tmp_path / "nette"
+    for wnid in (TENCH, CHURCH):
+        write_image(nette / "val" / wnid / "0.png", 1)
+    mapped = ImagenetteDataset().build({"root": str(nette)}, bundle=imagenet_bundle)
+    assert max(collect(mapped)[1].tolist()) == 497  # targets are ImageNet-1k indices ...
+    assert mapped.info["num_classes"] == 1000  # ... so the label space is the 1k classes
+    assert mapped.info["dataset_classes"] == 2
+    plain = ImagenetteDataset().build({"root": str(nette)}, bundle=plain_bundle)
+    assert plain.info["num_classes"] == 2
+    tiny = tmp_path / "tiny"
+    make_tiny(tiny)
+    assert (
+        TinyImageNetDataset().build({"root": str(tiny)}, bundle=imagenet_bundle).info["num_classes"]
+        == 1000
+    )

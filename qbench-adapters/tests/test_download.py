@@ -314,3 +314,85 @@ def test_cli_data_download_uses_this_package(tmp_path, http_server, capsys):
         assert exit.code in (0, None)
     assert "ready at" in capsys.readouterr().out
     assert (root / "imagenette2-320" / "val" / TENCH).is_dir()
+
+
+# -- incomplete downloads are never kept as archives ------------------------------------------
+
+
+def test_body_cut_without_content_length_is_downloaded_again(tmp_path, http_server, capsys):
+    # No Content-Length and no checksum (a mirror): the cut body ends like a complete one.
+    base, state = http_server
+    data = make_tgz(tmp_path)
+    state.files["/a.tgz"] = data
+    state.send_length = False
+    state.interrupt_first = 20_000
+    dest = download_file(f"{base}/a.tgz", tmp_path / "a.tgz", progress=False, retries=0)
+    assert dest.read_bytes() == data
+    assert [r["range"] for r in state.requests] == [None, None]
+    corrupt = tmp_path / "a.tgz.corrupt"
+    assert corrupt.read_bytes() == data[:20_000]  # moved aside, not deleted, not kept as done
+    assert str(corrupt) in capsys.readouterr().err
+    assert not (tmp_path / "a.tgz.part").exists()
+
+
+def test_body_always_cut_without_content_length_is_one_line_error(tmp_path, http_server):
+    base, state = http_server
+    data = make_tgz(tmp_path)
+    state.files["/imagenette2-320.tgz"] = data
+    state.send_length = False
+    state.interrupt_every = 20_000
+    root = tmp_path / "data"
+    source = source_for(f"{base}/imagenette2-320.tgz", None)
+    with pytest.raises(DownloadError, match=r"incomplete or damaged archive twice") as info:
+        fetch_dataset(source, root, progress=False, retries=0)
+    assert str(root / "imagenette2-320.tgz.corrupt") in str(info.value)
+    assert "\n" not in str(info.value)
+    assert os.listdir(root) == ["imagenette2-320.tgz.corrupt"]  # no archive taken for done
+
+
+def test_archive_kept_by_an_older_run_is_checked_and_fetched_again(tmp_path, http_server):
+    # What earlier versions left behind: a truncated archive under the final name, which every
+    # later run took for a finished download (EOFError forever).
+    base, state = http_server
+    data = make_tgz(tmp_path)
+    state.files["/imagenette2-320.tgz"] = data
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "imagenette2-320.tgz").write_bytes(data[: len(data) // 2])
+    source = source_for(f"{base}/imagenette2-320.tgz", None)
+    out = fetch_dataset(source, root, progress=False)
+    assert sorted(p.name for p in (out / "val").iterdir()) == [TENCH, CHURCH]
+    assert sorted(os.listdir(root)) == ["imagenette2-320", "imagenette2-320.tgz.corrupt"]
+    assert len(state.requests) == 1
+
+
+@pytest.mark.parametrize("answer", ["no-total", "total"])
+@pytest.mark.parametrize("checksum", [False, True], ids=["no-md5", "md5"])
+def test_resume_answered_416_is_not_taken_for_complete(tmp_path, http_server, answer, checksum):
+    base, state = http_server
+    data = make_tgz(tmp_path)
+    state.files["/a.tgz"] = data
+    state.refuse_range = answer
+    (tmp_path / "a.tgz.part").write_bytes(data[:20_000])
+    md5 = hashlib.md5(data).hexdigest() if checksum else None
+    dest = download_file(f"{base}/a.tgz", tmp_path / "a.tgz", md5=md5, progress=False)
+    assert dest.read_bytes() == data
+    assert [r["range"] for r in state.requests] == ["bytes=20000-", None]
+    assert not (tmp_path / "a.tgz.part").exists()
+
+
+def test_verify_archive_catches_a_tar_cut_between_members(tmp_path):
+    from qbench_adapters.download import CorruptArchiveError, verify_archive
+
+    data = tar_with([file_member("top/a.txt", b"A" * 512), file_member("top/b.txt", b"B")])
+    whole = tmp_path / "whole.tar"
+    whole.write_bytes(data)
+    verify_archive(whole)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: 2 * 512])  # header + data of a.txt, then nothing
+    with pytest.raises(CorruptArchiveError, match="end-of-archive marker"):
+        verify_archive(cut)
+    page = tmp_path / "page.tgz"
+    page.write_text("<html>not found</html>")
+    with pytest.raises(CorruptArchiveError, match="not a tar or zip"):
+        verify_archive(page)

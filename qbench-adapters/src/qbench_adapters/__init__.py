@@ -32,6 +32,7 @@ _EXPORTS = {
     "imagenet1k_wnids": "imagenet",
     "load_state_dict": "checkpoints",
     "save_with_factory": "checkpoints",
+    "trust_factory": "checkpoints",
 }
 
 
@@ -61,4 +62,5 @@ __all__ = [
     "imagenet1k_wnids",
     "load_state_dict",
     "save_with_factory",
+    "trust_factory",
 ]

@@ -13,7 +13,6 @@ checkpoint path (see :mod:`qbench_adapters.checkpoints`).
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from qbench.errors import QBenchError
 from qbench.types import ModelBundle
 
 from . import imagenet
+from .checkpoints import FACTORY_PATTERN
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -358,14 +358,47 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
     return target
 
 
+def _channel_statistics(
+    options: Mapping[str, Any], key: str, default: tuple[float, ...], channels: int
+) -> tuple[float, ...]:
+    """``transform.mean`` / ``transform.std``: one value, or one per image channel."""
+    import math
+
+    value = options.get(key)
+    if value is None:
+        return default if channels == len(default) else (sum(default) / len(default),)
+    allowed = "1" if channels == 1 else f"1 or {channels}"
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) not in {1, channels}
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise QBenchError(
+            f"model.transform.{key}: found {value!r}; allowed: a list of {allowed} number(s) "
+            f"(one per channel of the {'L' if channels == 1 else 'RGB'} input)"
+        )
+    numbers = tuple(float(v) for v in value)
+    if not all(math.isfinite(v) for v in numbers) or (
+        key == "std" and not all(v > 0 for v in numbers)
+    ):
+        what = "positive numbers (Normalize divides by them)" if key == "std" else "finite numbers"
+        raise QBenchError(f"model.transform.{key}: found {value!r}; allowed: {what}")
+    return numbers
+
+
 def imagenet_style_transform(options: Mapping[str, Any]) -> Any:
-    """Resize -> centre crop -> tensor -> normalise, the usual classifier input pipeline."""
+    """Resize -> centre crop -> tensor -> normalise, the usual classifier input pipeline.
+
+    ``mean``/``std`` are checked here too (not only by the schema), because a zero std
+    silently turns every input into inf/NaN.
+    """
     from torchvision import transforms
 
     resize = int(options.get("resize", 256))
     crop = int(options.get("crop_size", 224))
-    mean = tuple(options.get("mean", IMAGENET_MEAN))
-    std = tuple(options.get("std", IMAGENET_STD))
+    channels = 1 if options.get("image_mode", "RGB") == "L" else 3
+    mean = _channel_statistics(options, "mean", IMAGENET_MEAN, channels)
+    std = _channel_statistics(options, "std", IMAGENET_STD, channels)
     return transforms.Compose(
         [
             transforms.Resize(resize, antialias=True),
@@ -376,11 +409,29 @@ def imagenet_style_transform(options: Mapping[str, Any]) -> Any:
     )
 
 
+def _accepts_num_classes(factory: Callable[..., Any]) -> bool | None:
+    """Whether ``factory`` takes a ``num_classes`` keyword (None: its signature is unknown)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # some builtins and C extensions have no signature
+        return None
+    return any(
+        (p.name == "num_classes" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in parameters
+    )
+
+
 class GenericAdapter:
     """Any ``nn.Module``: from an import path (``factory``) and/or a checkpoint (``weights``).
 
     A safetensors checkpoint saved with :func:`qbench_adapters.checkpoints.save_with_factory`
-    names its own factory, so ``{adapter: generic, weights: model.safetensors}`` suffices.
+    names its own factory. Importing and calling it runs code the file chose, so it is used
+    only when the user confirms it: the config names the factory (``factory``), the factory is
+    trusted (:data:`qbench_adapters.checkpoints.TRUSTED_FACTORIES`, e.g. the zoo's), or the
+    config sets ``trust_checkpoint_factory: true``.
     """
 
     name = "generic"
@@ -390,7 +441,7 @@ class GenericAdapter:
         "properties": {
             "factory": {
                 "type": "string",
-                "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+                "pattern": FACTORY_PATTERN,
                 "description": "package.module:callable returning the nn.Module",
             },
             "kwargs": {"type": "object", "default": {}, "description": "arguments of factory"},
@@ -400,7 +451,24 @@ class GenericAdapter:
                 "default": "none",
                 "description": "none (the factory's own init) or a checkpoint path",
             },
-            "num_classes": _NUM_CLASSES_SCHEMA,
+            "trust_checkpoint_factory": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "import and call the factory named in the checkpoint's safetensors "
+                    "metadata (qbench.factory) when factory is not set; this runs code the "
+                    "file chose, so set it only for files you trust"
+                ),
+            },
+            "num_classes": {
+                "type": "integer",
+                "minimum": 1,
+                "description": (
+                    "classifier outputs: passed to the factory as num_classes when it accepts "
+                    "that argument (and kwargs do not set it), otherwise checked against the "
+                    "model's last Linear layer"
+                ),
+            },
             "seed": _SEED_SCHEMA,
             "transform": {
                 "type": "object",
@@ -408,14 +476,50 @@ class GenericAdapter:
                 "properties": {
                     "resize": {"type": "integer", "minimum": 1, "default": 256},
                     "crop_size": {"type": "integer", "minimum": 1, "default": 224},
-                    "mean": {"type": "array", "items": {"type": "number"}},
-                    "std": {"type": "array", "items": {"type": "number"}},
+                    "mean": {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "minItems": 1,
+                        "maxItems": 3,
+                        "description": "one value, or one per channel (3 for RGB, 1 for L)",
+                    },
+                    "std": {
+                        "type": "array",
+                        "items": {"type": "number", "exclusiveMinimum": 0},
+                        "minItems": 1,
+                        "maxItems": 3,
+                        "description": "positive; one value, or one per channel",
+                    },
                     "image_mode": {"enum": ["RGB", "L"], "default": "RGB"},
                 },
                 "description": "input pipeline (default: ImageNet-style 256 -> 224)",
             },
         },
     }
+
+    def _factory_from_checkpoint(
+        self, options: Mapping[str, Any], path: Path
+    ) -> tuple[str | None, dict[str, Any]]:
+        """The factory the checkpoint names, refused unless the user confirmed it."""
+        from . import checkpoints
+
+        if not path.is_file():
+            return None, {}
+        spec, kwargs = checkpoints.checkpoint_factory(path)
+        if spec is None:
+            return None, {}
+        if not (
+            checkpoints.is_trusted_factory(spec)
+            or options.get("trust_checkpoint_factory", False) is True
+        ):
+            raise QBenchError(
+                f"model.weights: {path} names factory {spec!r} in its metadata "
+                f"({checkpoints.FACTORY_KEY}); QBench does not import code a file names "
+                f"unless you confirm it: set model.factory: {spec} in the config, set "
+                "model.trust_checkpoint_factory: true, or have the plugin providing it call "
+                f"qbench_adapters.checkpoints.trust_factory({spec!r})"
+            )
+        return spec, kwargs
 
     def build(self, options: Mapping[str, Any], *, device: str = "cpu") -> ModelBundle:
         import torch
@@ -428,16 +532,27 @@ class GenericAdapter:
         factory_spec = options.get("factory")
         kwargs = dict(options.get("kwargs") or {})
         if factory_spec is None and path is not None:
-            metadata = checkpoints.read_metadata(path) if path.is_file() else {}
-            factory_spec = metadata.get(checkpoints.FACTORY_KEY)
+            # The config's own factory wins and the file's metadata is not even read.
+            factory_spec, file_kwargs = self._factory_from_checkpoint(options, path)
             if factory_spec and not kwargs:
-                kwargs = json.loads(metadata.get(checkpoints.KWARGS_KEY, "{}"))
+                kwargs = file_kwargs
         if not factory_spec:
             raise QBenchError(
                 "model.factory: the generic adapter needs factory: package.module:callable "
                 f"(weights {weights_value!r} does not name one in its safetensors metadata)"
             )
         factory = import_factory(str(factory_spec))
+        requested = options.get("num_classes")
+        requested = int(requested) if requested is not None else None
+        if requested is not None and "num_classes" in kwargs:
+            if kwargs["num_classes"] != requested:
+                raise QBenchError(
+                    f"model.num_classes: {requested} disagrees with the factory's kwargs "
+                    f"(model.kwargs or the checkpoint's metadata): num_classes "
+                    f"{kwargs['num_classes']!r}; give one class count"
+                )
+        elif requested is not None and _accepts_num_classes(factory):
+            kwargs["num_classes"] = requested
         seed = int(options.get("seed", 0))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -453,7 +568,17 @@ class GenericAdapter:
             )
         if path is not None:
             checkpoints.load_into(model, checkpoints.load_state_dict(path), str(path))
-        num_classes = options.get("num_classes") or _output_features(model)
+        outputs = _output_features(model)
+        if requested is not None and outputs is not None and outputs != requested:
+            passed = "num_classes" in kwargs
+            raise QBenchError(
+                f"model.num_classes: {requested}, but {factory_spec} built a model with "
+                f"{outputs} outputs (its last Linear layer)"
+                + ("" if passed else " and takes no num_classes argument")
+                + "; pass the class count in model.kwargs under the factory's own name for it"
+                " or drop model.num_classes"
+            )
+        num_classes = requested or outputs
         transform_options = dict(options.get("transform") or {})
         name = options.get("name") or str(factory_spec).rpartition(":")[2].replace(".", "_")
         info = {

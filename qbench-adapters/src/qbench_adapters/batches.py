@@ -70,6 +70,11 @@ class _Samples(torch.utils.data.Dataset):
         return x, target, source, None
 
 
+def _one_line(text: str) -> str:
+    """A message on one line (PIL's errors are, but a decoder's may not be)."""
+    return " ".join(text.split())
+
+
 def _collate(
     items: list[tuple[Any, int, Any, str | None]],
 ) -> list[tuple[Any, int, Any, str | None]]:
@@ -80,8 +85,11 @@ def _collate(
 class Batches:
     """A re-iterable stream of ``(images float NCHW, targets int64)`` batches.
 
-    ``skipped`` lists the files skipped as unreadable during the last pass; ``info`` carries
-    what a report may want to show (dataset name, root, split, image count, unmapped classes).
+    ``skipped`` lists the files skipped as unreadable during the last pass, each as
+    ``{"path": str, "reason": str}`` (the one-line error that made it unreadable), for the
+    report; ``info`` carries what a report may want to show (dataset name, root, split, image
+    count, ``num_classes`` = the size of the label space the targets index, unmapped classes,
+    ``skipped_corrupt`` = ``len(skipped)``).
     """
 
     dataset: str
@@ -93,7 +101,7 @@ class Batches:
     skip_corrupt: bool = False
     num_workers: int = 0
     info: dict[str, Any] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return math.ceil(len(self.samples) / self.batch_size)
@@ -123,7 +131,7 @@ class Batches:
                             "fix or remove the file, or set dataset.skip_corrupt: true to skip "
                             "and count unreadable files"
                         )
-                    self.skipped.append(str(source))
+                    self.skipped.append({"path": str(source), "reason": _one_line(error)})
                     continue
                 images.append(torch.as_tensor(x))
                 targets.append(int(target))
@@ -133,7 +141,7 @@ class Batches:
         if self.skipped:  # counted in info; said aloud too, so no report reader misses it
             print(
                 f"qbench: dataset {self.dataset}: skipped {len(self.skipped)} unreadable image(s) "
-                f"(skip_corrupt), e.g. {self.skipped[0]}",
+                f"(skip_corrupt), e.g. {self.skipped[0]['path']} ({self.skipped[0]['reason']})",
                 file=sys.stderr,
             )
 

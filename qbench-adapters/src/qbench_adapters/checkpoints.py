@@ -4,23 +4,90 @@ Checkpoints are safetensors files, or torch files read with ``torch.load(weights
 (which refuses pickled classes and functions). torchvision's pretrained weights are looked up
 in the local torch hub cache only: QBench runs on machines without internet and never
 downloads at run time.
+
+A safetensors file may name the factory that rebuilds its module (``qbench.factory`` metadata,
+written by :func:`save_with_factory`). Importing and calling a factory runs code, so a factory
+that only a file names is used only when the user confirms it (DESIGN §10): the config names
+it (``model.factory``), it is on the allow-list :data:`TRUSTED_FACTORIES` (the zoo's own, plus
+any a plugin adds with :func:`trust_factory`), or the config sets
+``model.trust_checkpoint_factory: true``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from qbench.errors import QBenchError
-from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+# torch is imported inside the functions that need it: a plugin calls trust_factory() while it
+# registers, and registration must not cost torch's import time.
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pt2")
 #: safetensors metadata key naming the factory that rebuilds the module (``pkg.mod:fn``).
 FACTORY_KEY = "qbench.factory"
 KWARGS_KEY = "qbench.kwargs"
+
+#: ``package.module:attribute`` (the generic adapter's ``factory`` syntax).
+FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+#: Factories a checkpoint's metadata may name without the user's confirmation: the built-in
+#: zoo's (``qbench_adapters.zoo.MODELS``). Plugins add theirs with :func:`trust_factory`.
+TRUSTED_FACTORIES: set[str] = {
+    "qbench_adapters.zoo:tiny_cnn",
+    "qbench_adapters.zoo:tiny_resnet",
+    "qbench_adapters.zoo:tiny_vit",
+}
+
+
+def trust_factory(spec: str) -> None:
+    """Let checkpoints whose metadata names ``spec`` (``package.module:callable``) rebuild
+    their model without ``model.trust_checkpoint_factory: true``.
+
+    Meant for plugins: call it from ``qbench_register_adapters`` for the factories your
+    package provides and whose files your users load with ``{adapter: generic, weights: ...}``.
+    """
+    if not isinstance(spec, str) or not re.match(FACTORY_PATTERN, spec):
+        raise QBenchError(
+            f"trust_factory: {spec!r} is not an import path of the form package.module:callable"
+        )
+    TRUSTED_FACTORIES.add(spec)
+
+
+def is_trusted_factory(spec: str) -> bool:
+    return spec in TRUSTED_FACTORIES
+
+
+def checkpoint_factory(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """The factory a checkpoint's metadata names and its keyword arguments (``None, {}``
+    when it names none). Malformed metadata is a one-line error naming the file and key."""
+    metadata = read_metadata(path)
+    spec = metadata.get(FACTORY_KEY)
+    if not spec:
+        return None, {}
+    raw = metadata.get(KWARGS_KEY)
+    if raw is None:
+        return spec, {}
+    try:
+        kwargs = json.loads(raw)
+    except ValueError as exc:
+        raise QBenchError(
+            f"model.weights: {path}: metadata {KWARGS_KEY} is not JSON ({exc}); "
+            "expected a JSON object of factory arguments"
+        ) from None
+    if not isinstance(kwargs, dict):
+        raise QBenchError(
+            f"model.weights: {path}: metadata {KWARGS_KEY} is a JSON {type(kwargs).__name__}, "
+            "not an object of factory arguments"
+        )
+    return spec, kwargs
 
 
 def looks_like_path(value: str) -> bool:
@@ -39,13 +106,19 @@ def read_metadata(path: Path) -> dict[str, str]:
         return {}
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QBenchError(f"model.weights: cannot read safetensors file {path}: {first}") from None
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, on the CPU. Nested ``state_dict``/``model`` keys (as
     training loops commonly save) are unwrapped."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise QBenchError(f"model.weights: checkpoint {path} not found (cwd {Path.cwd()})")
@@ -141,6 +214,8 @@ def torchvision_weights(model_name: str, value: str) -> Any:
 
 def hub_checkpoint_path(weights: Any) -> Path:
     """Where torch.hub keeps ``weights``' file (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    import torch
+
     filename = weights.url.rsplit("/", 1)[-1]
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 

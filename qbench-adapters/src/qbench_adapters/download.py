@@ -3,8 +3,13 @@
 * Resumable: bytes land in ``<archive>.part``; a later attempt (an automatic retry, or the same
   command run again) asks the server for the rest with an HTTP ``Range`` header (RFC 9110
   §14.2) and appends when it answers 206 Partial Content, starting over when it answers 200.
-* Verified: the archive's MD5 is checked when known (the published archives' digests) and a
-  mismatch deletes the file and stops.
+* Verified: a download is complete only when its length (``Content-Length``, or the total of
+  ``Content-Range``) or its MD5 (known for the published archives; a mismatch deletes the file
+  and stops) says so. When neither is known (a server that sends no length, a mirror, a 416
+  answer to a resume without a total) the archive must open fully (every member listed, up to
+  the end-of-archive marker); one that does not is moved aside to ``<archive>.corrupt`` (named
+  on stderr) and downloaded again. A body cut short without a length therefore never passes
+  as a complete archive.
 * Safe: every member of the archive is checked *before anything is written*: absolute paths,
   ``..`` components, links whose target leaves the extraction folder, device files and FIFOs
   are refused. Tar extraction also uses Python's ``data`` filter (PEP 706) as a second guard.
@@ -15,8 +20,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import lzma
 import os
 import posixpath
 import shutil
@@ -71,6 +78,22 @@ class DownloadError(QBenchError):
 
 class UnsafeArchiveError(QBenchError):
     """An archive member would land outside the extraction folder."""
+
+
+class CorruptArchiveError(QBenchError):
+    """An archive is truncated, damaged or not a tar/zip file at all."""
+
+
+#: What a truncated or damaged archive raises while it is read (BadGzipFile is an OSError:
+#: listed so that it is told apart from a disk error).
+_CORRUPT = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+)
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -145,20 +168,66 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
-def download_file(
-    url: str,
-    dest: Path,
-    *,
-    md5: str | None = None,
-    progress: bool = True,
-    retries: int = 3,
-    timeout: float = 60.0,
-) -> Path:
-    """Download ``url`` to ``dest`` (resuming ``dest.part``), verify ``md5`` when given."""
-    dest = Path(dest)
-    if dest.is_file() and (md5 is None or md5_of(dest) == md5):
-        return dest
-    part = dest.with_name(dest.name + ".part")
+def _content_range_total(value: str | None) -> int | None:
+    # "bytes 100-199/200" or "bytes */200" (RFC 9110 §14.4); "*" as the total means unknown
+    if not value or not value.startswith("bytes ") or "/" not in value:
+        return None
+    try:
+        return int(value.rsplit("/", 1)[1])
+    except ValueError:
+        return None
+
+
+def verify_archive(archive: Path) -> None:
+    """Raise :class:`CorruptArchiveError` unless ``archive`` is a tar or zip that opens fully.
+
+    Zip: the central directory (at the end of the file) is read and every member's CRC is
+    checked. Tar (plain or compressed): every header is read, the data of every member is
+    skipped over, and the end-of-archive marker (two zero blocks, POSIX ustar) must follow, so
+    a file cut between two members is caught too.
+    """
+    archive = Path(archive)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as handle:
+                bad = handle.testzip()
+            if bad is not None:
+                raise CorruptArchiveError(f"archive {archive}: member {bad!r} fails its CRC check")
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as handle:
+                for _member in handle:  # reads every header, seeking over the data
+                    pass
+                handle.fileobj.seek(handle.offset)
+                marker = handle.fileobj.read(2 * tarfile.BLOCKSIZE)
+                if len(marker) < 2 * tarfile.BLOCKSIZE or any(marker):
+                    raise CorruptArchiveError(
+                        f"archive {archive}: ends after {len(handle.getmembers())} member(s) "
+                        "without the end-of-archive marker (truncated)"
+                    )
+                while handle.fileobj.read(CHUNK_BYTES):  # a compressed stream's own trailer
+                    pass
+        else:
+            raise CorruptArchiveError(f"archive {archive}: not a tar or zip file")
+    except _CORRUPT as exc:
+        raise CorruptArchiveError(
+            f"archive {archive}: truncated or damaged ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def move_aside(path: Path, reason: str | None = None) -> Path:
+    """Rename a damaged download to ``<name>.corrupt`` (replacing an older one) and return the
+    new path; with a ``reason``, say on stderr that it is downloaded again."""
+    corrupt = path.with_name(path.name.removesuffix(".part") + ".corrupt")
+    os.replace(path, corrupt)
+    if reason is not None:
+        print(f"qbench: {reason}; moved it to {corrupt} and downloading again", file=sys.stderr)
+    return corrupt
+
+
+def _transfer(
+    url: str, part: Path, *, label: str, progress: bool, retries: int, timeout: float
+) -> bool:
+    """Fetch ``url`` into ``part`` (resuming it); True when the length proves it complete."""
     attempt = 0
     while True:
         offset = part.stat().st_size if part.is_file() else 0
@@ -169,14 +238,14 @@ def download_file(
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 status = getattr(response, "status", 200)
-                if offset and (
-                    status != 206
-                    or _content_range_start(response.headers.get("Content-Range")) != offset
-                ):
+                content_range = response.headers.get("Content-Range")
+                if offset and (status != 206 or _content_range_start(content_range) != offset):
                     offset = 0  # the server ignored the range: start over
                 length = response.headers.get("Content-Length")
-                total = offset + int(length) if length is not None else None
-                bar = _Progress(dest.name, total, offset, progress)
+                total = _content_range_total(content_range) if offset else None
+                if total is None and length is not None:
+                    total = offset + int(length)
+                bar = _Progress(label, total, offset, progress)
                 written = offset
                 with open(part, "ab" if offset else "wb") as handle:
                     while True:
@@ -189,10 +258,22 @@ def download_file(
                 bar.close()
                 if total is not None and written < total:
                     raise http.client.IncompleteRead(b"", total - written)
-            break
+                if total is not None and written > total:
+                    part.unlink()
+                    raise DownloadError(
+                        f"download of {url}: received {written} bytes, but the server announced "
+                        f"{total}; the file was deleted (run again to retry)"
+                    )
+                return total is not None
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and offset:  # nothing left to send: the .part is complete
-                break
+            if exc.code == 416 and offset:
+                total = _content_range_total(exc.headers.get("Content-Range"))
+                if total == offset:  # nothing left to send: the .part is complete
+                    return True
+                if total is None:  # unknown: the caller checks that the archive opens fully
+                    return False
+                part.unlink()  # the .part does not fit the file the server has: start over
+                continue
             raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             attempt += 1
@@ -204,14 +285,65 @@ def download_file(
                     f"command again to resume from {part}"
                 ) from None
             time.sleep(min(0.5 * attempt, 5.0))
-    if md5 is not None:
-        found = md5_of(part)
-        if found != md5:
-            part.unlink()
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    *,
+    md5: str | None = None,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the archive at ``url`` to ``dest`` (resuming ``dest.part``).
+
+    Complete means: the length the server announced arrived, or ``md5`` matches, or (neither
+    known) the archive opens fully (:func:`verify_archive`). An archive that does not is moved
+    to ``<dest>.corrupt`` and downloaded once more from scratch; a second failure is a
+    :class:`DownloadError`.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        if md5 is not None and md5_of(dest) == md5:
+            return dest
+        if md5 is None:
+            try:
+                verify_archive(dest)
+                return dest
+            except CorruptArchiveError as exc:
+                move_aside(dest, str(exc))
+    part = dest.with_name(dest.name + ".part")
+    for last_try in (False, True):
+        complete = _transfer(
+            url, part, label=dest.name, progress=progress, retries=retries, timeout=timeout
+        )
+        if md5 is not None:
+            found = md5_of(part)
+            if found == md5:
+                break
+            if complete or last_try:  # all announced bytes arrived (or twice): wrong bytes
+                part.unlink()
+                raise DownloadError(
+                    f"checksum mismatch for {url}: md5 {found}, expected {md5}; the file was "
+                    "deleted (run again to retry, or pass --url to use a mirror)"
+                )
+            problem = f"{part}: md5 {found}, expected {md5} (incomplete download)"
+        elif complete:
+            break
+        else:
+            try:
+                verify_archive(part)
+                break
+            except CorruptArchiveError as exc:
+                problem = str(exc)
+        if last_try:
+            corrupt = move_aside(part)
             raise DownloadError(
-                f"checksum mismatch for {url}: md5 {found}, expected {md5}; the file was deleted "
-                "(run again to retry, or pass --url to use a mirror)"
+                f"download of {url} gave an incomplete or damaged archive twice (no length "
+                f"to check it by): {problem}; the last attempt is {corrupt}"
             )
+        move_aside(part, problem)
     os.replace(part, dest)
     return dest
 
@@ -300,7 +432,7 @@ def extract_archive(archive: Path, root: Path) -> list[Path]:
                 else:  # pragma: no cover - older interpreters; members were checked above
                     handle.extractall(staging, members=members)
         else:
-            raise QBenchError(f"archive {archive}: not a tar or zip file")
+            raise CorruptArchiveError(f"archive {archive}: not a tar or zip file")
         entries = sorted(staging.iterdir())
         clashes = [e.name for e in entries if (root / e.name).exists()]
         if clashes:
@@ -312,8 +444,13 @@ def extract_archive(archive: Path, root: Path) -> list[Path]:
             os.replace(entry, root / entry.name)
             created.append(root / entry.name)
         return created
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
-        # A truncated or damaged archive (or a full disk): the staging folder goes away below.
+    except _CORRUPT as exc:
+        # A truncated or damaged archive: the staging folder goes away below.
+        raise CorruptArchiveError(
+            f"archive {archive}: extraction failed, truncated or damaged "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    except OSError as exc:  # a full disk, no permission: the archive itself may be fine
         raise QBenchError(
             f"archive {archive}: extraction failed ({type(exc).__name__}: {exc})"
         ) from None
@@ -354,8 +491,21 @@ def fetch_dataset(
     except OSError as exc:
         raise QBenchError(f"--root {root}: cannot create it ({exc.strerror})") from None
     archive = root / _archive_name(chosen)
-    download_file(chosen, archive, md5=md5, progress=progress, retries=retries)
-    created = extract_archive(archive, root)
+    for last_try in (False, True):
+        download_file(chosen, archive, md5=md5, progress=progress, retries=retries)
+        try:
+            created = extract_archive(archive, root)
+            break
+        except CorruptArchiveError as exc:
+            # Never keep an archive that fails to unpack where the next run would take it for
+            # a finished download. A checksum-verified one would only come back the same.
+            if last_try or md5 is not None:
+                corrupt = move_aside(archive)
+                raise CorruptArchiveError(
+                    f"{exc}; moved to {corrupt} (run again to download it afresh, or pass "
+                    "--url to use a mirror)"
+                ) from None
+            move_aside(archive, str(exc))
     archive.unlink()
     if target in created:
         return target

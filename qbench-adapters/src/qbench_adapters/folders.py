@@ -13,7 +13,10 @@ Labels: when the model bundle carries a ``class_index`` (ImageNet-1k models) and
 folders are its keys (wnids), each image is labelled with the model's own class index, so an
 ImageNet model is scored on Imagenette or Tiny ImageNet in its 1k label space. Folders that
 are not classes of the model are an error, or left out and counted with ``unmapped: skip``.
-Otherwise classes are numbered in sorted folder-name order (torchvision's convention).
+Otherwise classes are numbered in sorted folder-name order (torchvision's convention). A class
+folder without images is an error, as in torchvision's ImageFolder: leaving it out would
+renumber every later class. ``batches.info["num_classes"]`` is the size of the label space the
+targets index (the model's 1k classes for wnid-mapped folders, else the number of folders).
 
 Order: images are sorted within each class and the classes interleaved (first image of every
 class, then the second...), so ``limit: N`` takes a class-balanced, reproducible subset.
@@ -21,6 +24,7 @@ class, then the second...), so ``limit: N`` takes a class-balanced, reproducible
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -52,12 +56,30 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def _images_under(folder: Path) -> list[str]:
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    # os.walk hides unreadable folders by default; raise instead (the dataset turns it into a
+    # one-line error), so a folder that cannot be read never silently loses its images.
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
         dirnames.sort()
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
     return found
+
+
+def unreadable_path_error(dataset: str, error: OSError, fallback: Path) -> QBenchError:
+    """One line naming the path a filesystem error happened on (a symlink loop, no permission)."""
+    path = error.filename if error.filename is not None else fallback
+    reason = error.strerror or type(error).__name__
+    hint = (
+        "; a symbolic link there points (through others) back to itself: fix or remove it"
+        if error.errno == errno.ELOOP
+        else ""
+    )
+    return QBenchError(f"dataset {dataset}: cannot read {path} ({reason}){hint}")
 
 
 def interleave(by_class: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
@@ -92,6 +114,8 @@ def assign_labels(
             )
         info = {
             "labels": "model class_index (wnid)",
+            # targets index the model's label space, not the folders
+            "num_classes": len(class_index),
             "unmapped_classes": missing,
             "skipped_unmapped": len(named) - len(samples),
         }
@@ -102,7 +126,8 @@ def assign_labels(
             f"{bundle.num_classes} classes and has no class_index naming them"
         )
     index = {c: i for i, c in enumerate(sorted(classes))}
-    return [(path, index[c]) for path, c in named], {"labels": "sorted folder names"}
+    info = {"labels": "sorted folder names", "num_classes": len(index)}
+    return [(path, index[c]) for path, c in named], info
 
 
 class FolderDataset:
@@ -155,17 +180,31 @@ class FolderDataset:
             for entry in sorted(os.scandir(base), key=lambda e: e.name)
             if entry.is_dir()
         }
-        by_class = {c: paths for c, paths in by_class.items() if paths}
         if not by_class:
             raise QBenchError(
-                f"dataset {self.name}: no class folders with images under {base} "
-                f"(image suffixes: {', '.join(IMAGE_SUFFIXES)})"
+                f"dataset {self.name}: no class folders under {base} "
+                f"(expected one sub-folder of images per class)"
+            )
+        empty = [c for c, paths in by_class.items() if not paths]
+        if empty:
+            # Dropping it would shift the index of every later class (as torchvision's
+            # ImageFolder, refuse instead): a model would be scored against wrong labels.
+            others = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise QBenchError(
+                f"dataset {self.name}: class folder {base / empty[0]}{others} holds no images "
+                f"(image suffixes: {', '.join(IMAGE_SUFFIXES)}); add its images or remove the "
+                "folder, since an empty class would renumber every class after it"
             )
         return by_class
 
     # -- shared --------------------------------------------------------------------------
 
     def _require_dir(self, path: Path, root: Path, what: str) -> None:
+        try:
+            path.stat()
+        except OSError as exc:  # missing is said below; a symlink loop etc. is raised as is
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
         if not path.is_dir():
             raise QBenchError(
                 f"dataset {self.name}: {path} not found (no {what} in {root}); "
@@ -177,6 +216,11 @@ class FolderDataset:
         if not root_value:
             raise QBenchError(f"dataset.root: the {self.name} dataset needs a root folder")
         root = Path(str(root_value)).expanduser()
+        try:
+            root.stat()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise unreadable_path_error(self.name, exc, root) from None
         if not root.is_dir():
             raise QBenchError(
                 f"dataset {self.name}: root {root} does not exist (cwd {Path.cwd()}); "
@@ -187,12 +231,22 @@ class FolderDataset:
             raise QBenchError(
                 f"dataset.split: {self.name} has no split {split!r}; allowed: {', '.join(self.splits)}"
             )
-        by_class = self.scan(root, split)
+        try:
+            by_class = self.scan(root, split)
+        except OSError as exc:  # a symlink loop, a folder without read permission ...
+            raise unreadable_path_error(self.name, exc, root) from None
         named = interleave(by_class)
         unmapped = str(options.get("unmapped", self.unmapped_default))
         samples, info = assign_labels(self.name, named, sorted(by_class), bundle, unmapped)
+        # info["num_classes"] (from assign_labels) is the size of the label space the targets
+        # index: the model's 1k classes for wnid-mapped folders, else the number of folders.
         info.update(
-            {"dataset": self.name, "root": str(root), "split": split, "num_classes": len(by_class)}
+            {
+                "dataset": self.name,
+                "root": str(root),
+                "split": split,
+                "dataset_classes": len(by_class),
+            }
         )
         from .batches import make_batches
 

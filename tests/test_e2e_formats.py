@@ -136,9 +136,12 @@ def _independent(name: str, memory_format: str) -> dict:
 def test_report_numbers_match_an_independent_computation(cli_run: Path, name: str) -> None:
     out_dir = cli_run / "zoo_tiny_resnet" / f"e2e_{name}"
     assert sorted(p.name for p in out_dir.iterdir()) == [
+        "accuracy.csv",
         "comparison_report.txt",
+        "layers.csv",
         "report.html",
         "report.json",
+        "report.md",
     ]
     report = json.loads((out_dir / "report.json").read_text())
     metrics = report["metrics"]

@@ -1,4 +1,7 @@
-"""Reporters: all three files are written, atomically, with the seed's sections and plots."""
+"""Reporters: the seed's three files are written, atomically, with its sections and plots.
+
+The newer content (warnings, skipped files, Markdown and CSV, HTML layout) is tested in
+test_report_contents.py and, in a real browser, test_report_browser.py."""
 
 from __future__ import annotations
 
@@ -215,7 +218,8 @@ def test_all_three_files_written(tmp_path: Path, status: str) -> None:
 
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 4  # accuracy bars, cosine, MSE, dynamic range
-    assert "<script" not in html and not re.search(r"(src|href)=", html)  # self-contained
+    # Self-contained: nothing fetched; the one script (click-to-sort) is inline.
+    assert not re.search(r"(src|href)=", html) and "@import" not in html and "url(" not in html
     assert re.search(r'class="[^"]*' + status, html)
     assert "conv1" in html and "&quot;joules&quot;: 1.25" in html
     for figure in re.findall(r"<svg.*?</svg>", html, flags=re.S):
@@ -255,8 +259,52 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert sorted(os.listdir(out)) == ["comparison_report.txt", "report.html", "report.json"]
 
 
+def test_atomic_write_honours_the_umask(tmp_path: Path) -> None:
+    """mkstemp creates 0600 whatever the umask; a report must get what open() would give."""
+    from qbench_eval._io import atomic_write_text, current_umask
+
+    saved = os.umask(0o022)
+    try:
+        for umask, expected in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664), (0o027, 0o640)):
+            os.umask(umask)
+            assert current_umask() == umask
+            assert os.umask(umask) == umask  # reading it did not change it
+            written = atomic_write_text(tmp_path / f"u{umask:o}" / "report.txt", "x\n")
+            assert os.stat(written).st_mode & 0o777 == expected, oct(umask)
+        os.umask(0o022)
+        for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
+            for path in reporter.write(_report(), tmp_path / "reports"):
+                assert os.stat(path).st_mode & 0o777 == 0o644, path.name
+    finally:
+        os.umask(saved)
+
+
+def test_umask_read_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /proc is missing (macOS, BSD) the umask is read by setting and restoring it."""
+    import builtins
+
+    from qbench_eval import _io
+
+    real_open = builtins.open
+
+    def no_proc(file, *args, **kwargs):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    saved = os.umask(0o037)
+    try:
+        assert _io.current_umask() == 0o037
+        assert os.umask(0o037) == 0o037  # restored
+    finally:
+        os.umask(saved)
+
+
 def test_registered_through_the_entry_point() -> None:
-    assert {"text", "json", "html"} <= set(qbench.plugins.registry("reporter").names())
+    assert {"text", "json", "html", "markdown", "csv"} <= set(
+        qbench.plugins.registry("reporter").names()
+    )
     assert {"accuracy", "layerwise", "compliance"} <= set(qbench.plugins.registry("metric").names())
     info = qbench.plugins.registry("metric").plugin_of("compliance")
     assert info.distribution == "qbench-eval"

@@ -24,7 +24,13 @@ def qbench_register_metrics(register: Any) -> None:
 
 @hookimpl
 def qbench_register_reporters(register: Any) -> None:
-    from .reporters import HtmlReporter, JsonReporter, TextReporter
+    from .reporters import CsvReporter, HtmlReporter, JsonReporter, MarkdownReporter, TextReporter
 
-    for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
+    for reporter in (
+        TextReporter(),
+        JsonReporter(),
+        HtmlReporter(),
+        MarkdownReporter(),
+        CsvReporter(),
+    ):
         register(reporter)

@@ -1,10 +1,18 @@
-"""What the text and HTML reporters both show, computed once from the report mapping."""
+"""What the text, HTML and Markdown reporters all show, computed once from the report mapping.
+
+Keys read beyond the metrics (all optional, so reports from older runs still render):
+``report["warnings"]`` (one-line strings shown first), ``report["dataset"]["skipped"]``
+(``[{"path", "reason"}...]``) and ``["skipped_count"]``, per-role ``nonfinite``
+(``{"nan": n, "inf": m}``) in the compliance result, and format facts for the dynamic-range
+plot in ``report["formats"]`` or ``report["quantization"]["formats"]`` (``{name: {"max",
+"min_normal", "min_subnormal"}}``, the shape of ``qbench formats --json``).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._io import json_safe
@@ -56,6 +64,61 @@ def signed_percent(value: Any) -> str:
     return f"{100.0 * float(value):+.2f}"
 
 
+#: At most this many skipped files are listed by name (the count is always exact).
+MAX_SKIPPED_LISTED = 20
+
+
+def plural(count: Any, noun: str, plural_form: str | None = None) -> str:
+    """``"1 module"``, ``"2 modules"``, ``"0 modules"`` (English: only exactly one is singular)."""
+    word = noun if count == 1 else (plural_form or noun + "s")
+    return f"{count} {word}"
+
+
+def image_count(report: Mapping[str, Any]) -> int | None:
+    """How many images the run evaluated (the dataset's count, else the accuracy metric's)."""
+    images = (report.get("dataset") or {}).get("images")
+    if images is None:
+        images = ((report.get("metrics") or {}).get("accuracy") or {}).get("images")
+    return images
+
+
+def report_title(report: Mapping[str, Any]) -> str:
+    """``QBench comparison report: resnet18 / fp8_e4m3_chunk128, 539 images``."""
+    text = f"QBench comparison report: {report.get('model', '-')} / {report.get('name', '-')}"
+    images = image_count(report)
+    return text if images is None else f"{text}, {plural(images, 'image')}"
+
+
+def warnings(report: Mapping[str, Any]) -> list[str]:
+    """The run's warnings, one line each, in the order the runner recorded them."""
+    found = report.get("warnings") or []
+    if isinstance(found, str):  # tolerate a single string
+        found = [found]
+    return [" ".join(str(w).split()) for w in found if str(w).strip()]
+
+
+def skipped_count(report: Mapping[str, Any]) -> int:
+    """How many dataset files were skipped as unreadable (0 for reports without the keys)."""
+    dataset = report.get("dataset") or {}
+    count = dataset.get("skipped_count")
+    if count is None:
+        count = len(dataset.get("skipped") or [])
+    return int(count)
+
+
+def skipped_rows(report: Mapping[str, Any]) -> tuple[list[tuple[str, str]], int]:
+    """(path, reason) for the first :data:`MAX_SKIPPED_LISTED` skipped files, and how many
+    more were skipped than are listed."""
+    listed = (report.get("dataset") or {}).get("skipped") or []
+    rows = [
+        (str(entry.get("path", "?")), " ".join(str(entry.get("reason", "-")).split()))
+        if isinstance(entry, Mapping)
+        else (str(entry), "-")
+        for entry in listed[:MAX_SKIPPED_LISTED]
+    ]
+    return rows, max(skipped_count(report) - len(rows), 0)
+
+
 def header_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs describing the run."""
     dataset = report.get("dataset") or {}
@@ -63,7 +126,10 @@ def header_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     if dataset.get("split"):
         data_text += f" ({dataset['split']})"
     if dataset.get("images") is not None:
-        data_text += f", {dataset['images']} images"
+        data_text += f", {plural(dataset['images'], 'image')}"
+    skipped = skipped_count(report)
+    if skipped:
+        data_text += f", {skipped} skipped as unreadable"
     return [
         ("Config", f"{report.get('name', '-')} ({report.get('config_file') or 'in memory'})"),
         ("Model", str(report.get("model", "-"))),
@@ -87,7 +153,7 @@ def quantization_summary(quantization: Mapping[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in quantization.items() if k != "layers" and v is not None]
     layers = quantization.get("layers") or []
     if layers:
-        parts.append(f"{len(layers)} per-layer override(s)")
+        parts.append(plural(len(layers), "per-layer override"))
     return ", ".join(parts) if parts else "(none)"
 
 
@@ -114,6 +180,24 @@ def accuracy_rows(accuracy: Mapping[str, Any]) -> list[tuple[str, str, str, str]
     return rows
 
 
+def agreement_text(accuracy: Mapping[str, Any]) -> str:
+    """``Top-1 agreement FP32 vs quantized: 99.63 % of 539 images``."""
+    return (
+        f"Top-1 agreement FP32 vs quantized: {percent(accuracy.get('agreement'))} % "
+        f"of {plural(accuracy.get('images', 0), 'image')}"
+    )
+
+
+def nonfinite_logit_warnings(accuracy: Mapping[str, Any]) -> list[str]:
+    """One line per side whose logits had NaN/inf on some images."""
+    lines = []
+    for side in ("reference", "quantized"):
+        bad = (accuracy.get(side) or {}).get("nonfinite_images")
+        if bad:
+            lines.append(f"{plural(bad, 'image')} with NaN/inf logits ({side})")
+    return lines
+
+
 def layer_rows(layerwise: Mapping[str, Any]) -> list[dict[str, str]]:
     """One dict of formatted cells per measured layer."""
     rows = []
@@ -136,6 +220,118 @@ def layer_rows(layerwise: Mapping[str, Any]) -> list[dict[str, str]]:
 
 LAYER_COLUMNS = ("Layer", "Type", "MSE", "Cosine", "SQNR (dB)", "min |x|", "max |x|", "log2 range")
 
+#: Column groups of the layer table, as (title, first column, last column): the last three
+#: columns describe the layer's *input*, its dynamic range (as the FP8 literature calls it,
+#: e.g. Micikevicius et al. 2022, "FP8 Formats for Deep Learning").
+LAYER_GROUPS = (("Input dynamic range", 5, 7),)
+
+LAYER_NOTE = (
+    "Input dynamic range: min |x| / max |x| are the smallest non-zero and largest input "
+    "magnitude; log2 range = log2(max/min)."
+)
+
+
+def layer_csv_rows(layerwise: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The layer table with every scalar the layerwise metric recorded, unformatted.
+
+    Nested mappings are flattened with their key as prefix (``input`` -> ``input_max_abs``)
+    so a column appears for every number, including ones a newer metric adds; columns come
+    in first-seen order with ``name`` and ``type`` first.
+    """
+    flat_rows: list[dict[str, Any]] = []
+    columns: dict[str, None] = {"name": None, "type": None}
+    for layer in layerwise.get("layers") or []:
+        flat: dict[str, Any] = {}
+        for key, value in layer.items():
+            if isinstance(value, Mapping):
+                for inner, item in value.items():
+                    if not isinstance(item, (Mapping, list, tuple)):
+                        flat[f"{key}_{inner}"] = item
+            elif not isinstance(value, (list, tuple)):
+                flat[str(key)] = value
+        for key in flat:
+            columns.setdefault(key, None)
+        flat_rows.append(flat)
+    header = list(columns)
+    return header, [[row.get(column) for column in header] for row in flat_rows]
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def format_range(report: Mapping[str, Any], name: str) -> tuple[float, float, float] | None:
+    """(min subnormal, min normal, max) magnitudes of format ``name``, or None if unknown.
+
+    Facts recorded in the report win (``report["formats"]`` or
+    ``report["quantization"]["formats"]``); otherwise the format is looked up through
+    ``qbench.get_format``, guarded so a report still renders where the plugin that defines the
+    format (e.g. qbench-formats) is not installed.
+    """
+    facts: Any = None
+    for holder in (report.get("formats"), (report.get("quantization") or {}).get("formats")):
+        if isinstance(holder, Mapping) and isinstance(holder.get(name), Mapping):
+            facts = holder[name]
+            break
+    if facts is not None:
+        top = _positive(facts.get("max", facts.get("max_value")))
+        normal = _positive(facts.get("min_normal"))
+        subnormal = _positive(facts.get("min_subnormal")) or normal
+    else:
+        try:
+            import qbench
+
+            fmt = qbench.get_format(name)
+            top = _positive(getattr(fmt, "max_value", None))
+            normal = _positive(getattr(fmt, "min_normal", None))
+            subnormal = _positive(getattr(fmt, "min_subnormal", None)) or normal
+        except Exception:  # noqa: BLE001 - any failure only means "no band drawn"
+            return None
+    if top is None or normal is None or subnormal is None or not subnormal <= normal <= top:
+        return None
+    return subnormal, normal, top
+
+
+def input_formats(report: Mapping[str, Any], layer_names: Sequence[str]) -> list[str | None]:
+    """The format each layer's *input* was quantized to, or None where it was not.
+
+    The preparation report names it per layer and role (``"fp8_e4m3 chunk128"``: per-layer
+    overrides already applied); for layers it does not list, the config's ``input_format``
+    or ``format``.
+    """
+    quantization = report.get("quantization") or {}
+    default = quantization.get("input_format") or quantization.get("format")
+    prepared = {
+        str(entry.get("name")): entry
+        for entry in (report.get("preparation") or {}).get("quantized") or []
+        if isinstance(entry, Mapping)
+    }
+    names: list[str | None] = []
+    for layer in layer_names:
+        entry = prepared.get(layer)
+        if entry is None:
+            names.append(str(default) if default else None)
+            continue
+        described = (entry.get("roles") or {}).get("input")
+        names.append(str(described).split()[0] if described else None)
+    return names
+
+
+def nonfinite_text(counts: Any) -> str:
+    """``"3 NaN, 1 inf"`` from ``{"nan": 3, "inf": 1}``; empty when both are zero or absent."""
+    if not isinstance(counts, Mapping):
+        return ""
+    parts = []
+    for key, label in (("nan", "NaN"), ("inf", "inf")):
+        count = counts.get(key) or 0
+        if count:
+            parts.append(f"{count} {label}")
+    return ", ".join(parts)
+
 
 def compliance_rows(compliance: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(what, PASS/FAIL/NOT RUN, detail) rows of the compliance summary."""
@@ -148,37 +344,58 @@ def compliance_rows(compliance: Mapping[str, Any]) -> list[tuple[str, str, str]]
         if not info.get("audited", True):
             rows.append((title, "NOT AUDITED", "excluded by the audit config"))
             continue
-        detail = f"{info.get('tensors', 0)} tensors, {info.get('elements', 0)} values"
+        tensors = plural(info.get("tensors", 0), "tensor")
+        detail = f"{tensors}, {plural(info.get('elements', 0), 'value')}"
         if info.get("failed_tensors"):
             detail += f"; {info['failed_tensors']} failing"
         if info.get("missing"):
             detail += f" ({info['missing']} never observed)"
+        nonfinite = nonfinite_text(info.get("nonfinite"))
+        if nonfinite:
+            detail += f"; {nonfinite}"
         rows.append((title, str(info.get("status", "-")), detail))
     scales = compliance.get("scales")
     if scales is not None:
-        detail = f"{scales.get('checked', 0)} scales"
+        detail = plural(scales.get("checked", 0), "scale")
         if scales.get("failed"):
             detail += f"; {scales['failed']} illegal"
         rows.append(("Scales", str(scales.get("status", "-")), detail))
     return rows
 
 
-def failure_lines(compliance: Mapping[str, Any]) -> list[str]:
-    """The detailed failures, one block of lines per failing tensor."""
-    lines: list[str] = []
+def failure_entries(compliance: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """The detailed failures: (headline, example lines) per missing or failing tensor."""
+    entries: list[tuple[str, list[str]]] = []
     for missing in compliance.get("missing") or []:
-        lines.append(
-            f"{missing['layer']} [{missing['role']}]: FAIL - "
-            + missing.get("reason", "quantized per the preparation report but never observed")
+        entries.append(
+            (
+                f"{missing['layer']} [{missing['role']}]: FAIL - "
+                + missing.get("reason", "quantized per the preparation report but never observed"),
+                [],
+            )
         )
     for tensor in compliance.get("failures") or []:
         counts = ", ".join(f"{k}: {v}" for k, v in (tensor.get("failures") or {}).items())
-        lines.append(
-            f"{tensor['layer']} [{tensor['role']}] {tensor.get('format', '')}: FAIL - {tensor.get('failed', 0)} "
-            f"failing of {tensor.get('elements', 0)} values ({counts})"
+        headline = (
+            f"{tensor['layer']} [{tensor['role']}] {tensor.get('format', '')}: FAIL - "
+            f"{tensor.get('failed', 0)} failing of {plural(tensor.get('elements', 0), 'value')}"
+            f" ({counts})"
         )
-        for example in tensor.get("examples") or []:
-            lines.append("    " + example_text(example))
+        nonfinite = nonfinite_text(tensor.get("nonfinite"))
+        if nonfinite:
+            headline += f"; {nonfinite}"
+        entries.append(
+            (headline, [example_text(example) for example in tensor.get("examples") or []])
+        )
+    return entries
+
+
+def failure_lines(compliance: Mapping[str, Any]) -> list[str]:
+    """The detailed failures, one block of lines per failing tensor."""
+    lines: list[str] = []
+    for headline, examples in failure_entries(compliance):
+        lines.append(headline)
+        lines.extend("    " + example for example in examples)
     return lines
 
 

@@ -1,7 +1,8 @@
 """The ``html`` reporter: ``report.html``, one self-contained page with inline SVG plots.
 
-No scripts, stylesheets, fonts or images are fetched: the file opens offline and can be
-mailed or attached to a paper's supplementary material as is.
+Nothing is fetched (no external scripts, stylesheets, fonts or images): the file opens
+offline and can be mailed or attached to a paper's supplementary material as is. The only
+script is a few inline lines that sort a table when its header is clicked.
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ from . import svg
 from ._common import (
     KNOWN_METRICS,
     LAYER_COLUMNS,
+    LAYER_GROUPS,
+    LAYER_NOTE,
     accuracy_rows,
+    agreement_text,
     compliance_rows,
     example_text,
+    format_range,
     header_lines,
+    input_formats,
     layer_rows,
-    percent,
+    nonfinite_logit_warnings,
+    nonfinite_text,
+    plural,
+    report_title,
+    skipped_rows,
+    warnings,
 )
 
 FILE_NAME = "report.html"
@@ -33,29 +44,85 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:64em;color:#222;
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}
+th{background:#f4f4f4}td.l,th.l{text-align:left}th.g{text-align:center;background:#eaeaea}
+td.n{white-space:nowrap;font-variant-numeric:tabular-nums}
+table.sortable thead tr:last-child th{cursor:pointer}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 .PASS{color:#1a7f37;font-weight:bold}.FAIL{color:#c62828;font-weight:bold}.NOT{color:#777}
+.warnings{background:#fff4e5;border:1px solid #f0b429;border-left:6px solid #e08e0b;
+padding:.5em 1em;margin:1em 0}.warnings ul{margin:.3em 0;padding-left:1.2em}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
-figure{margin:1em 0}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+"""
+
+# Click (or Enter/Space on) a column header to sort by it; again to reverse. Numbers sort
+# numerically ("5.121e-04" < "0.0026", "inf" last), empty cells ("-", "NaN") always last.
+_SORT_SCRIPT = """
+(function(){
+function key(cell){var t=cell.textContent.trim();
+if(t===""||t==="-"||t==="NaN")return null;if(t==="inf")return Infinity;if(t==="-inf")return -Infinity;
+var v=Number(t.replace(/\\u2212/g,"-"));return isNaN(v)?t:v;}
+function cmp(x,y){if(typeof x==="number"&&typeof y==="number")return x<y?-1:x>y?1:0;
+if(typeof x==="number")return -1;if(typeof y==="number")return 1;
+return x.localeCompare(y,undefined,{numeric:true});}
+Array.prototype.forEach.call(document.querySelectorAll("table.sortable"),function(table){
+var rows=table.tHead.rows,heads=rows[rows.length-1].cells;
+Array.prototype.forEach.call(heads,function(th,col){
+th.tabIndex=0;th.title="Sort by this column";
+function sort(){var body=table.tBodies[0],list=Array.prototype.slice.call(body.rows);
+var asc=th.getAttribute("aria-sort")!=="ascending";
+Array.prototype.forEach.call(heads,function(h){h.removeAttribute("aria-sort");});
+th.setAttribute("aria-sort",asc?"ascending":"descending");
+list.sort(function(a,b){var x=key(a.cells[col]),y=key(b.cells[col]);
+if(x===null||y===null)return (x===null)-(y===null);var c=cmp(x,y);return asc?c:-c;});
+list.forEach(function(r){body.appendChild(r);});}
+th.addEventListener("click",sort);
+th.addEventListener("keydown",function(e){if(e.key==="Enter"||e.key===" "){e.preventDefault();sort();}});
+});});
+})();
 """
 
 
 def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[bool] | None = None
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    left: Sequence[bool] | None = None,
+    groups: Sequence[tuple[str, int, int]] = (),
+    sortable: bool = True,
 ) -> str:
+    """An HTML table; left-aligned text columns, right-aligned numeric ones that never wrap
+    (``5.121e-04`` split as ``5.121e-`` / ``04`` reads as a different number). ``groups`` are
+    (title, first column, last column) spanned by a header cell above the column names."""
     left = left or [i == 0 for i in range(len(header))]
-    head = "".join(
-        f'<th class="{"l" if lf else ""}">{escape(h)}</th>' for h, lf in zip(header, left)
+    head = ""
+    if groups:
+        cells, column = [], 0
+        for group_title, first, last in sorted(groups, key=lambda g: g[1]):
+            if first > column:
+                cells.append(f'<th colspan="{first - column}"></th>')
+            cells.append(f'<th class="g" colspan="{last - first + 1}">{escape(group_title)}</th>')
+            column = last + 1
+        if column < len(header):
+            cells.append(f'<th colspan="{len(header) - column}"></th>')
+        head += "<tr>" + "".join(cells) + "</tr>"
+    head += (
+        "<tr>"
+        + "".join(
+            f'<th class="{"l" if lf else ""}" scope="col">{escape(h)}</th>'
+            for h, lf in zip(header, left)
+        )
+        + "</tr>"
     )
     body = []
     for row in rows:
         cells = []
         for cell, lf in zip(row, left):
             status = cell.split()[0] if cell in ("PASS", "FAIL", "NOT RUN", "NOT AUDITED") else ""
-            cls = " ".join(c for c in ("l" if lf else "", status) if c)
+            cls = " ".join(c for c in ("l" if lf else "n", status) if c)
             cells.append(f'<td class="{cls}">{escape(cell)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    kind = ' class="sortable"' if sortable else ""
+    return f"<table{kind}><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _status(text: str) -> str:
@@ -68,23 +135,59 @@ def _float_or_none(value: Any) -> float | None:
     return None
 
 
+def _accuracy_axis(values: Sequence[float]) -> float:
+    """Where the accuracy axis starts: a round value a little under the lowest bar, so that
+    differences of tenths of a point are visible; 0 when the data spread over most of it."""
+    if not values:
+        return 0.0
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.3, 0.5)
+    start = low - pad
+    step = 10.0 if high - start > 20 else (1.0 if high - start > 2 else 0.1)
+    start = math.floor(start / step) * step
+    return 0.0 if start < 20 else round(start, 6)
+
+
+def _band(
+    max_abs: Any, facts: tuple[float, float, float] | None
+) -> tuple[float, float, float] | None:
+    """log2 (lowest subnormal, lowest normal, max) of the format once absmax scaling has
+    mapped the layer's largest |x| onto the format's max."""
+    top = _float_or_none(max_abs)
+    if facts is None or top is None or top <= 0:
+        return None
+    subnormal, normal, fmt_max = facts
+    shift = math.log2(top) - math.log2(fmt_max)
+    return math.log2(subnormal) + shift, math.log2(normal) + shift, math.log2(top)
+
+
 class HtmlReporter:
     """Writes ``report.html``: the text report's content plus accuracy, cosine, MSE and
-    dynamic-range plots drawn as inline SVG."""
+    dynamic-range plots drawn as inline SVG, with sortable tables."""
 
     name = "html"
     file_name = FILE_NAME
 
     def render(self, report: Mapping[str, Any]) -> str:
         metrics = report.get("metrics") or {}
-        title = f"QBench report: {report.get('name', '')} on {report.get('model', '')}"
+        heading = report_title(report)
         parts = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
-            f"<h1>{escape(title)}</h1>",
-            _table(("Run", ""), header_lines(report), left=(True, True)),
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{escape(heading)}</title><style>{_STYLE}</style></head><body>",
+            f"<h1>{escape(heading)}</h1>",
         ]
+        run_warnings = warnings(report)
+        if run_warnings:
+            items = "".join(f"<li>{escape(w)}</li>" for w in run_warnings)
+            parts.append(
+                f'<div class="warnings" role="alert"><strong>'
+                f"{'Warning' if len(run_warnings) == 1 else 'Warnings'}</strong>"
+                f"<ul>{items}</ul></div>"
+            )
+        parts.append(_table(("Run", ""), header_lines(report), left=(True, True), sortable=False))
+        parts += self._skipped(report)
         parts += self._accuracy(metrics.get("accuracy"))
         parts += self._compliance(metrics.get("compliance"))
         parts += self._layerwise(metrics.get("layerwise"), report)
@@ -93,8 +196,21 @@ class HtmlReporter:
             if name not in KNOWN_METRICS:
                 parts.append(f"<h2>{escape(str(name))}</h2>")
                 parts.append(f"<pre>{escape(json.dumps(json_safe(metrics[name]), indent=2))}</pre>")
+        parts.append(f"<script>{_SORT_SCRIPT}</script>")
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
+
+    def _skipped(self, report: Mapping[str, Any]) -> list[str]:
+        rows, more = skipped_rows(report)
+        if not rows:
+            return []
+        out = [
+            "<h2>Skipped images (unreadable)</h2>",
+            _table(("File", "Reason"), rows, left=(True, True)),
+        ]
+        if more:
+            out.append(f"<p>... and {more} more.</p>")
+        return out
 
     def _accuracy(self, accuracy: Mapping[str, Any] | None) -> list[str]:
         out = ["<h2>1. Accuracy metrics</h2>"]
@@ -103,13 +219,17 @@ class HtmlReporter:
         out.append(
             _table(("Metric", "FP32", "Quantized", "Delta (points)"), accuracy_rows(accuracy))
         )
-        out.append(
-            f"<p>Top-1 agreement FP32 vs quantized: <b>{escape(percent(accuracy.get('agreement')))} %</b> "
-            f"of {escape(str(accuracy.get('images', 0)))} images.</p>"
-        )
+        out.append(f"<p>{escape(agreement_text(accuracy))}.</p>")
+        for line in nonfinite_logit_warnings(accuracy):
+            out.append(f'<p class="warnings">WARNING: {escape(line)}</p>')
         k = accuracy.get("top_k", 5)
-        categories = ["Top-1", f"Top-{k}", "Certainty", "Agreement"]
         agreement = _float_or_none(accuracy.get("agreement"))
+        deltas = accuracy.get("delta") or {}
+        categories = []
+        for key, label in (("top1", "Top-1"), ("topk", f"Top-{k}"), ("certainty", "Certainty")):
+            delta = _float_or_none(deltas.get(key))
+            categories.append(label if delta is None else f"{label} ({100 * delta:+.2f} pt)")
+        categories.append("Agreement")
 
         def side(name: str) -> list[float | None]:
             data = accuracy.get(name) or {}
@@ -118,9 +238,18 @@ class HtmlReporter:
 
         series = {"FP32": side("reference"), "Quantized": side("quantized")}
         series["Quantized"][3] = None if agreement is None else 100 * agreement
+        drawn = [v for values in series.values() for v in values if v is not None]
         out.append(
             "<figure>"
-            + svg.grouped_bars(categories, series, "Accuracy (%)", "%", y_max=100.0)
+            + svg.grouped_bars(
+                categories,
+                series,
+                "Accuracy (%), delta in points under each group",
+                "%",
+                y_max=100.0,
+                y_min=_accuracy_axis(drawn),
+                value_text=lambda v: f"{v:.2f}",
+            )
             + "</figure>"
         )
         return out
@@ -166,27 +295,23 @@ class HtmlReporter:
                 )
                 + "</figure>"
             )
-            inputs = [layer.get("input") or {} for layer in layers]
-            out.append(
-                "<figure>"
-                + svg.ranges(
-                    names,
-                    [i.get("min_nonzero_abs") for i in inputs],
-                    [i.get("max_abs") for i in inputs],
-                    "Input dynamic range per layer (smallest to largest non-zero |x|)",
-                )
-                + "</figure>"
-            )
+            out.append(self._dynamic_range(layers, names, report))
             rows = layer_rows(layerwise)
             left = [column in ("Layer", "Type") for column in LAYER_COLUMNS]
             out.append(
-                _table(LAYER_COLUMNS, [[row[c] for c in LAYER_COLUMNS] for row in rows], left)
+                _table(
+                    LAYER_COLUMNS,
+                    [[row[c] for c in LAYER_COLUMNS] for row in rows],
+                    left,
+                    groups=LAYER_GROUPS,
+                )
             )
+            out.append(f"<p>{escape(LAYER_NOTE)}</p>")
         else:
             out.append("<p>(no quantized layers were measured)</p>")
         not_quantized = (report.get("preparation") or {}).get("not_quantized") or []
         if not_quantized:
-            out.append(f"<p>Not quantized ({len(not_quantized)} modules):</p>")
+            out.append(f"<p>Not quantized ({plural(len(not_quantized), 'module')}):</p>")
             out.append(
                 _table(
                     ("Module", "Type", "Reason"),
@@ -198,6 +323,49 @@ class HtmlReporter:
                 )
             )
         return out
+
+    def _dynamic_range(
+        self, layers: Sequence[Mapping[str, Any]], names: Sequence[str], report: Mapping[str, Any]
+    ) -> str:
+        """The input dynamic-range plot, with the band each layer's input format can hold."""
+        inputs = [layer.get("input") or {} for layer in layers]
+        formats = input_formats(report, names)
+        facts = {name: format_range(report, name) for name in set(formats) if name is not None}
+        bands = [
+            _band(i.get("max_abs"), facts.get(f) if f is not None else None)
+            for i, f in zip(inputs, formats)
+        ]
+        shown = sorted({f for f, b in zip(formats, bands) if f is not None and b is not None})
+        label = shown[0] if len(shown) == 1 else "format"
+        caption = ""
+        if shown:
+            described = "; ".join(
+                "{}: {} (subnormal) / {} (normal) to {}".format(
+                    name,
+                    *(svg.compact_number(v) for v in facts[name]),  # type: ignore[union-attr]
+                )
+                for name in shown
+            )
+            caption = (
+                "<figcaption>Shaded: the magnitudes the input format represents once absmax "
+                "scaling maps the layer's largest |x| onto the format's max (darker: normal "
+                "numbers, lighter: subnormals); input magnitudes below the band flush to zero. "
+                "With per-chunk or per-channel scaling each chunk's band sits at that chunk's "
+                f"own max, so this is the worst case. {escape(described)}.</figcaption>"
+            )
+        return (
+            "<figure>"
+            + svg.ranges(
+                names,
+                [i.get("min_nonzero_abs") for i in inputs],
+                [i.get("max_abs") for i in inputs],
+                "Input dynamic range per layer (smallest to largest non-zero |x|)",
+                bands=bands,
+                band_names=(f"{label}: normal range", "subnormal range"),
+            )
+            + caption
+            + "</figure>"
+        )
 
     def _failures(self, compliance: Mapping[str, Any] | None) -> list[str]:
         out = ["<h2>4. Failure details</h2>"]
@@ -217,13 +385,16 @@ class HtmlReporter:
             )
         for tensor in failures:
             counts = ", ".join(f"{k}: {v}" for k, v in (tensor.get("failures") or {}).items())
+            nonfinite = nonfinite_text(tensor.get("nonfinite"))
+            nonfinite = f"; {nonfinite}" if nonfinite else ""
             examples = "".join(
                 f"<li>{escape(example_text(e))}</li>" for e in tensor.get("examples") or []
             )
             items.append(
                 f"<li><b>{escape(tensor['layer'])}</b> [{escape(tensor['role'])}] {escape(str(tensor.get('format', '')))}: "
-                f"{_status('FAIL')} {tensor.get('failed', 0)} of {tensor.get('elements', 0)} values ({escape(counts)})"
-                f"<ul>{examples}</ul></li>"
+                f"{_status('FAIL')} {tensor.get('failed', 0)} of "
+                f"{plural(tensor.get('elements', 0), 'value')} ({escape(counts)})"
+                f"{escape(nonfinite)}<ul>{examples}</ul></li>"
             )
         return out + ["<ul>" + "".join(items) + "</ul>"]
 

@@ -2,21 +2,50 @@
 
 Every function returns one ``<svg>`` element as a string. Non-finite or missing values are
 left out of the plot and counted in a note under it rather than distorting the axis.
+
+SVG has no text layout: a label longer than the room left for it is clipped at the viewBox.
+So every chart sizes its margins from the labels it draws, estimating a label's width as
+``len(text) * CHAR_EM * font_size`` (:func:`text_width`), an upper bound for the sans-serif
+fonts browsers pick (DejaVu Sans, whose digits are the widest at 0.636 em, Liberation Sans
+and Helvetica are narrower on average).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
 WIDTH = 760
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP = 64, 16, 28
+_PLOT_HEIGHT = 182
+#: Estimated advance width of one character, in em (see the module docstring).
+CHAR_EM = 0.62
+#: Longer layer names are shortened in the middle on axis labels (the tooltip and the table
+#: keep the full name): a 200-character name would otherwise need a 1000-pixel-tall chart.
+MAX_LABEL_CHARS = 44
+_LABEL_FONT = 9.0
+_BAND_COLOUR = "#f2a541"
 
 
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text_width(text: str, font_size: float) -> float:
+    """Estimated rendered width of ``text`` in user units (an upper bound, see CHAR_EM)."""
+    return len(text) * CHAR_EM * font_size
+
+
+def short_label(name: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """``name`` cut in the middle to at most ``limit`` characters (``layer4.…0.conv2``): the
+    start (stage) and the end (the layer's own name) say the most about a module path."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    tail = limit - 1 - head
+    return name[:head] + "\u2026" + name[-tail:]
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -35,7 +64,7 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-def _fmt(value: float) -> str:
+def compact_number(value: float) -> str:
     if value == 0:
         return "0"
     if 1e-2 <= abs(value) < 1e4:
@@ -43,14 +72,13 @@ def _fmt(value: float) -> str:
     return f"{value:.1e}"
 
 
-def _svg(width: int, height: int, title: str, body: list[str]) -> str:
+def _svg(width: int, height: float, title: str, body: list[str]) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
-        f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="11">'
-        f"<title>{escape(title)}</title>"
-        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>'
-        + "".join(body)
-        + "</svg>"
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height:.0f}" '
+        f'width="100%" role="img" aria-label="{escape(title)}" font-family="sans-serif" '
+        f'font-size="11"><title>{escape(title)}</title>'
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" '
+        f'font-weight="bold">{escape(title)}</text>' + "".join(body) + "</svg>"
     )
 
 
@@ -60,14 +88,34 @@ def grouped_bars(
     title: str,
     y_label: str,
     y_max: float | None = None,
+    y_min: float = 0.0,
+    value_text: Callable[[float], str] = compact_number,
+    notes: Sequence[str] = (),
 ) -> str:
-    """Vertical bars, one group per category, one colour per series (e.g. FP32 vs quantized)."""
-    height, bottom = 300, 48
+    """Vertical bars, one group per category, one colour per series (e.g. FP32 vs quantized).
+
+    ``y_min`` above 0 zooms the axis (accuracies of 99.1 and 98.7 look the same on 0-100);
+    the bars then start at ``y_min``, which a note under the chart says. Each bar is labelled
+    with ``value_text`` of its value; ``notes`` are extra lines under the legend.
+    """
     values = [v for vs in series.values() for v in vs if _finite(v)]
     top = y_max if y_max is not None else (max(values) if values else 1.0) or 1.0
+    if top <= y_min:
+        top = y_min + 1.0
     plot_w = WIDTH - _MARGIN_LEFT - _MARGIN_RIGHT
-    plot_h = height - _MARGIN_TOP - bottom
-    body = _axes(0.0, top, plot_h, y_label, lambda v: _MARGIN_TOP + plot_h * (1 - v / top))
+    plot_top = _MARGIN_TOP + 14  # room for the value label over a bar at the axis' top
+    plot_h = _PLOT_HEIGHT + 26
+    all_notes = list(notes)
+    if y_min > 0:
+        all_notes.insert(
+            0, f"Axis zoomed to the data: bars start at {compact_number(y_min)}, not 0."
+        )
+    height = plot_top + plot_h + 48 + 14 * len(all_notes)
+
+    def y_of(v: float) -> float:
+        return plot_top + plot_h * (1 - (v - y_min) / (top - y_min))
+
+    body = _axes(y_min, top, plot_top, plot_h, y_label, y_of)
     group_w = plot_w / max(len(categories), 1)
     bar_w = group_w * 0.8 / max(len(series), 1)
     for ci, category in enumerate(categories):
@@ -76,18 +124,58 @@ def grouped_bars(
             v = vs[ci] if ci < len(vs) else None
             if not _finite(v):
                 continue
-            h = plot_h * max(min(v / top, 1.0), 0.0)
+            clipped = max(min(v, top), y_min)
+            y_top = y_of(clipped)
+            h = plot_top + plot_h - y_top
             x = x0 + si * bar_w
+            label = value_text(v)
+            font = min(9.0, bar_w * 0.95 / max(len(label) * CHAR_EM, 1))
             body.append(
-                f'<rect x="{x:.1f}" y="{_MARGIN_TOP + plot_h - h:.1f}" width="{bar_w * 0.95:.1f}" height="{h:.1f}" '
-                f'fill="{PALETTE[si % len(PALETTE)]}"><title>{escape(name)} {escape(category)}: {_fmt(v)}</title></rect>'
-                f'<text x="{x + bar_w / 2:.1f}" y="{_MARGIN_TOP + plot_h - h - 3:.1f}" text-anchor="middle" font-size="9">{_fmt(v)}</text>'
+                f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bar_w * 0.95:.1f}" '
+                f'height="{max(h, 0.5):.1f}" fill="{PALETTE[si % len(PALETTE)]}">'
+                f"<title>{escape(name)} {escape(category)}: {escape(label)}</title></rect>"
+                f'<text x="{x + bar_w * 0.475:.1f}" y="{y_top - 3:.1f}" '
+                f'text-anchor="middle" font-size="{font:.1f}">{escape(label)}</text>'
             )
         body.append(
-            f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - bottom + 16}" text-anchor="middle">{escape(category)}</text>'
+            f'<text x="{x0 + group_w * 0.4:.1f}" y="{plot_top + plot_h + 16:.1f}" '
+            f'text-anchor="middle">{escape(category)}</text>'
         )
-    body += _legend(list(series), height - 14)
+    legend_y = plot_top + plot_h + 36
+    body += _legend(
+        [(name, PALETTE[i % len(PALETTE)], 1.0) for i, name in enumerate(series)], legend_y
+    )
+    for i, note in enumerate(all_notes):
+        body.append(
+            f'<text x="{_MARGIN_LEFT}" y="{legend_y + 16 + 14 * i:.1f}" '
+            f'font-size="10">{escape(note)}</text>'
+        )
     return _svg(WIDTH, height, title, body)
+
+
+def _layer_labels(
+    layers: Sequence[str], slot: float, y_axis: float
+) -> tuple[list[str], float, float]:
+    """Vertical layer-name labels hanging under the x axis, one per slot.
+
+    Returns the elements, the font size (shrunk so neighbouring labels do not overlap when
+    there are many layers) and the height the labels need below ``y_axis``.
+    """
+    font = max(min(_LABEL_FONT, slot * 0.85), 4.0)
+    labels = [short_label(name) for name in layers]
+    needed = max((text_width(label, font) for label in labels), default=0.0) + 8
+    body = []
+    for i, label in enumerate(labels):
+        # rotate(-90): the text runs bottom to top and its glyphs (ascent up in the text's own
+        # frame) extend to the left of x, so x is shifted right to centre them on the slot.
+        tx = _MARGIN_LEFT + (i + 0.5) * slot + 0.3 * font
+        ty = y_axis + 6
+        body.append(
+            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="end" font-size="{font:.1f}" '
+            f'transform="rotate(-90 {tx:.1f} {ty:.1f})">{escape(label)}'
+            f"<title>{escape(layers[i])}</title></text>"
+        )
+    return body, font, needed
 
 
 def per_layer(
@@ -101,7 +189,6 @@ def per_layer(
 ) -> str:
     """One bar per layer in model order; ``log`` plots log10 of positive values (e.g. MSE).
     ``y_min``/``y_max`` fix the axis (cosine close to 1 needs a zoomed axis to be readable)."""
-    height, bottom = 320, 110
     points = []
     skipped = 0
     for v in values:
@@ -118,96 +205,150 @@ def per_layer(
     if high <= low:
         high = low + 1.0
     plot_w = WIDTH - _MARGIN_LEFT - _MARGIN_RIGHT
-    plot_h = height - _MARGIN_TOP - bottom
+    plot_h = _PLOT_HEIGHT
+    slot = plot_w / max(len(layers), 1)
+    labels, _, label_h = _layer_labels(layers, slot, _MARGIN_TOP + plot_h)
+    height = _MARGIN_TOP + plot_h + label_h + (18 if skipped else 4)
 
     def y_of(v: float) -> float:
         return _MARGIN_TOP + plot_h * (1 - (v - low) / (high - low))
 
     label = f"log10 {y_label}" if log else y_label
-    body = _axes(low, high, plot_h, label, y_of)
-    slot = plot_w / max(len(layers), 1)
+    body = _axes(low, high, _MARGIN_TOP, plot_h, label, y_of)
     for i, (name, p) in enumerate(zip(layers, points)):
+        if p is None:
+            continue
         x = _MARGIN_LEFT + i * slot
-        if p is not None:
-            y_top, y_base = y_of(max(p, low)), y_of(low)
-            raw = values[i]
-            body.append(
-                f'<rect x="{x + slot * 0.1:.1f}" y="{y_top:.1f}" width="{slot * 0.8:.1f}" '
-                f'height="{max(y_base - y_top, 0.5):.1f}" fill="{PALETTE[0]}"><title>{escape(name)}: {_fmt(raw)}</title></rect>'
-            )
-        tx, ty = x + slot / 2, height - bottom + 8
+        y_top, y_base = y_of(max(p, low)), y_of(low)
+        raw = float(values[i])  # type: ignore[arg-type]  # finite: p is not None
         body.append(
-            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="end" transform="rotate(-60 {tx:.1f} {ty:.1f})" font-size="9">{escape(name)}</text>'
+            f'<rect x="{x + slot * 0.1:.1f}" y="{y_top:.1f}" width="{slot * 0.8:.1f}" '
+            f'height="{max(y_base - y_top, 0.5):.1f}" fill="{PALETTE[0]}">'
+            f"<title>{escape(name)}: {compact_number(raw)}</title></rect>"
         )
+    body += labels
     if skipped:
-        body.append(
-            f'<text x="{_MARGIN_LEFT}" y="{height - 4}" font-size="10">{skipped} layer(s) without a finite value not drawn</text>'
-        )
+        note = f"{skipped} {'layer' if skipped == 1 else 'layers'} without a finite value not drawn"
+        body.append(f'<text x="{_MARGIN_LEFT}" y="{height - 5:.1f}" font-size="10">{note}</text>')
     return _svg(WIDTH, height, title, body)
 
 
 def ranges(
-    layers: Sequence[str], lows: Sequence[float | None], highs: Sequence[float | None], title: str
+    layers: Sequence[str],
+    lows: Sequence[float | None],
+    highs: Sequence[float | None],
+    title: str,
+    bands: Sequence[tuple[float, float, float] | None] | None = None,
+    band_names: tuple[str, str] = ("format: normal range", "subnormal range"),
+    notes: Sequence[str] = (),
 ) -> str:
-    """Per layer, a bar from log2 of the smallest to log2 of the largest non-zero |input|."""
-    height, bottom = 320, 110
+    """Per layer, a bar from log2 of the smallest to log2 of the largest non-zero |input|.
+
+    ``bands`` (per layer, or None) shades what the target format can represent there, as
+    log2 (lowest subnormal, lowest normal, highest): the normal part darker, the subnormal
+    part lighter, so input magnitudes below the band are visibly lost to underflow.
+    """
     pairs = [
         (math.log2(lo), math.log2(hi))
-        if _finite(lo) and _finite(hi) and lo > 0 and hi > 0
+        if _finite(lo) and _finite(hi) and lo > 0 and hi > 0  # type: ignore[operator]
         else None
         for lo, hi in zip(lows, highs)
     ]
+    bands = list(bands or [None] * len(layers))
+    drawn_bands = [b for b in bands if b is not None and all(math.isfinite(v) for v in b)]
     finite = [v for p in pairs if p is not None for v in p]
+    finite += [v for b in drawn_bands for v in (b[0], b[2])]
     low = math.floor(min(finite)) if finite else -1.0
     high = math.ceil(max(finite)) if finite else 1.0
     if high == low:
         high = low + 1.0
+    top = _MARGIN_TOP + (20 if drawn_bands else 0)
     plot_w = WIDTH - _MARGIN_LEFT - _MARGIN_RIGHT
-    plot_h = height - _MARGIN_TOP - bottom
+    plot_h = _PLOT_HEIGHT
+    slot = plot_w / max(len(layers), 1)
+    labels, _, label_h = _layer_labels(layers, slot, top + plot_h)
+    height = top + plot_h + label_h + 4 + 14 * len(notes)
 
     def y_of(v: float) -> float:
-        return _MARGIN_TOP + plot_h * (1 - (v - low) / (high - low))
+        return top + plot_h * (1 - (v - low) / (high - low))
 
-    body = _axes(low, high, plot_h, "log2 |x|", y_of)
-    slot = plot_w / max(len(layers), 1)
-    for i, (name, pair) in enumerate(zip(layers, pairs)):
-        x = _MARGIN_LEFT + i * slot
-        if pair is not None:
-            lo, hi = pair
+    body = _axes(low, high, top, plot_h, "log2 |x|", y_of)
+    for i, band in enumerate(bands):
+        if band is None or not all(math.isfinite(v) for v in band):
+            continue
+        sub_lo, normal_lo, band_hi = band
+        x = _MARGIN_LEFT + i * slot + slot * 0.05
+        for part_lo, part_hi, opacity in ((sub_lo, normal_lo, 0.25), (normal_lo, band_hi, 0.55)):
+            if part_hi <= part_lo:
+                continue
             body.append(
-                f'<rect x="{x + slot * 0.2:.1f}" y="{y_of(hi):.1f}" width="{slot * 0.6:.1f}" '
-                f'height="{max(y_of(lo) - y_of(hi), 0.5):.1f}" fill="{PALETTE[2]}">'
-                f"<title>{escape(name)}: 2^{lo:.2f} .. 2^{hi:.2f} ({hi - lo:.2f} binades)</title></rect>"
+                f'<rect x="{x:.1f}" y="{y_of(part_hi):.1f}" width="{slot * 0.9:.1f}" '
+                f'height="{y_of(part_lo) - y_of(part_hi):.1f}" fill="{_BAND_COLOUR}" '
+                f'fill-opacity="{opacity}"/>'
             )
-        tx, ty = x + slot / 2, height - bottom + 8
+    for i, (name, pair) in enumerate(zip(layers, pairs)):
+        if pair is None:
+            continue
+        x = _MARGIN_LEFT + i * slot
+        lo, hi = pair
         body.append(
-            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="end" transform="rotate(-60 {tx:.1f} {ty:.1f})" font-size="9">{escape(name)}</text>'
+            f'<rect x="{x + slot * 0.3:.1f}" y="{y_of(hi):.1f}" width="{slot * 0.4:.1f}" '
+            f'height="{max(y_of(lo) - y_of(hi), 0.5):.1f}" fill="{PALETTE[2]}">'
+            f"<title>{escape(name)}: 2^{lo:.2f} .. 2^{hi:.2f} ({hi - lo:.2f} binades)</title>"
+            "</rect>"
+        )
+    body += labels
+    if drawn_bands:
+        body += _legend(
+            [
+                ("input |x| range", PALETTE[2], 1.0),
+                (band_names[0], _BAND_COLOUR, 0.55),
+                (band_names[1], _BAND_COLOUR, 0.25),
+            ],
+            _MARGIN_TOP + 10,
+        )
+    for i, note in enumerate(notes):
+        body.append(
+            f'<text x="{_MARGIN_LEFT}" y="{height - 5 - 14 * (len(notes) - 1 - i):.1f}" '
+            f'font-size="10">{escape(note)}</text>'
         )
     return _svg(WIDTH, height, title, body)
 
 
-def _axes(low: float, high: float, plot_h: float, label: str, y_of) -> list[str]:
+def _axes(
+    low: float,
+    high: float,
+    top: float,
+    plot_h: float,
+    label: str,
+    y_of: Callable[[float], float],
+) -> list[str]:
     x_end = WIDTH - _MARGIN_RIGHT
     body = [
-        f'<line x1="{_MARGIN_LEFT}" y1="{_MARGIN_TOP}" x2="{_MARGIN_LEFT}" y2="{_MARGIN_TOP + plot_h}" stroke="#333"/>',
-        f'<text x="14" y="{_MARGIN_TOP + plot_h / 2:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {_MARGIN_TOP + plot_h / 2:.1f})">{escape(label)}</text>',
+        f'<line x1="{_MARGIN_LEFT}" y1="{top}" x2="{_MARGIN_LEFT}" y2="{top + plot_h}" '
+        'stroke="#333"/>',
+        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(label)}</text>',
     ]
     for tick in _ticks(low, high):
         y = y_of(tick)
         body.append(
             f'<line x1="{_MARGIN_LEFT}" y1="{y:.1f}" x2="{x_end}" y2="{y:.1f}" stroke="#ddd"/>'
-            f'<text x="{_MARGIN_LEFT - 4}" y="{y + 3:.1f}" text-anchor="end">{_fmt(tick)}</text>'
+            f'<text x="{_MARGIN_LEFT - 4}" y="{y + 3:.1f}" text-anchor="end">'
+            f"{compact_number(tick)}</text>"
         )
     return body
 
 
-def _legend(names: Sequence[str], y: float) -> list[str]:
+def _legend(entries: Sequence[tuple[str, str, float]], y: float) -> list[str]:
+    """(name, colour, opacity) swatches in one row, spaced by the names' estimated widths."""
     body = []
-    for i, name in enumerate(names):
-        x = _MARGIN_LEFT + i * 140
+    x = float(_MARGIN_LEFT)
+    for name, fill, opacity in entries:
         body.append(
-            f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
-            f'<text x="{x + 14}" y="{y}">{escape(name)}</text>'
+            f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" fill="{fill}" '
+            f'fill-opacity="{opacity}"/>'
+            f'<text x="{x + 14:.1f}" y="{y}">{escape(name)}</text>'
         )
+        x += 14 + text_width(name, 11) + 18
     return body

@@ -1,8 +1,9 @@
 """The ``text`` reporter: ``comparison_report.txt`` with the seed's four sections.
 
-1. accuracy metrics; 2. compliance PASS/FAIL for weights and the other quantized
-parameters, inputs, activations and scales; 3. the layer-wise table (MSE, cosine, SQNR,
-input dynamic range); 4. detailed failures. Metrics from other plugins follow generically.
+The run's warnings come first, right under the title. Then 1. accuracy metrics;
+2. compliance PASS/FAIL for weights and the other quantized parameters, inputs, activations
+and scales; 3. the layer-wise table (MSE, cosine, SQNR, input dynamic range); 4. detailed
+failures. Metrics from other plugins follow generically.
 """
 
 from __future__ import annotations
@@ -15,36 +16,67 @@ from .._io import atomic_write_text
 from ._common import (
     KNOWN_METRICS,
     LAYER_COLUMNS,
+    LAYER_GROUPS,
+    LAYER_NOTE,
     accuracy_rows,
+    agreement_text,
     compliance_rows,
     failure_lines,
     generic_lines,
     header_lines,
     layer_rows,
-    percent,
+    nonfinite_logit_warnings,
+    plural,
+    report_title,
+    skipped_rows,
+    warnings,
 )
 
 FILE_NAME = "comparison_report.txt"
 
 
 def table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: Sequence[bool] | None = None,
+    groups: Sequence[tuple[str, int, int]] = (),
 ) -> list[str]:
-    """A plain-text table with a rule under the header; numeric columns right-aligned."""
+    """A plain-text table with a rule under the header; numeric columns right-aligned.
+
+    ``groups`` are (title, first column, last column): each title is centred in a dashed line
+    spanning those columns, above the header (``---- Input dynamic range ----``).
+    """
     widths = [len(h) for h in header]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
     right = right or [i > 0 for i in range(len(header))]
 
+    def span(first: int, last: int) -> int:
+        return sum(widths[first : last + 1]) + 2 * (last - first)
+
+    for group_title, first, last in groups:  # widen the group's last column to fit its title
+        widths[last] += max(len(group_title) + 2 - span(first, last), 0)
+
     def line(cells: Sequence[str]) -> str:
         out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
         return "  ".join(out).rstrip()
 
-    return [line(header), "  ".join("-" * w for w in widths), *[line(row) for row in rows]]
+    lines = []
+    if groups:
+        group_line = ""
+        for group_title, first, last in sorted(groups, key=lambda g: g[1]):
+            start = span(0, first - 1) + 2 if first else 0
+            group_line = group_line.ljust(start) + f" {group_title} ".center(span(first, last), "-")
+        lines.append(group_line)
+    return lines + [
+        line(header),
+        "  ".join("-" * w for w in widths),
+        *[line(row) for row in rows],
+    ]
 
 
-def section(title: str) -> list[str]:
-    return ["", title, "=" * len(title)]
+def section(heading: str) -> list[str]:
+    return ["", heading, "=" * len(heading)]
 
 
 class TextReporter:
@@ -55,10 +87,22 @@ class TextReporter:
 
     def render(self, report: Mapping[str, Any]) -> str:
         metrics = report.get("metrics") or {}
-        lines = ["QBench comparison report", "========================"]
+        heading = report_title(report)
+        lines = [heading, "=" * len(heading)]
+        run_warnings = warnings(report)
+        lines += [f"WARNING: {warning}" for warning in run_warnings]
+        if run_warnings:
+            lines.append("")
         labels = header_lines(report)
         width = max(len(label) for label, _ in labels)
         lines += [f"{label.ljust(width)} : {value}" for label, value in labels]
+
+        skipped, more = skipped_rows(report)
+        if skipped:
+            lines += section("Skipped images (unreadable)")
+            lines += table(("File", "Reason"), skipped, right=(False, False))
+            if more:
+                lines.append(f"... and {more} more")
 
         lines += section("1. Accuracy metrics")
         accuracy = metrics.get("accuracy")
@@ -69,13 +113,8 @@ class TextReporter:
                 ("Metric", "FP32", "Quantized", "Delta (points)"), accuracy_rows(accuracy)
             )
             lines.append("")
-            lines.append(
-                f"Top-1 agreement FP32 vs quantized: {percent(accuracy.get('agreement'))} % of {accuracy.get('images', 0)} images"
-            )
-            for side in ("reference", "quantized"):
-                bad = (accuracy.get(side) or {}).get("nonfinite_images")
-                if bad:
-                    lines.append(f"WARNING: {bad} images with NaN/inf logits ({side})")
+            lines.append(agreement_text(accuracy))
+            lines += [f"WARNING: {line}" for line in nonfinite_logit_warnings(accuracy)]
 
         lines += section("2. Compliance")
         compliance = metrics.get("compliance")
@@ -99,18 +138,19 @@ class TextReporter:
             if rows:
                 right = [column not in ("Layer", "Type") for column in LAYER_COLUMNS]
                 lines += table(
-                    LAYER_COLUMNS, [[row[c] for c in LAYER_COLUMNS] for row in rows], right
+                    LAYER_COLUMNS,
+                    [[row[c] for c in LAYER_COLUMNS] for row in rows],
+                    right,
+                    groups=LAYER_GROUPS,
                 )
                 lines.append("")
-                lines.append(
-                    "min |x| / max |x|: smallest non-zero and largest input magnitude; log2 range = log2(max/min)."
-                )
+                lines.append(LAYER_NOTE)
             else:
                 lines.append("(no quantized layers were measured)")
         not_quantized = (report.get("preparation") or {}).get("not_quantized") or []
         if not_quantized:
             lines.append("")
-            lines.append(f"Not quantized ({len(not_quantized)} modules):")
+            lines.append(f"Not quantized ({plural(len(not_quantized), 'module')}):")
             for entry in not_quantized:
                 lines.append(f"  {entry.get('name')} ({entry.get('type')}): {entry.get('reason')}")
 

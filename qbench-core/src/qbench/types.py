@@ -93,31 +93,97 @@ class QuantResult:
 
 @runtime_checkable
 class Format(Protocol):
-    """An element number format (or a block-scaled preset built on one).
+    """An element number format (or a block-scaled preset built on one): what
+    ``qbench_register_formats`` registers. ``qbench-core/README.md`` lists who reads each
+    member and what a format that lacks an optional one gets.
 
-    ``default_scaling`` is None for a plain element format and the preset's scaling for
-    presets such as ``mxfp4_e2m1``; ``element`` is the element format's name (itself for
-    plain formats).
+    Required: ``name``, ``bits``, ``max_value``, ``values()``, ``round()``,
+    ``is_representable()``, ``decode()`` and ``quantize()`` (core calls it;
+    ``qbench_formats.GridFormat`` supplies it, and every member but ``name``, ``bits``,
+    ``values()`` and ``round()``). The others are read with a default when absent.
     """
 
     name: str
+    #: storage bits of one element; the audit decodes every code in [-2^bits, 2^bits)
     bits: int
+    #: largest finite magnitude: fp32 scales are amax / max_value
     max_value: float
+    #: smallest positive normal magnitude: block scales are clamped to it (NVFP4's fp8 scales)
     min_normal: float
+    #: smallest positive magnitude (``qbench formats``)
     min_subnormal: float
-    default_scaling: Scaling | None
+    #: floor(log2(max_value)), the element exponent an e8m0 scale subtracts (OCP MX v1.0 §6.3)
+    emax: int
+    #: registered name of the element format whose codes ``decode`` reads (itself if plain)
     element: str
+    #: a preset's scaling (mode, chunk_size, scale_format...), None for a plain format
+    default_scaling: Scaling | None
 
-    def values(self) -> torch.Tensor: ...
+    def values(self) -> torch.Tensor:
+        """Every finite representable value, sorted ascending, ±0 once."""
+        ...
+
     def round(
         self, x: torch.Tensor, rounding: str = ..., overflow: str = ..., generator: Any = ...
-    ) -> torch.Tensor: ...
-    def is_representable(self, x: torch.Tensor) -> torch.Tensor: ...
-    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
-    def decode(self, codes: torch.Tensor) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """``x`` rounded onto the grid (no scaling), same shape; NaN stays NaN."""
+        ...
+
+    def is_representable(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise: is ``x`` exactly a value of the format (inf/NaN only if it has them)."""
+        ...
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes of ``round(x)`` (-1 for a NaN the format cannot encode)."""
+        ...
+
+    def encode_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Codes of values already on the grid (the quantizer's codes for the audit)."""
+        ...
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """float32 values of codes; a code that is no value decodes to NaN."""
+        ...
+
     def quantize(
         self, x: torch.Tensor, spec: QuantSpec, *, return_codes: bool = False, generator: Any = None
-    ) -> Any: ...
+    ) -> Any:
+        """Fake-quantize ``x`` with ``spec`` (a tensor, or a :class:`QuantResult`)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """One row of ``qbench formats`` (kind, bits, effective_bits, max, inf, nan...)."""
+        ...
+
+
+class BlockScaledFormat(Format, Protocol):
+    """A preset (``mxfp4_e2m1``, ``nvfp4``): its element format object plus its scaling."""
+
+    #: the element format object the quantizer rounds with
+    element_format: Format
+
+
+class FloatFields(Protocol):
+    """Optional bit layout of a binary float format (sign | exponent field | mantissa):
+    with it, the audit decodes codes by arithmetic instead of a table gather (it checks the
+    result against ``decode`` on every code first)."""
+
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int
+    signed: bool
+
+
+class Configurable(Protocol):
+    """Any component may declare ``options_schema``, a JSON-schema (Draft 2020-12) fragment
+    for its options: checked at registration, merged into the config schema for adapters,
+    datasets and metrics (``qbench schema``). Optional; formats have no options today."""
+
+    options_schema: dict[str, Any] | None
+
+
+#: The Protocols that together describe a format object.
+FORMAT_PROTOCOLS: tuple[type, ...] = (Format, BlockScaledFormat, FloatFields, Configurable)
 
 
 @dataclass(frozen=True)
@@ -138,14 +204,60 @@ class LayerSpecs:
 
 
 class Op(Protocol):
-    """A quantized replacement for one or more torch module types (registered as a class)."""
+    """A quantized replacement for one or more torch module types (registered as a class).
+
+    ``qbench.prepare`` swaps each module whose type (or a base type, when the subclass keeps
+    its ``forward``) is in ``module_types`` for ``from_module(module, specs, name=...)``.
+    """
 
     name: ClassVar[str]
+    #: the module types this op replaces
     module_types: ClassVar[tuple[type, ...]]
+    #: the tensor roles (:data:`ROLES`) it can quantize; a layer with none enabled stays FP32
     roles: ClassVar[tuple[str, ...]]
 
     @classmethod
-    def from_module(cls, module: nn.Module, specs: LayerSpecs, *, name: str) -> nn.Module: ...
+    def from_module(cls, module: nn.Module, specs: LayerSpecs, *, name: str) -> nn.Module:
+        """The quantized twin of ``module`` (which ``prepare`` has already deep-copied)."""
+        ...
+
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
+        """Optional: why this op cannot reproduce ``module`` (it then stays FP32), or None."""
+        ...
+
+
+class Observer(Protocol):
+    """What ``qbench.prepare.observe`` attaches to every observable quantized module (the
+    compliance audit, the layer-wise metric)."""
+
+    def on_tensor(self, layer: str, role: str, result: QuantResult) -> None:
+        """One quantization: ``result.dequantized`` is the very tensor the layer used."""
+        ...
+
+
+class ObservableModule(Protocol):
+    """What the module ``Op.from_module`` returns must provide to be observed and audited.
+
+    A module without ``qbench_attach_observer`` is listed ``"observable": False`` in the
+    preparation report, and the audit's ``require_observed`` fails its roles.
+    """
+
+    def qbench_attach_observer(self, observer: Observer) -> None:
+        """Report the cached weight/statistics QuantResults to ``observer.on_tensor(layer,
+        role, result)`` now, then every quantization of later forward passes (computing codes
+        and scales, ``return_codes=True``, only while an observer is attached)."""
+        ...
+
+    def qbench_detach_observer(self, observer: Observer) -> None:
+        """Stop reporting to ``observer`` (idempotent)."""
+        ...
+
+    def qbench_roles(self) -> dict[str, str]:
+        """``{role: QuantSpec.describe()}`` for the roles this layer really quantizes: the
+        preparation report and the audit's expected observations (default: ``Op.roles``
+        with a spec)."""
+        ...
 
 
 @dataclass
@@ -161,6 +273,8 @@ class ModelBundle:
 
 
 class Adapter(Protocol):
+    """Builds (or loads) a model: ``model.adapter`` names it, ``model.*`` are its options."""
+
     name: str
     options_schema: dict[str, Any]
 
@@ -168,12 +282,18 @@ class Adapter(Protocol):
 
 
 class Dataset(Protocol):
+    """Yields evaluation batches ``(images, targets)``: ``dataset.name`` names it."""
+
     name: str
     options_schema: dict[str, Any]
 
     def build(
         self, options: Mapping[str, Any], *, bundle: ModelBundle
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def download(self, root: Any, *, url: str | None = None, progress: bool = True) -> Any:
+        """Optional: fetch the data into ``root`` (``qbench data download``)."""
+        ...
 
 
 @dataclass
@@ -200,8 +320,18 @@ class Metric(Protocol):
     def update(self, batch: BatchOutputs) -> None: ...
     def result(self) -> dict[str, Any]: ...
 
+    def on_tensor(self, layer: str, role: str, result: QuantResult) -> None:
+        """Optional: makes the metric an :class:`Observer` of every quantization."""
+        ...
+
+    def close(self) -> None:
+        """Optional: called once after the last batch (release hooks, files)."""
+        ...
+
 
 class Reporter(Protocol):
+    """Writes report artifacts into ``out_dir``; returns the paths written."""
+
     name: str
 
     def write(self, report: Mapping[str, Any], out_dir: Any) -> list[Any]: ...

@@ -3,10 +3,12 @@ and block-scaled presets of DESIGN §4, and fused fake quantization.
 
 Format families are frozen dataclasses (:class:`FloatFormat`, :class:`IntFormat`,
 :class:`LutFormat`); a third-party format is one instance registered through the
-``qbench_register_formats`` hook.
+``qbench_register_formats`` hook. A new kind of grid subclasses :class:`GridFormat`
+and gives only ``values()`` and ``round()`` (see :mod:`qbench_formats.generic`).
 """
 
 from .families import NAN_CODE_NONE, FloatFormat, IntFormat, LutFormat
+from .generic import GridFormat
 from .presets import BlockPreset
 
-__all__ = ["NAN_CODE_NONE", "BlockPreset", "FloatFormat", "IntFormat", "LutFormat"]
+__all__ = ["NAN_CODE_NONE", "BlockPreset", "FloatFormat", "GridFormat", "IntFormat", "LutFormat"]

@@ -96,8 +96,15 @@ class _FormatBase(QuantizeMethod):
         return torch.unique(finite.double()).to(torch.float32)
 
     def is_representable(self, x: torch.Tensor) -> torch.Tensor:
-        """True where ``x`` is exactly a value of this format (NaN/inf only if encodable)."""
-        rounded = reference.round_values(self, x, "nearest_even", "format", None)
+        """True where ``x`` is exactly a value of this format (NaN/inf only if encodable).
+
+        A subclass that overrides ``round`` is held to its own rounding."""
+        from .generic import uses_own_round
+
+        if uses_own_round(self):
+            rounded = self.round(x, "nearest_even", "format").to(torch.float32)
+        else:
+            rounded = reference.round_values(self, x, "nearest_even", "format", None)
         same = rounded == x.to(rounded.dtype)
         if self.has_nan:  # type: ignore[attr-defined]
             same = same | torch.isnan(x)

@@ -275,9 +275,12 @@ def round_values(
 def encodes_from_bits(fmt: Any) -> bool:
     """True when every value of ``fmt`` is a float32 normal or zero, so its exponent and
     mantissa fields can be read off the float32 bits (signed float formats with subnormals
-    and at most 16 bits: every fp8/fp6/fp4 format)."""
+    and at most 16 bits: every fp8/fp6/fp4 format). Only the float family itself: a format
+    of another kind with float-like fields keeps its own ``encode_grid``."""
+    from .families import FloatFormat
+
     return (
-        getattr(fmt, "mantissa_bits", None) is not None
+        isinstance(fmt, FloatFormat)
         and fmt.signed
         and fmt.subnormals
         and fmt.bits <= 16

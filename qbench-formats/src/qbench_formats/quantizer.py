@@ -24,6 +24,11 @@ Scales (issue 3 §4):
 
 A group of zeros gets scale 1 (fp32), 2^-127 (e8m0) or the smallest block scale (fp8), so it
 quantizes to zeros, never NaN. Non-float32 inputs are computed in float32 and cast back.
+
+Formats that round themselves (:mod:`.generic`: any format that is not a built-in family,
+or a family subclass overriding ``round``) take the same scales and their own ``round`` on
+the scaled tensor, eagerly (:func:`own_round_kernel`); their codes come from their
+``encode_grid``/``encode``, else the index into ``values()``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Plan:
     want_elements: bool
     scale_format: Any = None  # the scale format object (reference twin)
     element_facts: Any = None  # _Facts: max_value and emax as plain numbers
+    own_round: bool = False  # the element rounds itself (generic path, eager only)
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,9 @@ class _Facts:
 
 
 def _facts(element: Any) -> _Facts:
-    return _Facts(float(element.max_value), int(element.emax))
+    from .generic import emax_of
+
+    return _Facts(float(element.max_value), emax_of(element))
 
 
 # --- layout ------------------------------------------------------------------------------
@@ -280,19 +288,41 @@ def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tu
     return fused_elements(xg, noise, plan, *fused_scales(group_amax(xg, plan), plan))
 
 
+def own_round_kernel(
+    xg: torch.Tensor, generator: torch.Generator | None, plan: Plan, path: str
+) -> tuple[Any, ...]:
+    """The generic path (:mod:`.generic`): QBench's scales, the format's own ``round`` of
+    ``xg / scale`` (with the caller's generator for stochastic rounding). ``path="reference"``
+    rounds the scales with the float64 twin, any other path with the float32 one (the same
+    bits)."""
+    if path == "reference":
+        scale, block, tensor_scale = _reference_scales(xg, plan)
+    else:
+        scale, block, tensor_scale = fused_scales(group_amax(xg, plan), plan)
+    scaled = fused.divide(xg, scale)
+    elements = plan.element.round(scaled, plan.rounding, plan.overflow, generator)
+    elements = torch.as_tensor(elements).to(device=xg.device, dtype=torch.float32)
+    return elements * scale, elements, scale, block, tensor_scale
+
+
 def _frexp_floor_log2(amax: torch.Tensor) -> torch.Tensor:
     _, exponent = torch.frexp(amax.to(torch.float64))
     return exponent.to(torch.int32) - 1
 
 
-def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
-    """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours."""
-    scale, block, tensor_scale = _scales(
+def _reference_scales(xg: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
+    """:func:`_scales` of the slow twin: exponents from frexp, float64 scale rounding."""
+    return _scales(
         group_amax(xg, plan),
         plan,
         lambda b: reference.round_values(plan.scale_format, b, "nearest_even", "saturate", None),
         _frexp_floor_log2,
     )
+
+
+def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+    """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours."""
+    scale, block, tensor_scale = _reference_scales(xg, plan)
     elements = reference.round_values(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
     return elements * scale, elements, scale, block, tensor_scale
 
@@ -394,7 +424,12 @@ def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> to
     """Codes of on-grid ``elements`` computed apart from the quantize kernel (the eager and
     reference paths; a compiled quantize kernel encodes in its own loop): large float32
     tensors of fp8/fp6/fp4 formats through one compiled bit-field kernel per format,
-    everything else through ``element.encode_grid``."""
+    everything else through ``element.encode_grid`` (formats that round themselves: their
+    ``encode_grid`` or ``encode``, else the index into ``values()``)."""
+    from .generic import encode_on_grid, uses_own_round
+
+    if uses_own_round(element) and not hasattr(element, "encode_grid"):
+        return encode_on_grid(element, elements)
     if elements.dtype == torch.float32 and fused.encodes_from_bits(element):
         kernel_path = path if path in ("auto", "compiled") else "eager"
         return fused_call(
@@ -412,7 +447,7 @@ def _encode_grid(values: torch.Tensor, element: Any) -> torch.Tensor:
 
 
 def compilable(plan: Plan) -> bool:
-    return plan.element_arith is not None
+    return plan.element_arith is not None and not plan.own_round
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -475,13 +510,17 @@ def quantize(
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise QBenchError(f"quantize needs a floating-point tensor, found {type(x).__name__}")
     validate(spec)
+    from .generic import uses_own_round
+
     element = getattr(fmt, "element_format", fmt)
+    own_round = uses_own_round(element)
     scale_kind, scale_format, second_level = _scale_plan(spec)
     scaling = spec.scaling
     layout = layout_for(x.shape, scaling.mode, scaling.axis, scaling.chunk_size)
     plan = Plan(
         element=element,
-        element_arith=fused.arith_of(element),
+        element_arith=None if own_round else fused.arith_of(element),
+        own_round=own_round,
         reduce_dims=layout.reduce_dims,
         scale_kind=scale_kind,
         scale_arith=None if scale_format is None else fused.arith_of(scale_format),
@@ -500,10 +539,13 @@ def quantize(
             codes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
             empty = torch.zeros((), device=x.device)
             return QuantResult(x.detach().clone(), codes, empty, spec, {}, lambda s: s)
-        noise = None
-        if spec.rounding == "stochastic":
-            noise = layout.grouped(torch.rand(x.shape, generator=generator, device=x.device))
-        outputs = _run(plan, layout.grouped(x32), noise, path, x32.numel())
+        if own_round:
+            outputs = own_round_kernel(layout.grouped(x32), generator, plan, path)
+        else:
+            noise = None
+            if spec.rounding == "stochastic":
+                noise = layout.grouped(torch.rand(x.shape, generator=generator, device=x.device))
+            outputs = _run(plan, layout.grouped(x32), noise, path, x32.numel())
         dequantized = layout.restore(outputs[0]).to(x.dtype)
         if not return_codes:
             return dequantized

@@ -28,8 +28,16 @@ def round_values(
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
     """Round ``x`` onto ``fmt``'s grid; returns float32. ``noise``: U[0,1) draws (stochastic)."""
-    from .families import FloatFormat, IntFormat, LutFormat
+    from .families import FloatFormat, IntFormat, LutFormat, _FormatBase
 
+    if not isinstance(fmt, _FormatBase):
+        # A format of no built-in family rounds itself (qbench_formats.generic) and is its
+        # own reference; its round takes a generator, not pre-drawn noise. (A family
+        # subclass overriding round is rounded here from its fields: its round may call
+        # the family's, which lands here.)
+        if noise is not None:
+            raise TypeError(f"{type(fmt).__name__} rounds itself: pass a generator to its round")
+        return fmt.round(x.to(torch.float32), rounding, overflow).to(torch.float32)
     xd = x.to(torch.float64)
     if isinstance(fmt, FloatFormat):
         return _round_float(fmt, xd, rounding, overflow, noise)

@@ -4,13 +4,15 @@ from qbench import hookimpl
 from qbench_formats.families import FloatFormat
 
 FORMATS = (
+    # IEEE-like E3M4, as ml_dtypes.float8_e3m4: bias 3, exponent field 111 holds inf
+    # (mantissa 0) and NaN (mantissa != 0), so the largest finite value is 2^3 * 1.9375 = 15.5.
     FloatFormat(
         name="fp8_e3m4",
         exponent_bits=3,
         mantissa_bits=4,
         bias=3,
-        special="fn",
-        description="8-bit float E3M4, no inf, NaN at S.111.1111 (example plugin)",
+        special="ieee",
+        description="8-bit float E3M4, IEEE-like: max 15.5, inf and NaN (example plugin)",
     ),
     FloatFormat(
         name="fp5_e2m2",

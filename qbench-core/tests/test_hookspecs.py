@@ -43,7 +43,32 @@ def test_hook_registers_into_its_registry(hook, kind, monkeypatch):
     plugins.reset()
 
     class Component:
+        """Satisfies every kind's protocol (registration checks what its kind needs)."""
+
         name = f"probe_{kind}"
+        bits = 4
+        max_value = 1.0
+
+        def quantize(self, x, spec, **kwargs):
+            return x
+
+        def from_module(self, module, specs, *, name):
+            return module
+
+        def build(self, options, **kwargs):
+            return None
+
+        def attach(self, reference, quantized, context):
+            pass
+
+        def update(self, batch):
+            pass
+
+        def result(self):
+            return {}
+
+        def write(self, report, out_dir):
+            return []
 
     class Plugin:
         pass

@@ -30,6 +30,9 @@ class Fmt:
         import torch
 
         return torch.tensor([-1.0, 0.0, 1.0])
+
+    def quantize(self, x, spec, *, return_codes=False, generator=None):
+        return x.clamp(-1, 1).round()
 """
 
 DISTRIBUTIONS = {

@@ -8,7 +8,9 @@ file is reported at once, one line each: ``file: path: what was found; what is a
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from .errors import ConfigError, QBenchError, closest
 from .spec import CONFIG_ROLES, SCALING_KEYS
@@ -31,10 +35,26 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: A custom JSON-schema ``format``: the string is a file path, relative to the config's folder,
 #: that must exist. Component schemas use it for files they read (e.g. a compliance YAML).
 EXISTING_FILE = "existing-file"
+#: A schema annotation on the ``enum`` of component names: the registry the names come from,
+#: so an unknown name is reported as ``unknown format 'fp9'`` (what ``qbench.get_format`` says).
+REGISTRY_ANNOTATION = "x-qbench-registry"
+#: ``torch.manual_seed`` takes a 64-bit seed; 0 <= seed < 2**63 holds in every integer type.
+SEED_LIMIT = 2**63
+
+# Limits on a config file, checked while it is read, before anything is validated or built:
+# a config is a page of settings, and without them a 1 KB file of nested YAML aliases
+# ("billion laughs") expands to 10^9 values and a 47 MB list takes minutes to validate.
+#: Largest config file read, in bytes.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Most YAML nodes (mappings, lists, scalars, keys included) a config may hold once its
+#: aliases are expanded, i.e. as the validator and every later stage see it.
+MAX_CONFIG_NODES = 100_000
+#: Deepest nesting of mappings and lists (the deepest real config is about 5 levels).
+MAX_CONFIG_DEPTH = 100
 
 
 def _quant_properties(format_names: list[str]) -> dict[str, Any]:
-    fmt = {"type": "string", "enum": format_names}
+    fmt = {"type": "string", "enum": format_names, REGISTRY_ANNOTATION: "format"}
     common: dict[str, Any] = {
         "format": {**fmt, "description": "number format (or block-scaled preset) name"},
         "mode": {"enum": list(MODES), "description": "scaling granularity"},
@@ -71,6 +91,15 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
     return props
 
 
+def _fragment(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A component's options schema as merged into the config schema: a copy, without a
+    ``$schema`` of its own (jsonschema would validate that part with its stock validator,
+    which lets ``1.0`` pass as an integer; see :func:`validator_class`)."""
+    fragment = copy.deepcopy(dict(options))
+    fragment.pop("$schema", None)
+    return fragment
+
+
 def base_schema(
     *,
     formats: list[str],
@@ -90,11 +119,11 @@ def base_schema(
     layer_props["type"] = {"type": "string", "minLength": 1, "description": "module class name"}
 
     def merged(
-        kind_key: str, names: Mapping[str, dict[str, Any]], common: dict[str, Any]
+        kind: str, kind_key: str, names: Mapping[str, dict[str, Any]], common: dict[str, Any]
     ) -> dict[str, Any]:
         branches = []
         for name, options in names.items():
-            options = copy.deepcopy(options or {"type": "object"})
+            options = _fragment(options or {"type": "object"})
             props = dict(options.get("properties", {}))
             for key, value in common.items():
                 props.setdefault(key, value)
@@ -109,7 +138,14 @@ def base_schema(
         return {
             "type": "object",
             "required": [kind_key],
-            "properties": {kind_key: {"type": "string", "enum": sorted(names)}, **common},
+            "properties": {
+                kind_key: {
+                    "type": "string",
+                    "enum": sorted(names),
+                    REGISTRY_ANNOTATION: kind,
+                },
+                **common,
+            },
             "allOf": branches,
         }
 
@@ -120,13 +156,13 @@ def base_schema(
     eval_props: dict[str, Any] = {
         "metrics": {
             "type": "array",
-            "items": {"type": "string", "enum": sorted(metrics)},
+            "items": {"type": "string", "enum": sorted(metrics), REGISTRY_ANNOTATION: "metric"},
             "uniqueItems": True,
             "default": [m for m in DEFAULT_METRICS if m in metrics],
         }
     }
     for name, options in metrics.items():
-        eval_props[name] = options or {}
+        eval_props[name] = _fragment(options or {})
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": "https://qbench.dev/schema/config.json",
@@ -147,9 +183,15 @@ def base_schema(
                 "description": "layout of 4-D activations and weights in both models; auto: "
                 "channels_last on CPU for models with 2-D convolutions, else contiguous",
             },
-            "seed": {"type": "integer", "default": 0},
-            "model": merged("adapter", adapters, {}),
-            "dataset": merged("name", datasets, dataset_common),
+            "seed": {
+                "type": "integer",
+                "minimum": 0,
+                "exclusiveMaximum": SEED_LIMIT,
+                "default": 0,
+                "description": "seeds torch's generators (0 <= seed < 2**63)",
+            },
+            "model": merged("adapter", "adapter", adapters, {}),
+            "dataset": merged("dataset", "name", datasets, dataset_common),
             "quantization": {
                 "type": "object",
                 "additionalProperties": False,
@@ -181,7 +223,11 @@ def base_schema(
                     "dir": {"type": "string", "minLength": 1, "default": "reports"},
                     "reporters": {
                         "type": "array",
-                        "items": {"type": "string", "enum": sorted(reporters)},
+                        "items": {
+                            "type": "string",
+                            "enum": sorted(reporters),
+                            REGISTRY_ANNOTATION: "reporter",
+                        },
                         "uniqueItems": True,
                         "default": sorted(reporters),
                     },
@@ -208,6 +254,40 @@ def config_schema() -> dict[str, Any]:
     )
 
 
+def quantization_schema(schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``quantization`` sub-schema of the merged config schema (``schema``, or the one
+    :func:`config_schema` builds from the installed plugins): what a config's
+    ``quantization:`` section, and a mapping given to ``qbench.prepare``, must satisfy."""
+    schema = schema if schema is not None else config_schema()
+    return {"$schema": SCHEMA_DIALECT, **copy.deepcopy(schema["properties"]["quantization"])}
+
+
+def check_quantization(
+    q: Any, label: str = "qbench.prepare", *, schema: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Every problem of a ``quantization`` mapping, one line each, as ``qbench validate``
+    reports them for a config (``label: quantization.chunk_size: found 0; must be >= 1``):
+    the schema first, then the rules it cannot say (:func:`_check_quantization`)."""
+    section = quantization_schema(schema)
+    # a nested "$schema" would make jsonschema switch to its stock validator (loose integers)
+    del section["$schema"]
+    wrapper = {"$schema": SCHEMA_DIALECT, "type": "object", "properties": {"quantization": section}}
+    data = {"quantization": _plain(q)}
+    problems = validate(data, wrapper, label, Path.cwd())
+    if problems:
+        return problems
+    return _check_quantization(data["quantization"], label)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings as dicts and tuples as lists, as YAML gives them (what the schema checks)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 @dataclass
 class Config:
     """A validated config with defaults filled in."""
@@ -227,23 +307,136 @@ class Config:
         return self.data[key]
 
 
+class _Refused(yaml.YAMLError):
+    """A config the loader refuses (too large, too deep, a duplicate key) at ``mark``."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with the limits a config file needs.
+
+    * At most :data:`MAX_CONFIG_NODES` nodes once aliases are expanded: an alias counts as
+      every node of what it refers to, and a recursive alias (a node containing itself) is
+      refused. The count runs while the document is composed, so a billion-laughs file stops
+      at its first alias over the budget, naming that alias's line.
+    * At most :data:`MAX_CONFIG_DEPTH` levels of nesting (the composer recurses per level).
+    * No key twice in one mapping (PyYAML keeps the last one silently). Merge keys
+      (``<<: *base``) still let a mapping override what it merges in.
+    """
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> its node count, aliases expanded
+
+    def _count(self, nodes: int, mark: Any, alias: str | None = None) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_CONFIG_NODES:
+            what = f"alias *{alias} expands to {nodes} nodes: " if alias is not None else ""
+            raise _Refused(
+                f"{what}the config holds more than {MAX_CONFIG_NODES} YAML nodes (values, "
+                f"keys, lists and mappings, aliases expanded); the limit is {MAX_CONFIG_NODES}",
+                mark,
+            )
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias is the composer's own error
+                size = self._expanded.get(id(target))
+                if size is None:
+                    raise _Refused(
+                        f"alias *{event.anchor} refers to a node that contains it; "
+                        "recursive structures are not allowed in a config",
+                        event.start_mark,
+                    )
+                self._count(size, event.start_mark, alias=event.anchor)
+            return super().compose_node(parent, index)
+        self._count(1, event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _Refused(
+                    f"nested more than {MAX_CONFIG_DEPTH} levels deep; "
+                    f"configs are limited to {MAX_CONFIG_DEPTH} levels",
+                    event.start_mark,
+                )
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, SequenceNode):
+            children: list[Node] = list(node.value)
+        elif isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        self._expanded[id(node)] = 1 + sum(self._expanded[id(child)] for child in children)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            first_seen: dict[Any, Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = first_seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the constructor's own error follows
+                    continue
+                if first is not key_node:
+                    raise _Refused(
+                        f"duplicate key {_show(key)} (first at line {first.start_mark.line + 1}, "
+                        f"again at line {key_node.start_mark.line + 1}); a key may appear "
+                        "only once in a mapping",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """Read one YAML config safely (see :class:`ConfigLoader` and :data:`MAX_CONFIG_BYTES`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError([f"{path}: file not found"])
     if path.is_dir():
         raise ConfigError([f"{path}: is a directory, expected a YAML config file"])
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:  # read at most one byte past the limit
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            size = path.stat().st_size
+            found = f"{size} bytes" if size > MAX_CONFIG_BYTES else "larger"
+            raise ConfigError(
+                [
+                    f"{path}: file is {found}; config files are limited to 1 MiB "
+                    f"({MAX_CONFIG_BYTES} bytes)"
+                ]
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    loader = ConfigLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, _Refused):
+            raise ConfigError([f"{path}: {where}{problem}"]) from None
         raise ConfigError([f"{path}: not valid YAML: {where}{problem}"]) from None
+    finally:
+        loader.dispose()
+
+
+_TOP_LEVEL = "a mapping with keys model, dataset, quantization, ..."
 
 
 def load_config(
@@ -257,17 +450,9 @@ def load_config(
         label = str(path)
         raw = load_yaml(path)
     if raw is None:
-        raise ConfigError(
-            [
-                f"{label}: the file is empty; expected a mapping with keys model, dataset, quantization, ..."
-            ]
-        )
+        raise ConfigError([f"{label}: the file is empty; expected {_TOP_LEVEL}"])
     if not isinstance(raw, dict):
-        raise ConfigError(
-            [
-                f"{label}: top level is a {_type_name(raw)}; expected a mapping with keys model, dataset, quantization, ..."
-            ]
-        )
+        raise ConfigError([f"{label}: top level is a {_type_name(raw)}; expected {_TOP_LEVEL}"])
     schema = schema if schema is not None else config_schema()
     base_dir = path.parent if path is not None else Path.cwd()
     problems = validate(raw, schema, label, base_dir)
@@ -281,7 +466,27 @@ def load_config(
     return Config(data, path)
 
 
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema's ``integer``, strictly: a YAML/JSON integer. jsonschema also accepts a
+    float with an integral value (``axis: 1.0``), which torch then refuses mid-run; booleans
+    are refused as YAML/JSON are explicit about them too."""
+    return isinstance(instance, numbers.Integral) and not isinstance(instance, bool)
+
+
+@functools.lru_cache(maxsize=1)
+def validator_class() -> Any:
+    """Draft 2020-12 with strict integers (:func:`_is_integer`): core's keys and every
+    component's ``options_schema`` are checked with it."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    return jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine("integer", _is_integer)
+    )
+
+
 def validate(raw: Any, schema: dict[str, Any], label: str, base_dir: Path) -> list[str]:
+    """Every problem of ``raw`` against ``schema``, one line each: ``label: path: problem``."""
     import jsonschema
 
     checker = jsonschema.FormatChecker()
@@ -290,7 +495,7 @@ def validate(raw: Any, schema: dict[str, Any], label: str, base_dir: Path) -> li
     def _exists(value: object) -> bool:
         return not isinstance(value, str) or (base_dir / value).is_file()
 
-    validator = jsonschema.Draft202012Validator(schema, format_checker=checker)
+    validator = validator_class()(schema, format_checker=checker)
     # One line per problem: several validators failing on the same value (a string where an
     # enum of strings was expected fails both `type` and `enum`) are one problem.
     by_value: dict[str, Any] = {}
@@ -371,7 +576,10 @@ def _describe(error: Any, base_dir: Path) -> str:
     if v == "enum":
         guess = closest(str(found), [str(e) for e in expected])
         hint = f" (did you mean {guess!r}?)" if guess else ""
-        return f"found {_show(found)}{hint}; allowed: {', '.join(map(str, expected))}"
+        kind = error.schema.get(REGISTRY_ANNOTATION) if isinstance(error.schema, dict) else None
+        what = f"unknown {kind} {_show(found)}" if kind and isinstance(found, str) else None
+        allowed = ", ".join(map(str, expected)) or "(none installed)"
+        return f"{what or 'found ' + _show(found)}{hint}; allowed: {allowed}"
     if v == "const":
         return f"found {_show(found)}; allowed: {_show(expected)}"
     if v == "type":
@@ -417,7 +625,8 @@ def fill_defaults(data: Any, schema: dict[str, Any]) -> Any:
 
 
 def _check_quantization(q: Mapping[str, Any], label: str) -> list[str]:
-    """Rules the schema cannot say: chunk mode needs a chunk size once presets are resolved."""
+    """Rules the schema cannot say: chunk mode needs a chunk size once presets are resolved,
+    and a role setting must have an effect (:func:`_settings_without_effect`)."""
     from .spec import role_spec
 
     problems = []
@@ -432,4 +641,49 @@ def _check_quantization(q: Mapping[str, Any], label: str) -> list[str]:
             except QBenchError as exc:
                 message = re.sub(r"^quantization\.", "", str(exc))
                 problems.append(f"{label}: {where}.{message}")
+    problems += _settings_without_effect(q, label)
     return sorted(set(problems))
+
+
+#: Role keys that decide whether a role is quantized at all; every other ``<role>_*`` key
+#: only shapes how, and has no effect on a role without a format.
+_ROLE_SWITCHES = ("format", "enabled")
+_ROLE_WORDS = {"weight": "weights", "input": "inputs", "act": "activations"}
+
+
+def _role_has_format(mapping: Mapping[str, Any], role: str) -> bool:
+    return mapping.get(f"{role}_format") is not None or mapping.get("format") is not None
+
+
+def _settings_without_effect(q: Mapping[str, Any], label: str) -> list[str]:
+    """A ``<role>_<key>`` setting (``act_rounding``, ``input_chunk_size``...) for a role that
+    has no format (no ``format``, no ``<role>_format``; a preset is a format) quantizes
+    nothing, so it is refused rather than silently ignored.
+
+    Global keys count as used when any ``layers:`` entry gives the role a format (the global
+    setting applies to those layers); a ``layers:`` entry's own key is checked against that
+    entry merged over the global keys."""
+    layers = [entry for entry in q.get("layers") or () if isinstance(entry, Mapping)]
+    merged_layers = [{**q, **entry} for entry in layers]
+    problems = []
+
+    def refuse(where: str, key: str, value: Any, role: str, scope: str) -> None:
+        problems.append(
+            f"{label}: {where}.{key}: found {_show(value)}, but {_ROLE_WORDS[role]} are not "
+            f"quantized {scope} (no format or {role}_format); set one, or remove {key}"
+        )
+
+    for role in CONFIG_ROLES:
+        keys = [key for key in QUANT_KEYS if key not in _ROLE_SWITCHES and f"{role}_{key}" in q]
+        if keys and not any(_role_has_format(m, role) for m in [q, *merged_layers]):
+            for key in keys:
+                refuse("quantization", f"{role}_{key}", q[f"{role}_{key}"], role, "anywhere")
+        for index, (entry, merged) in enumerate(zip(layers, merged_layers)):
+            if _role_has_format(merged, role):
+                continue
+            for key in QUANT_KEYS:
+                name = f"{role}_{key}"
+                if key not in _ROLE_SWITCHES and name in entry:
+                    where = f"quantization.layers[{index}]"
+                    refuse(where, name, entry[name], role, "in the layers it matches")
+    return problems

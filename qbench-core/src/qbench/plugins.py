@@ -8,10 +8,13 @@ working. First-party packages are discovered exactly the same way as third-party
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -122,18 +125,29 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self._info_by_plugin: dict[int, PluginInfo] = {}
+        # loaded plugin objects in discovery order (pluggy's get_plugins() is a set)
+        self._loaded: list[tuple[Any, PluginInfo]] = []
         self.registries: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
         self._registered = False
 
     # -- discovery ---------------------------------------------------------------------
 
     def discover(self) -> None:
+        """Load every entry point of the ``qbench`` group, in a fixed order: sorted by
+        distribution name (normalized as PyPI does: case, ``-``, ``_`` and ``.`` ignored),
+        then entry-point name. ``importlib.metadata`` returns them in an order that varies
+        between runs and machines; components are registered in this order
+        (:meth:`register_all`), so which of two colliding registrations is refused does not."""
         disabled = {s.strip() for s in os.environ.get(DISABLE_ENV, "").split(",") if s.strip()}
         seen: set[tuple[str, str]] = set()
+        found = []
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "unknown"
             version = dist.version if dist is not None else "?"
+            found.append((_sort_key(dist_name), dist_name, ep.name, ep.value, version, ep))
+        found.sort(key=lambda item: item[:4])
+        for _, dist_name, _, _, version, ep in found:
             if (ep.name, dist_name) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, dist_name))
@@ -170,21 +184,34 @@ class PluginHost:
             self._mark_broken(info, f"failed to register: {_describe(exc)}")
             return
         self._info_by_plugin[id(plugin)] = info
+        self._loaded.append((plugin, info))
 
     def _mark_broken(self, info: PluginInfo, error: str) -> None:
+        """Record a failure against its plugin (every failure, not only the last) and report
+        it once on stderr, naming the distribution and version."""
         info.status = "broken"
-        info.error = error
+        info.error = error if info.error is None else f"{info.error}; {error}"
         print(f"qbench: plugin {info.name!r} from {info.label} is broken: {error}", file=sys.stderr)
 
     # -- registration ------------------------------------------------------------------
 
     def register_all(self) -> None:
+        """Call every plugin's registration hooks, plugin by plugin in discovery order
+        (entry points sorted by distribution name, then entry-point name; then in-process
+        plugins in the order they were added).
+
+        When two plugins register a component of one kind under one name, the *first* in that
+        order is kept and the second registration is refused; the name is then unusable
+        until one of them is uninstalled or blocked (:data:`DISABLE_ENV`), and both plugins
+        are named. A component that does not satisfy its protocol
+        (:func:`component_problem`) is refused and recorded against its plugin, which is
+        listed as broken; its other components are registered.
+        """
         if self._registered:
             return
         self._registered = True
-        for plugin in list(self.pm.get_plugins()):
-            info = self._info_by_plugin.get(id(plugin))
-            if info is not None:
+        for plugin, info in list(self._loaded):
+            if self.pm.is_registered(plugin):
                 self._register_plugin(plugin, info)
 
     def _register_plugin(self, plugin: Any, info: PluginInfo) -> None:
@@ -204,6 +231,11 @@ class PluginHost:
                 self._mark_broken(info, f"{hook_name} raised {_describe(exc)}")
                 continue
             for name, component in staged:
+                problem = component_problem(kind, component)
+                if problem is not None:
+                    shown = name if isinstance(name, str) and name else repr(component)
+                    self._mark_broken(info, f"{kind} {shown!r} refused: {problem}")
+                    continue
                 try:
                     registry.add(name, component, info)
                 except QBenchError as exc:
@@ -211,6 +243,105 @@ class PluginHost:
                     print(f"qbench: {exc}", file=sys.stderr)
                     continue
                 info.components.setdefault(kind, []).append(name)
+
+
+def _sort_key(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+# --------------------------------------------------------------------------------------
+# What a component must offer before it is registered
+# --------------------------------------------------------------------------------------
+
+#: Methods every component of a kind must have (callable attributes). A format's are what core
+#: and the ops call on *every* format (``qbench.quantize``, the quantized modules); a metric is
+#: registered as a class, so its methods are looked up on the class.
+REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
+    "format": ("quantize",),
+    "op": ("from_module",),
+    "adapter": ("build",),
+    "dataset": ("build",),
+    "metric": ("attach", "update", "result"),
+    "reporter": ("write",),
+}
+#: A format's methods that other parts call when present (``qbench formats NAME`` lists
+#: ``values()``, the compliance audit rounds, decodes and checks representability): a
+#: non-callable value there is refused too.
+OPTIONAL_FORMAT_METHODS = ("values", "round", "is_representable", "encode", "decode")
+
+
+def component_problem(kind: str, component: Any) -> str | None:
+    """Why ``component`` cannot be registered as a ``kind``, or None if it can.
+
+    Checked at registration, so a broken component is named with its plugin once, instead of
+    breaking every later run (a non-mapping ``options_schema`` used to make every config
+    validation fail with an AttributeError)."""
+    problems = []
+    missing = [
+        m for m in REQUIRED_METHODS.get(kind, ()) if not callable(getattr(component, m, None))
+    ]
+    if missing:
+        problems.append(f"has no {', '.join(f'{m}()' for m in missing)} method")
+    if kind == "format":
+        problems += _format_problems(component)
+    if kind == "op":
+        module_types = getattr(component, "module_types", ())
+        if not isinstance(module_types, (tuple, list)) or not all(
+            isinstance(t, type) for t in module_types
+        ):
+            problems.append(
+                f"module_types must be a tuple of nn.Module classes, found {_short(module_types)}"
+            )
+    schema = getattr(component, "options_schema", None)
+    if schema is not None:
+        problems += _schema_problems(schema)
+    return "; ".join(problems) if problems else None
+
+
+def _format_problems(fmt: Any) -> list[str]:
+    from .types import Scaling
+
+    problems = []
+    bits = getattr(fmt, "bits", None)
+    if not isinstance(bits, numbers.Integral) or isinstance(bits, bool) or bits < 1:
+        problems.append(f"bits must be a positive integer, found {_short(bits)}")
+    max_value = getattr(fmt, "max_value", None)
+    if (
+        not isinstance(max_value, numbers.Real)
+        or isinstance(max_value, bool)
+        or not math.isfinite(max_value)
+        or max_value <= 0
+    ):
+        problems.append(f"max_value must be a positive finite number, found {_short(max_value)}")
+    for method in OPTIONAL_FORMAT_METHODS:
+        value = getattr(fmt, method, None)
+        if value is not None and not callable(value):
+            problems.append(f"{method} must be a method, found {_short(value)}")
+    scaling = getattr(fmt, "default_scaling", None)
+    if scaling is not None and not isinstance(scaling, Scaling):
+        problems.append(
+            f"default_scaling must be None or a qbench.types.Scaling, found {_short(scaling)}"
+        )
+    return problems
+
+
+def _schema_problems(schema: Any) -> list[str]:
+    if not isinstance(schema, Mapping):
+        return [f"options_schema must be a JSON-schema mapping, found {_short(schema)}"]
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        return [f"options_schema is not a valid JSON schema: at {where}: {exc.message}"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -271,3 +402,4 @@ def unregister_plugin(name: str) -> None:
         for plugin in list(h.pm.get_plugins()):
             if h._info_by_plugin.get(id(plugin)) is info:
                 h.pm.unregister(plugin)
+        h._loaded = [(p, i) for p, i in h._loaded if i is not info]

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import QBenchError
+from .errors import ConfigError, QBenchError
 from .spec import layer_override, layer_specs, override_matches
 from .types import ROLES, LayerSpecs, QuantSpec
 
@@ -45,9 +45,12 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
     """The quantized twin of ``model``: a deep copy with modules swapped by registered ops.
 
     ``spec`` is a config's ``quantization`` mapping, or one :class:`QuantSpec` applied to every
-    role of every layer. The original model is untouched and shares no tensor with the twin.
-    A ``layers:`` override that matches no module is an error (a typo must not silently run
-    FP32); module types no op claims stay FP32 and are listed in the report.
+    role of every layer. A mapping is validated exactly as ``qbench validate`` validates a
+    config's ``quantization:`` section (unknown keys and values, ``chunk_size: 0``, a role
+    setting for a role without a format...): :class:`~qbench.errors.ConfigError` lists every
+    problem, one line each. The original model is untouched and shares no tensor with the
+    twin. A ``layers:`` override that matches no module is an error (a typo must not silently
+    run FP32); module types no op claims stay FP32 and are listed in the report.
     """
     from torch import nn
 
@@ -59,6 +62,11 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
         q: Mapping[str, Any] | None = None
         uniform = LayerSpecs(**{role: spec for role in ROLES})
     elif isinstance(spec, Mapping):
+        from .config import check_quantization
+
+        problems = check_quantization(spec, "qbench.prepare")
+        if problems:
+            raise ConfigError(problems)
         q = spec
         uniform = None
         check_layer_patterns(q, model)

@@ -161,17 +161,24 @@ def test_quantspec_applies_to_every_role():
     assert report[1]["roles"] == {"act": "fp8_e4m3 chunk64"}
 
 
-def test_subclass_with_own_forward_stays_fp32_and_is_listed():
+def test_subclass_with_own_forward_keeps_it_and_is_quantized():
+    """A subclass whose forward differs runs its own forward (here: twice the parent's), with
+    the F.linear call inside it quantized like the parent's twin quantizes it."""
+
     class ScaledLinear(nn.Linear):
         def forward(self, x):  # type: ignore[no-untyped-def]
             return 2 * super().forward(x)
 
+    torch.manual_seed(0)
     model = nn.Sequential(ScaledLinear(4, 4), nn.Linear(4, 4))
     model_q = qbench.prepare(model, FP8_CHUNK)
-    assert type(model_q[0]) is ScaledLinear and type(model_q[1]) is not nn.Linear
-    assert preparation_report(model_q)["not_quantized"] == [
-        {"name": "0", "type": "ScaledLinear", "reason": "no op registered for ScaledLinear"}
-    ]
+    assert isinstance(model_q[0], ScaledLinear) and type(model_q[0]) is not ScaledLinear
+    assert preparation_report(model_q)["not_quantized"] == []
+    plain = nn.Linear(4, 4)
+    plain.load_state_dict(model[0].state_dict())
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(model_q[0](x), 2 * qbench.prepare(plain, FP8_CHUNK)(x))
 
 
 def test_shared_module_is_swapped_once():

@@ -96,8 +96,42 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
         children visited."""
         if id(module) in swapped:
             return swapped[id(module)]
-        op = _op_for(module, ops)
+        op, own_forward = _op_for(module, ops)
         type_name = _type_name(module)
+        if op is not None and own_forward:
+            # A subclass with a forward of its own: the op makes a twin that keeps it, if it
+            # can (``from_subclass``); its children are prepared as modules of their own.
+            make = getattr(op, "from_subclass", None)
+            specs = specs_for(name, module)
+            if not any(specs.get(role) is not None for role in getattr(op, "roles", ROLES)):
+                not_quantized.append(
+                    {"name": name, "type": type_name, "reason": disabled_reason(name, module)}
+                )
+                new = None
+            else:
+                new = make(module, specs, name=name) if make is not None else None
+                if new is None:
+                    not_quantized.append(
+                        {
+                            "name": name,
+                            "type": type_name,
+                            "reason": f"{type_name} has its own forward, which op {op.name!r} "
+                            "cannot quantize",
+                        }
+                    )
+            if new is not None:
+                swapped[id(module)] = new
+                quantized.append(
+                    {
+                        "name": name,
+                        "type": type_name,
+                        "op": op.name,
+                        "roles": _roles(op, new, specs),
+                        "observable": hasattr(new, "qbench_attach_observer"),
+                        "own_forward": True,
+                    }
+                )
+            return visit_children(new if new is not None else module, name)
         if op is not None:
             specs = specs_for(name, module)
             reason_fn = getattr(op, "unsupported_reason", None)
@@ -124,7 +158,6 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
                 }
             )
             return new
-        # every slot, not named_children(), which skips a module seen under an earlier name
         children = [(n, c) for n, c in module._modules.items() if c is not None]
         own = [n for n, _ in module.named_parameters(recurse=False)]
         own += [n for n, b in module.named_buffers(recurse=False) if b is not None]
@@ -140,7 +173,13 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
                     "reason": f"no op registered for {type_name}; its own tensors stay FP32: {', '.join(own)}",
                 }
             )
-        for child_name, child in children:
+        return visit_children(module, name)
+
+    def visit_children(module: nn.Module, name: str) -> nn.Module:
+        # every slot, not named_children(), which skips a module seen under an earlier name
+        for child_name, child in list(module._modules.items()):
+            if child is None:
+                continue
             full = f"{name}.{child_name}" if name else child_name
             new_child = visit(child, full)
             if new_child is not child:
@@ -274,17 +313,18 @@ def _ops_by_type() -> dict[type, Any]:
     return by_type
 
 
-def _op_for(module: nn.Module, ops: Mapping[type, Any]) -> Any:
-    """The op for ``module``'s exact type, or for a base type when the subclass does not
-    change ``forward`` (e.g. ``NonDynamicallyQuantizableLinear``); a subclass with its own
-    forward computes something the op does not know, so it is left alone."""
+def _op_for(module: nn.Module, ops: Mapping[type, Any]) -> tuple[Any, bool]:
+    """The op for ``module``'s type or its nearest base type, and whether ``module``'s class
+    has a ``forward`` of its own (a subclass such as timm's ``Conv2dSame``: the op's
+    ``from_subclass`` then keeps that forward; a subclass that does not change ``forward``,
+    e.g. ``NonDynamicallyQuantizableLinear``, is swapped like its base)."""
     cls = type(module)
     if cls in ops:
-        return ops[cls]
+        return ops[cls], False
     for base in cls.__mro__[1:]:
         if base in ops:
-            return ops[base] if cls.forward is base.forward else None
-    return None
+            return ops[base], cls.forward is not base.forward
+    return None, False
 
 
 def _roles(op: Any, new: Any, specs: LayerSpecs) -> dict[str, str]:

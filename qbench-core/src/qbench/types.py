@@ -207,7 +207,8 @@ class Op(Protocol):
     """A quantized replacement for one or more torch module types (registered as a class).
 
     ``qbench.prepare`` swaps each module whose type (or a base type, when the subclass keeps
-    its ``forward``) is in ``module_types`` for ``from_module(module, specs, name=...)``.
+    its ``forward``) is in ``module_types`` for ``from_module(module, specs, name=...)``, and a
+    subclass with a ``forward`` of its own for ``from_subclass(module, specs, name=...)``.
     """
 
     name: ClassVar[str]
@@ -224,6 +225,13 @@ class Op(Protocol):
     @classmethod
     def unsupported_reason(cls, module: nn.Module) -> str | None:
         """Optional: why this op cannot reproduce ``module`` (it then stays FP32), or None."""
+        ...
+
+    @classmethod
+    def from_subclass(cls, module: nn.Module, specs: LayerSpecs, *, name: str) -> nn.Module | None:
+        """Optional: the twin of ``module``, whose class derives from one of
+        :attr:`module_types` with a ``forward`` of its own: it keeps that ``forward`` and
+        quantizes what it computes (None: the module stays FP32, with the reason)."""
         ...
 
 

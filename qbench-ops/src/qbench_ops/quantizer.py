@@ -34,6 +34,14 @@ from qbench import QuantResult, QuantSpec, get_format
 _GRID_TAG = "_qbench_on_grid"
 #: Attribute on a tensor that a quantizer consumed: ``(spec, version, quantized, result)``.
 _SOURCE_TAG = "_qbench_quantized_as"
+#: Attribute on a cached quantized parameter or buffer (:class:`CachedTensor`).
+_CACHED_TAG = "_qbench_cached"
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` came out of a quantizer or a weight cache (so a later consumer, a
+    subclass twin's interception, does not take it for an FP32 tensor of its own)."""
+    return hasattr(tensor, _GRID_TAG) or hasattr(tensor, _CACHED_TAG)
 
 
 class Observer(Protocol):
@@ -267,6 +275,7 @@ class CachedTensor:
                 else:
                     self._value = self.quantizer.quantize_fast(tensor.detach())
                     self._result = None
+            _tag(self._value, _CACHED_TAG, True)
             self._key = key
         return self._value
 
@@ -281,6 +290,7 @@ class CachedTensor:
             with torch.no_grad():
                 self._result = self.quantizer.quantize_result(tensor.detach())
             self._value = self._result.dequantized
+            _tag(self._value, _CACHED_TAG, True)
             self._key = key
         return self._result
 

@@ -151,3 +151,14 @@ def test_in_memory_order_permutes_every_tensor_by_the_first_ones_order() -> None
     )
     plain = torch.randn(3, 4)
     assert kernels.in_memory_order(plain, second)[0] is plain
+
+
+def test_in_memory_order_expands_a_lower_rank_tensor_that_broadcasts() -> None:
+    """A tensor-mode scale (0-dim) beside a channels-last activation: the audit's case that
+    crashed with "permute ... input.dim() = 0 is not equal to len(dims) = 4"."""
+    first = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    scale, row = torch.tensor(0.5), torch.arange(5.0)
+    a, b, c = kernels.in_memory_order(first, scale, row)
+    assert a.is_contiguous() and b.shape == c.shape == a.shape
+    assert torch.equal(b, torch.full_like(a, 0.5))
+    assert torch.equal(c, row.expand(2, 3, 4, 5).permute(0, 2, 3, 1))

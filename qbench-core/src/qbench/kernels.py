@@ -102,9 +102,14 @@ def memory_order(tensor: Any) -> tuple[int, ...] | None:
 
 def in_memory_order(*tensors: Any) -> tuple[Any, ...]:
     """``tensors`` permuted by the first one's :func:`memory_order` (unchanged if it has
-    none): the first becomes contiguous, and so does every other of the same layout."""
+    none): the first becomes contiguous, and so does every other of the same layout. A tensor
+    of lower rank that broadcasts against the first (a tensor-mode scale, a 0-dim tensor) is
+    first expanded to its shape, a view with zero strides: permuting it alone would fail."""
     order = memory_order(tensors[0])
-    return tensors if order is None else tuple(t.permute(order) for t in tensors)
+    if order is None:
+        return tensors
+    shape = tensors[0].shape
+    return tuple((t if t.dim() == len(shape) else t.expand(shape)).permute(order) for t in tensors)
 
 
 def use_compiled(numel: int, path: str = "auto") -> bool:

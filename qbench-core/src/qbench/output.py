@@ -82,7 +82,7 @@ def check_location(
     ``create=False`` (``qbench validate``) it writes nothing and asks the nearest existing
     folder for write permission instead."""
     out_dir = Path(root) / safe_part(model) / safe_part(name)
-    where = f"output.dir {str(root)!r}"
+    where = f"output.dir {_short(str(root))!r}"
     for part in out_dir.parts:
         if len(os.fsencode(part)) > 200:  # staging names add ~30 bytes to 255-byte NAME_MAX
             raise QBenchError(
@@ -123,6 +123,11 @@ def check_location(
                 "replace it, or give this run another name or output.dir"
             )
     return Location(out_dir)
+
+
+def _short(text: str, keep: int = 60) -> str:
+    """``text`` for a one-line message: a long one keeps its start and end."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep:]}"
 
 
 def write_report_set(

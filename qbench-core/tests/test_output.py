@@ -290,3 +290,22 @@ def test_validate_builds_what_run_would_refuse_before_data(toy_plugins, tmp_path
     out = capsys.readouterr().out
     assert "ok: model toy_mlp built" in out and "not checked: images are not decoded" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_ran_mostly_fp32_starts_its_report_with_a_warning(toy_plugins, tmp_path):
+    """The toy MLP's second Linear (3x4 weights of 28) disabled: 57.14 % quantized."""
+    quantization = {"format": "toy3", "layers": [{"match": "2", "enabled": False}]}
+    report = qbench.run(toy_config(name="cov", quantization=quantization), output=tmp_path).report
+    coverage = report["preparation"]["coverage"]
+    assert (coverage["weight_elements"], coverage["weight_elements_quantized"]) == (28, 16)
+    assert report["warnings"][0].startswith(
+        "only 57.14 % of the model's weight elements ran quantized (below "
+        "evaluation.min_weight_coverage 99 %); largest left FP32: 2 (Linear, 12: disabled by "
+        "quantization.layers[0])"
+    )
+    relaxed = toy_config(
+        name="cov2",
+        quantization=quantization,
+        evaluation={"metrics": ["accuracy"], "min_weight_coverage": 0.5},
+    )
+    assert qbench.run(relaxed, output=tmp_path).report["warnings"] == []

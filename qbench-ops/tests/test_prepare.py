@@ -217,3 +217,20 @@ def test_twin_survives_deepcopy_and_pickle(every_op):
         assert torch.equal(copied(x), expected) and torch.equal(loaded(x), expected)
     assert preparation_report(copied) == preparation_report(model_q)
     assert copied.conv._q_weight is not model_q.conv._q_weight
+
+
+def test_weight_coverage_counts_weight_elements_and_names_the_largest_left_fp32():
+    """Biases are not weight elements; a shared parameter counts once; a module without an
+    op is named with its size and reason; a disabled layer is left out of the quantized."""
+    torch.manual_seed(0)
+    head = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Embedding(10, 8), head, nn.ReLU(), head, nn.Linear(8, 3))
+    spec = {**FP8_CHUNK, "layers": [{"match": "4", "enabled": False}]}
+    coverage = preparation_report(qbench.prepare(model, spec))["coverage"]
+    assert coverage["weight_elements"] == 10 * 8 + 8 * 8 + 8 * 3
+    assert coverage["weight_elements_quantized"] == 8 * 8
+    assert coverage["weight_share"] == pytest.approx(64 / 168)
+    largest = coverage["largest_unquantized"]
+    assert [(row["name"], row["elements"]) for row in largest] == [("0", 80), ("4", 24)]
+    assert "no op registered for Embedding" in largest[0]["reason"]
+    assert "disabled by quantization.layers[0]" in largest[1]["reason"]

@@ -154,6 +154,9 @@ def _print_summary(result: Any) -> None:
         ref, q = (acc.get("reference") or {}).get(key), (acc.get("quantized") or {}).get(key)
         if isinstance(ref, (int, float)) and isinstance(q, (int, float)):
             table.add_row(label, f"{100 * ref:.2f}", f"{100 * q:.2f}")
+    share = ((report.get("preparation") or {}).get("coverage") or {}).get("weight_share")
+    if isinstance(share, (int, float)):
+        table.add_row("weight elements quantized %", "", f"{100 * share:.2f}")
     if isinstance(acc.get("agreement"), (int, float)):
         table.add_row("top-1 agreement %", "", f"{100 * acc['agreement']:.2f}")
     compliance = metrics.get("compliance")

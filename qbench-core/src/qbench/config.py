@@ -30,6 +30,8 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 #: Keys a role prefix (``weight_``, ``input_``, ``act_``) can override.
 QUANT_KEYS = ("format", *SCALING_KEYS, "rounding")
 DEFAULT_METRICS = ["accuracy", "layerwise", "compliance"]
+#: Below this share of weight elements quantized, a report's first line is a warning.
+DEFAULT_MIN_WEIGHT_COVERAGE = 0.99
 #: Values of the ``memory_format`` key (see ``qbench.runner.resolve_memory_format``).
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: A custom JSON-schema ``format``: the string is a file path, relative to the config's folder,
@@ -154,12 +156,20 @@ def base_schema(
         "limit": {"type": ["integer", "null"], "minimum": 1, "default": None},
     }
     eval_props: dict[str, Any] = {
+        "min_weight_coverage": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "default": DEFAULT_MIN_WEIGHT_COVERAGE,
+            "description": "below this share of weight elements quantized, the report "
+            "starts with a warning naming the largest modules left FP32",
+        },
         "metrics": {
             "type": "array",
             "items": {"type": "string", "enum": sorted(metrics), REGISTRY_ANNOTATION: "metric"},
             "uniqueItems": True,
             "default": [m for m in DEFAULT_METRICS if m in metrics],
-        }
+        },
     }
     for name, options in metrics.items():
         eval_props[name] = _fragment(options or {})

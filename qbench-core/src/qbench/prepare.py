@@ -187,17 +187,64 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
         return module
 
     root = visit(twin, "")
-    setattr(
-        root,
-        REPORT_ATTRIBUTE,
-        {"quantized": quantized, "not_quantized": not_quantized},
-    )
+    report = {"quantized": quantized, "not_quantized": not_quantized}
+    report["coverage"] = weight_coverage(root, report)
+    setattr(root, REPORT_ATTRIBUTE, report)
     return root
 
 
-def preparation_report(model_q: nn.Module) -> dict[str, list[dict[str, Any]]]:
+#: How many unquantized modules the coverage names (largest first).
+LARGEST_LISTED = 5
+
+
+def weight_coverage(twin: nn.Module, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The share of the model's weight elements that run quantized.
+
+    Weight elements are the elements of every parameter except biases (which accelerators
+    add in the accumulator, so QBench keeps them FP32 by design), each shared parameter once.
+    A parameter counts as quantized when it belongs to a module whose ``weight`` role is
+    quantized: the module's own parameters, and those of its children where the op took the
+    module whole (attention's projections). ``largest_unquantized`` names the biggest modules
+    left FP32 and why."""
+
+    def weights(module: nn.Module, recurse: bool) -> dict[int, int]:
+        return {
+            id(p): p.numel()
+            for n, p in module.named_parameters(recurse=recurse)
+            if not n.rsplit(".", 1)[-1].startswith("bias")
+        }
+
+    total = weights(twin, True)
+    quantized: dict[int, int] = {}
+    for entry in report["quantized"]:
+        if "weight" in entry["roles"]:
+            module = twin.get_submodule(entry["name"])
+            quantized.update(weights(module, not entry.get("own_forward", False)))
+    reasons = {entry["name"]: entry["reason"] for entry in report["not_quantized"]}
+    left: list[dict[str, Any]] = []
+    counted = set(quantized)
+    for name, module in twin.named_modules():
+        own = {k: v for k, v in weights(module, False).items() if k not in counted}
+        if own:
+            reason = reasons.get(name) or "its weight role is not quantized"
+            row = {"name": name, "type": type(module).__name__, "elements": sum(own.values())}
+            left.append({**row, "reason": reason})
+            counted.update(own)  # a shared parameter is named once
+    elements = sum(total.values())
+    done = sum(quantized.values())
+    left.sort(key=lambda row: -row["elements"])
+    return {
+        "weight_elements": elements,
+        "weight_elements_quantized": done,
+        "weight_share": done / elements if elements else 1.0,
+        "largest_unquantized": left[:LARGEST_LISTED],
+    }
+
+
+def preparation_report(model_q: nn.Module) -> dict[str, Any]:
     """What :func:`prepare` did: ``{"quantized": [{"name", "type", "op", "roles": {role:
-    spec.describe()}, "observable"}...], "not_quantized": [{"name", "type", "reason"}...]}``."""
+    spec.describe()}, "observable"}...], "not_quantized": [{"name", "type", "reason"}...],
+    "coverage": {...}}`` (see :func:`weight_coverage`)."""
     report = getattr(model_q, REPORT_ATTRIBUTE, None)
     if report is None:
         raise QBenchError(

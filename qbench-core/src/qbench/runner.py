@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import MEMORY_FORMATS, Config, load_config
+from .config import DEFAULT_MIN_WEIGHT_COVERAGE, MEMORY_FORMATS, Config, load_config
 from .errors import QBenchError
 from .memory import objects_frozen
 from .output import check_location, run_key, write_report_set
@@ -250,7 +250,14 @@ def run(
         "model": bundle.name,
         "config_file": str(cfg.path) if cfg.path is not None else None,
         "run_key": key,
-        "warnings": _warnings(dataset_options["name"], skipped, images, results),
+        "warnings": _warnings(
+            dataset_options["name"],
+            skipped,
+            images,
+            prep,
+            float(evaluation.get("min_weight_coverage", DEFAULT_MIN_WEIGHT_COVERAGE)),
+            results,
+        ),
         "dataset": dataset_report,
         "device": dev,
         "memory_format": layout,
@@ -339,16 +346,33 @@ def _reporter(name: str) -> tuple[Any, str]:
 
 
 def _warnings(
-    dataset: str, skipped: list[Any], images: int, results: Mapping[str, Any]
+    dataset: str,
+    skipped: list[Any],
+    images: int,
+    preparation: Mapping[str, Any],
+    min_coverage: float,
+    results: Mapping[str, Any],
 ) -> list[str]:
-    """The report's first lines: what makes its numbers less than they seem. Metrics say
-    their own in their result's ``warnings`` list."""
+    """The report's first lines: what makes its numbers less than they seem (skipped images,
+    a model that ran mostly FP32). Metrics say their own in their result's ``warnings``."""
     lines = []
     if skipped:
         first = skipped[0].get("path") if isinstance(skipped[0], Mapping) else skipped[0]
         lines.append(
             f"dataset {dataset}: {len(skipped)} unreadable image(s) skipped (skip_corrupt) "
             f"and {images} evaluated; e.g. {first}"
+        )
+    coverage = preparation.get("coverage") or {}
+    share = coverage.get("weight_share")
+    if isinstance(share, (int, float)) and share < min_coverage:
+        largest = ", ".join(
+            f"{row['name'] or '(model)'} ({row['type']}, {row['elements']}: {row['reason']})"
+            for row in coverage.get("largest_unquantized", [])[:3]
+        )
+        lines.append(
+            f"only {100.0 * share:.2f} % of the model's weight elements ran quantized "
+            f"(below evaluation.min_weight_coverage {100.0 * min_coverage:g} %); "
+            f"largest left FP32: {largest}"
         )
     for result in results.values():
         if isinstance(result, Mapping):

@@ -137,8 +137,26 @@ def header_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Device", _device_text(report)),
         ("Elapsed", f"{number(report.get('elapsed_s'), 2)} s"),
         ("Quantization", quantization_summary(report.get("quantization") or {})),
+        *([("Coverage", coverage)] if (coverage := coverage_text(report)) else []),
         ("QBench", str(report.get("qbench_version", "-"))),
     ]
+
+
+def coverage_text(report: Mapping[str, Any]) -> str | None:
+    """What share of the model ran quantized (``preparation.coverage``), or None for a report
+    that does not say."""
+    coverage = (report.get("preparation") or {}).get("coverage") or {}
+    share = coverage.get("weight_share")
+    if not isinstance(share, (int, float)):
+        return None
+    text = (
+        f"{100.0 * share:.2f} % of weight elements quantized "
+        f"({coverage.get('weight_elements_quantized')} of {coverage.get('weight_elements')})"
+    )
+    macs = coverage.get("mac_share")
+    if isinstance(macs, (int, float)):
+        text += f", {100.0 * macs:.2f} % of multiply-accumulates"
+    return text
 
 
 def _device_text(report: Mapping[str, Any]) -> str:

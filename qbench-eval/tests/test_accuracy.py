@@ -66,3 +66,66 @@ def test_top_k_is_capped_by_class_count_and_nan_rows_are_counted() -> None:
 def test_bad_options_are_user_errors(options: dict) -> None:
     with pytest.raises(QBenchError, match="evaluation.accuracy"):
         AccuracyMetric(options)
+
+
+def test_nonfinite_logits_are_never_correct_and_never_agree() -> None:
+    """``topk`` ranks NaN (and +inf) first: without the rule, each row below would be a hit
+    on its target, and the two NaN sides would agree on it."""
+    nan, inf = float("nan"), float("inf")
+    targets = torch.tensor([0, 1, 2, 3, 0])
+    reference = torch.tensor(
+        [
+            [9.0, 0, 0, 0],  # finite and right
+            [0, 9.0, 0, 0],  # finite and right
+            [0, 0, 9.0, 0],  # finite and right
+            [nan, 1.0, 2.0, 3.0],  # NaN on both sides
+            [0, 0, 0, 9.0],  # finite and wrong
+        ]
+    )
+    quantized = torch.tensor(
+        [
+            [nan, 0, 0, 0],  # NaN at the target: topk ranks it first
+            [0, inf, 0, 0],  # +inf at the target
+            [0, 1.0, 2.0, -inf],  # -inf elsewhere: the argmax would be right
+            [nan, 1.0, 2.0, 3.0],  # NaN on both sides: both topk say class 0
+            [nan, 0, 0, 9.0],  # NaN at the target
+        ]
+    )
+    metric = AccuracyMetric({"top_k": 2})
+    metric.update(BatchOutputs(targets, reference, quantized))
+    result = metric.result()
+    assert result["reference"]["top1"] == pytest.approx(3 / 5)
+    assert result["reference"]["topk"] == pytest.approx(3 / 5)  # not row 3: NaN, then 3
+    assert result["quantized"]["top1"] == 0.0
+    assert result["quantized"]["topk"] == 0.0
+    assert result["reference"]["nonfinite_images"] == 1
+    assert result["quantized"]["nonfinite_images"] == 5
+    assert result["agreement"] == 0.0  # row 3 "agrees" only through NaN
+    assert result["quantized"]["certainty"] == 0.0  # no finite row to be sure of
+    assert result["warnings"] == [
+        "FP32 reference model: 1 of 5 images had NaN/inf logits; they count as wrong and "
+        "never as agreement",
+        "quantized model: 5 of 5 images had NaN/inf logits; they count as wrong and never "
+        "as agreement",
+    ]
+
+
+def test_agreement_needs_both_sides_finite_and_warnings_only_when_needed() -> None:
+    nan = float("nan")
+    targets = torch.tensor([0, 1, 2])
+    logits = torch.eye(3)
+    quantized = logits.clone()
+    quantized[1, 1] = nan  # NaN at the target, on the quantized side only
+    reference = logits.clone()
+    reference[2, 2] = nan  # NaN at the target, on the reference side only
+    metric = AccuracyMetric(None)
+    metric.update(BatchOutputs(targets, reference, quantized))
+    result = metric.result()
+    assert result["agreement"] == pytest.approx(1 / 3)
+    assert result["reference"]["top1"] == pytest.approx(2 / 3)
+    assert result["quantized"]["top1"] == pytest.approx(2 / 3)
+    assert len(result["warnings"]) == 2
+
+    clean = AccuracyMetric(None)
+    clean.update(BatchOutputs(targets, logits, logits))
+    assert "warnings" not in clean.result() and clean.result()["agreement"] == 1.0

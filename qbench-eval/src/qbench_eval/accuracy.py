@@ -14,6 +14,7 @@ from qbench.errors import QBenchError
 from qbench.types import BatchOutputs
 
 _SIDES = ("reference", "quantized")
+_LABELS = {"reference": "FP32 reference model", "quantized": "quantized model"}
 
 
 class AccuracyMetric:
@@ -23,6 +24,11 @@ class AccuracyMetric:
     top-1 while making the model markedly less sure of itself, which is worth seeing.
     *Agreement* is the share of images on which both models predict the same top-1 class,
     whatever the label: it measures the quantized model's fidelity to the FP32 one.
+
+    An image whose logits on one side are not all finite (NaN/inf) has no prediction there:
+    it is never correct on that side (``topk`` would rank a NaN first), its certainty counts
+    as 0, it is never an agreement, and it is counted in that side's ``nonfinite_images``
+    and named in the result's ``warnings``.
     """
 
     name = "accuracy"
@@ -65,7 +71,7 @@ class AccuracyMetric:
     @torch.no_grad()
     def update(self, batch: BatchOutputs) -> None:
         targets = batch.targets.reshape(-1).to(torch.long)
-        predictions = {}
+        predictions, finite = {}, {}
         for side in _SIDES:
             logits = getattr(batch, side)
             logits = logits.reshape(logits.shape[0], -1).float()
@@ -77,18 +83,20 @@ class AccuracyMetric:
             k = min(self.top_k, self.classes)
             topk = logits.topk(k, dim=1).indices
             targets_on = targets.to(topk.device)
-            hits = topk == targets_on[:, None]
+            # A row with NaN/inf logits has no prediction (topk ranks NaN first): it is never
+            # a hit, its certainty counts as 0, and it is counted in ``nonfinite_images``.
+            finite[side] = torch.isfinite(logits).all(dim=1)
+            hits = (topk == targets_on[:, None]) & finite[side][:, None]
             self.top1[side] += int(hits[:, 0].sum())
             self.topk[side] += int(hits.any(dim=1).sum())
-            # A row with NaN/inf logits has no meaningful certainty: it counts as 0 here and
-            # is reported in ``nonfinite_images`` instead of turning the whole mean into NaN.
-            probabilities = torch.nan_to_num(torch.softmax(logits, dim=1), nan=0.0)
-            self.certainty[side] += float(probabilities.max(dim=1).values.sum(dtype=torch.float64))
-            self.nonfinite_images[side] += int((~torch.isfinite(logits)).any(dim=1).sum())
+            certainty = torch.softmax(logits, dim=1).max(dim=1).values
+            certainty = torch.where(finite[side], certainty, 0.0)
+            self.certainty[side] += float(certainty.sum(dtype=torch.float64))
+            self.nonfinite_images[side] += int((~finite[side]).sum())
             predictions[side] = topk[:, 0]
-        same = predictions["reference"] == predictions["quantized"].to(
-            predictions["reference"].device
-        )
+        device = predictions["reference"].device
+        same = predictions["reference"] == predictions["quantized"].to(device)
+        same &= finite["reference"] & finite["quantized"].to(device)
         self.agree += int(same.sum())
         self.images += int(targets.shape[0])
 
@@ -108,4 +116,12 @@ class AccuracyMetric:
             for key in ("top1", "topk", "certainty")
         }
         out["agreement"] = self.agree / n
+        warnings = [
+            f"{_LABELS[side]}: {self.nonfinite_images[side]} of {self.images} images had "
+            f"NaN/inf logits; they count as wrong and never as agreement"
+            for side in _SIDES
+            if self.nonfinite_images[side]
+        ]
+        if warnings:
+            out["warnings"] = warnings
         return out

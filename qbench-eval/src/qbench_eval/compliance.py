@@ -4,18 +4,25 @@ For every tensor a layer really quantized (reported through ``qbench.prepare.obs
 :class:`qbench.types.QuantResult`) the audit checks, independently of the quantizer's own
 claims:
 
-* **grid** — the element codes decode to values of the element format's grid
-  (``format.values()``, plus NaN and, where the format has them, infinities);
+* **grid** — the element codes decode to values the element format can encode: its grid
+  (``format.values()``), and NaN or ±inf only where the format itself encodes them
+  (``format.is_representable``): NaN in int8 or fp4_e2m1 fails, in fp8_e4m3 it passes. An
+  element under a NaN scale is exempt: the scale makes it NaN whatever its code (OCP MX v1.0,
+  special value handling: a NaN shared scale X makes every element of its block NaN);
 * **reconstruction** — ``decode(codes) * expand_scales()`` equals the dequantized tensor the
   layer used, bit for bit (NaN matches NaN);
-* **scale** — every scale level is legal for its scale format: finite and positive always;
-  ``e8m0`` a power of two 2^e with -127 <= e <= 127 (OCP MX v1.0 §5.4.1, E8M0); any other
-  format of at most 16 bits on that format's grid (e.g. fp8_e4m3 for NVFP4 block scales);
-  ``fp32`` (and wider) finite and positive;
+* **scale** — every scale level is legal for its scale format: positive and finite, or NaN
+  where the scale format encodes NaN (``e8m0``'s 0xFF, OCP MX v1.0 §5.4.1; fp32; fp8_e4m3's
+  S.1111.111); ``e8m0`` a power of two 2^e with -127 <= e <= 127 (OCP MX v1.0 §5.4.1, E8M0);
+  any other format of at most 16 bits on that format's grid (e.g. fp8_e4m3 for NVFP4 block
+  scales); ``fp32`` (and wider) finite and positive;
 * **observed** — every role the preparation report lists as quantized was reported at least
   once (a layer that bypasses its quantizer is caught here).
 
 Counts are exact; only the first ``max_examples`` failing elements per tensor are kept.
+Beside the checks, the NaN and ±inf values among the dequantized values each layer used are
+counted (a :class:`QuantResult` does not carry the quantizer's input), and so are the NaN
+scales; any NaN/inf value gives the result a ``warnings`` line.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import fnmatch
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -213,12 +220,27 @@ class _Grid:
 
 
 def _legal_values(element: Any, grid: _Grid, decoded: torch.Tensor) -> torch.Tensor:
-    """Elementwise: a finite grid value, NaN, or an infinity the format itself has."""
-    legal = grid.contains(decoded) | torch.isnan(decoded)
-    infinite = torch.isinf(decoded)
-    if bool(infinite.any()):
-        legal |= infinite & element.is_representable(decoded).to(torch.bool)
+    """Elementwise: a finite grid value, or a NaN or infinity the format itself encodes (a
+    NaN in int8 or fp4_e2m1, which have no NaN code, is illegal: the format cannot hold it)."""
+    legal = grid.contains(decoded)
+    special = ~torch.isfinite(decoded)
+    if bool(special.any()):
+        encodable = element.is_representable(decoded[special]).to(torch.bool)
+        legal[special] = encodable.to(legal.device)
     return legal
+
+
+@functools.lru_cache(maxsize=256)
+def _encodes_nan(format_name: str) -> bool:
+    """Does the (scale) format have a NaN encoding? e8m0: 0xFF (OCP MX v1.0 §5.4.1); fp32 and
+    fp64: IEEE 754; any other registered format: its own ``is_representable(NaN)``."""
+    if format_name in ("e8m0", "fp32", "fp64"):
+        return True
+    try:
+        fmt = qbench.get_format(format_name)
+    except QBenchError:
+        return False
+    return bool(fmt.is_representable(torch.tensor([math.nan])).reshape(-1)[0])
 
 
 class _CodeTable:
@@ -260,9 +282,10 @@ class _CodeTable:
     def counts(
         self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
     ) -> torch.Tensor:
-        """[illegal codes, reconstruction mismatches] (int64) in one fused pass: per-row
-        counts over the trailing dimensions of the coalesced views (:func:`_rows`,
-        :func:`_row_dims`), packed two to an int32, then summed."""
+        """[illegal codes, reconstruction mismatches, NaN values, ±inf values] (int64; the
+        last two of the dequantized tensor) in one fused pass: per-row counts over the
+        trailing dimensions of the coalesced views (:func:`_rows`, :func:`_row_dims`),
+        packed two to an int32, then summed."""
         if self.bit_fields is not None:  # decoded by arithmetic: vectorizes, a gather does not
             fn: Any = _audit_rows_bits
             constants: tuple[Any, ...] = (*self.bit_fields.key, self.bit_fields.negative_legal)
@@ -273,9 +296,18 @@ class _CodeTable:
         views = _rows(codes, dequantized, scales)
         if views is None:  # a row too long to pack two counts in an int32: int64 totals
             tensors = (codes, dequantized, scales, *extra)
-            return fused(fn, tensors, (*constants, 0), options=ONE_LOOP)
-        packed = fused(fn, (*views, *extra), (*constants, _row_dims(views[0])), options=ONE_LOOP)
-        return torch.stack([(packed & _LOW_MASK).sum(), (packed >> _PACK_SHIFT).sum()])
+            return torch.cat(fused(fn, tensors, (*constants, 0), options=ONE_LOOP))
+        checks, nonfinite = fused(
+            fn, (*views, *extra), (*constants, _row_dims(views[0])), options=ONE_LOOP
+        )
+        return torch.stack(
+            [
+                (checks & _LOW_MASK).sum(),
+                (checks >> _PACK_SHIFT).sum(),
+                (nonfinite & _LOW_MASK).sum(),
+                (nonfinite >> _PACK_SHIFT).sum(),
+            ]
+        )
 
 
 #: Per-row counts are packed as illegal + mismatches * 2^16 in an int32: rows of at most
@@ -472,13 +504,16 @@ def _audit_rows_bits(
     dequantized: torch.Tensor,
     scales: torch.Tensor,
     *fields: Any,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_audit_rows` with the codes decoded from their bit fields (_BitFields)."""
     bits, negative_legal, row_dims = fields[0], fields[-2], fields[-1]
     span = 1 << bits
-    illegal = (codes < (-span if negative_legal else 0)) | (codes >= span)
+    illegal = ((codes < (-span if negative_legal else 0)) | (codes >= span)) & (scales == scales)
     reconstructed = _decode_bits(codes, *fields[:-2]) * scales
-    return _tally(illegal, _mismatch(reconstructed, dequantized), row_dims)
+    return (
+        _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
+        _tally(*_nonfinite(dequantized), row_dims),
+    )
 
 
 def _mismatch(reconstructed: torch.Tensor, dequantized: torch.Tensor) -> torch.Tensor:
@@ -486,6 +521,12 @@ def _mismatch(reconstructed: torch.Tensor, dequantized: torch.Tensor) -> torch.T
     that inductor vectorizes; isnan it does element by element)."""
     not_both_nan = (reconstructed == reconstructed) | (dequantized == dequantized)
     return (reconstructed != dequantized) & not_both_nan
+
+
+def _nonfinite(dequantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise (NaN, ±inf) masks of the values the layer used (x != x is the NaN test
+    that inductor vectorizes)."""
+    return dequantized != dequantized, dequantized.abs() == math.inf
 
 
 def _tally(illegal: torch.Tensor, mismatch: torch.Tensor, row_dims: int) -> torch.Tensor:
@@ -540,13 +581,18 @@ def _audit_rows(
     offset: int,
     last: int,
     row_dims: int,
-) -> torch.Tensor:
-    """How many codes are illegal, and how many ``decode(code) * scale`` differ from the
-    dequantized value the layer used (NaN matching NaN): per row packed, or as two int64
-    totals (:func:`_tally`)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many codes are illegal (a code under a NaN scale is NaN whatever it is: never
+    illegal), and how many ``decode(code) * scale`` differ from the dequantized value the
+    layer used (NaN matching NaN); then how many values the layer used are NaN and how many
+    ±inf: each pair per row packed, or as two int64 totals (:func:`_tally`)."""
     index = (codes.to(torch.int64) + offset).clamp(0, last)
     reconstructed = values[index] * scales
-    return _tally(~legal[index], _mismatch(reconstructed, dequantized), row_dims)
+    illegal = ~legal[index] & (scales == scales)
+    return (
+        _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
+        _tally(*_nonfinite(dequantized), row_dims),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -570,6 +616,10 @@ class TensorAudit:
     skipped_observations: int = 0
     elements: int = 0
     scales: int = 0
+    # NaN and ±inf values among the dequantized values the layer used, and NaN scales
+    nan: int = 0
+    inf: int = 0
+    nan_scales: int = 0
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHECKS, 0))
     examples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -590,10 +640,23 @@ class TensorAudit:
             "skipped_observations": self.skipped_observations,
             "elements": self.elements,
             "scales": self.scales,
+            "nonfinite": {"nan": self.nan, "inf": self.inf},
+            "nan_scales": self.nan_scales,
             "failures": {k: v for k, v in self.failures.items() if v},
             "failed": self.failed,
             "examples": list(self.examples),
         }
+
+
+@dataclass(frozen=True)
+class _ScaleCheck:
+    """One scale level of an observation: its values, which are illegal, which are NaN."""
+
+    level: str
+    scale_format: str
+    values: torch.Tensor
+    illegal: torch.Tensor
+    nan: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -605,6 +668,16 @@ class _Clean:
     scale_formats: dict[str, str]
     elements: int
     scales: int
+    nan: int = 0
+    inf: int = 0
+    nan_scales: int = 0
+
+    def add_to(self, audit: TensorAudit) -> None:
+        audit.elements += self.elements
+        audit.scales += self.scales
+        audit.nan += self.nan
+        audit.inf += self.inf
+        audit.nan_scales += self.nan_scales
 
 
 @dataclass
@@ -617,9 +690,11 @@ class _Observation:
     tensors: tuple[torch.Tensor, ...] | None
     tag: Any
     versions: tuple[int, ...] | None  # of ``tensors`` when observed
-    scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]]
+    scale_checks: list[_ScaleCheck]
     clean: _Clean  # what it adds to its TensorAudit, replayed if it is clean
-    counts: torch.Tensor  # [illegal scales per level..., illegal codes, mismatches]
+    # [illegal scales per level..., NaN scales per level..., illegal codes, mismatches,
+    # NaN values, ±inf values]
+    counts: torch.Tensor
 
 
 def _versions(tensors: tuple[torch.Tensor, ...] | None) -> tuple[int, ...] | None:
@@ -755,8 +830,7 @@ class ComplianceMetric:
             audit.scale_formats.update(clean.scale_formats)
             audit.observations += 1
             audit.reused_observations += 1
-            audit.elements += clean.elements
-            audit.scales += clean.scales
+            clean.add_to(audit)
             return
         self._check(audit, result, max_examples, tensors, tag)
 
@@ -790,19 +864,20 @@ class ComplianceMetric:
             return
 
         scale_checks = self._scale_checks(result)
-        scales = sum(values.numel() for _, _, values, _ in scale_checks)
+        scales = sum(check.values.numel() for check in scale_checks)
         audit.scales += scales
-        for level, scale_format, _, _ in scale_checks:
-            audit.scale_formats[level] = scale_format
+        for check in scale_checks:
+            audit.scale_formats[check.level] = check.scale_format
         clean = _Clean(
             audit.format,
             element_name,
-            {level: scale_format for level, scale_format, _, _ in scale_checks},
+            {check.level: check.scale_format for check in scale_checks},
             dequantized.numel(),
             scales,
         )
         table = self._table(element_name, element, codes)
-        counts = [bad.sum().reshape(1) for _, _, _, bad in scale_checks]
+        counts = [check.illegal.sum().reshape(1) for check in scale_checks]
+        counts += [check.nan.sum().reshape(1) for check in scale_checks]
         if table is not None and use_compiled(codes.numel()):
             # Large tensors: the grid and reconstruction checks in one fused pass that only
             # counts; the masks and examples are computed only if something failed.
@@ -831,12 +906,26 @@ class ComplianceMetric:
         # that give the examples, after every pending observation (examples stay in
         # observation order).
         self.settle()
+        levels = len(scale_checks)
         scale_counts = torch.cat(counts).tolist() if counts else []
-        failed = self._add_scale_counts(audit, scale_counts)
-        failed += self._details(audit, result, element_name, max_examples)
-        self._scale_examples(audit, scale_checks, scale_counts, max_examples)
+        failed = self._add_scale_counts(audit, scale_counts[:levels])
+        detail_failed, nan, inf = self._details(audit, result, element_name, max_examples)
+        failed += detail_failed
+        clean = self._add_nonfinite(audit, clean, sum(scale_counts[levels:]), nan, inf)
+        self._scale_examples(audit, scale_checks, scale_counts[:levels], max_examples)
         if not failed:
             self._clean.put(tensors or (), clean, tag)
+
+    @staticmethod
+    def _add_nonfinite(
+        audit: TensorAudit, clean: _Clean, nan_scales: Any, nan: Any, inf: Any
+    ) -> _Clean:
+        """Add an observation's NaN/inf counts to its audit; its _Clean with them."""
+        nan_scales, nan, inf = int(nan_scales), int(nan), int(inf)
+        audit.nan_scales += nan_scales
+        audit.nan += nan
+        audit.inf += inf
+        return replace(clean, nan=nan, inf=inf, nan_scales=nan_scales)
 
     def settle(self) -> None:
         """Read the counts of every pending observation (one host sync) and record them:
@@ -852,7 +941,7 @@ class ComplianceMetric:
         max_examples = self._config().max_examples
         offset = 0
         for observation in pending:
-            size = len(observation.scale_checks) + 2
+            size = 2 * len(observation.scale_checks) + 4
             self._settle_one(observation, flat[offset : offset + size], max_examples)
             offset += size
 
@@ -863,19 +952,22 @@ class ComplianceMetric:
         unchanged = _versions(observation.tensors) == observation.versions
         if not unchanged:  # changed in place after the layer used it: settle it at once
             self._changed_in_place.add((audit.layer, audit.role))
-        illegal, mismatched = counts[levels:]
+        illegal, mismatched, nan, inf = counts[2 * levels :]
+        clean = self._add_nonfinite(
+            audit, observation.clean, sum(counts[levels : 2 * levels]), nan, inf
+        )
         if illegal or mismatched:
-            if unchanged:
+            if unchanged:  # its NaN/inf were counted by the fused pass
                 failed += self._details(
                     audit, observation.result, observation.clean.element_format, max_examples
-                )
+                )[0]
             else:  # the counts are exact; the elements that failed can no longer be read
                 audit.failures["grid"] += illegal
                 audit.failures["reconstruction"] += mismatched
                 failed += illegal + mismatched
         self._scale_examples(audit, observation.scale_checks, scale_counts, max_examples)
         if not failed and unchanged and observation.tensors:
-            self._clean.put(observation.tensors, observation.clean, observation.tag)
+            self._clean.put(observation.tensors, clean, observation.tag)
 
     @staticmethod
     def _add_scale_counts(audit: TensorAudit, scale_counts: list[Any]) -> int:
@@ -885,9 +977,10 @@ class ComplianceMetric:
 
     def _details(
         self, audit: TensorAudit, result: QuantResult, element_name: str, max_examples: int
-    ) -> int:
+    ) -> tuple[int, int, int]:
         """Grid and reconstruction failures of ``result`` (elements of ``element_name``)
-        counted from their masks, with examples; returns how many failed."""
+        counted from their masks, with examples; returns how many failed, and how many of
+        the dequantized values are NaN and how many ±inf (not added to ``audit``)."""
         element = qbench.get_format(element_name)
         grid = self._grid(element_name)
         codes, dequantized = result.codes, result.dequantized
@@ -898,12 +991,14 @@ class ComplianceMetric:
         else:
             decoded = element.decode(codes)
             legal = _legal_values(element, grid, decoded)
-        off_grid = ~legal
+        # An element under a NaN scale is NaN whatever its code (OCP MX v1.0, special values).
+        off_grid = ~legal & (expanded == expanded)
         reconstructed = decoded * expanded
         # NaN != NaN, so NaN-for-NaN pairs are counted here and taken out below (rare).
         mismatch = reconstructed != dequantized
-        counts = torch.stack([off_grid.sum(), mismatch.sum()]).tolist()  # one host sync
-        off_count, mismatch_count = int(counts[0]), int(counts[1])
+        nan, inf = _nonfinite(dequantized)
+        counts = torch.stack([off_grid.sum(), mismatch.sum(), nan.sum(), inf.sum()]).tolist()
+        off_count, mismatch_count = int(counts[0]), int(counts[1])  # one host sync above
         if mismatch_count:
             mismatch &= ~(torch.isnan(reconstructed) & torch.isnan(dequantized))
             mismatch_count = int(mismatch.sum())
@@ -948,20 +1043,20 @@ class ComplianceMetric:
                     scale=_number(scale),
                     nearest=nearest,
                 )
-        return off_count + mismatch_count
+        return off_count + mismatch_count, int(counts[2]), int(counts[3])
 
     def _scale_examples(
         self,
         audit: TensorAudit,
-        scale_checks: list[tuple[str, str, torch.Tensor, torch.Tensor]],
+        scale_checks: list[_ScaleCheck],
         scale_counts: list[Any],
         max_examples: int,
     ) -> None:
-        for (level, scale_format, values, bad), count in zip(
-            scale_checks, scale_counts, strict=True
-        ):
+        for check, count in zip(scale_checks, scale_counts, strict=True):
             if not count or len(audit.examples) >= max_examples:
                 continue
+            level, scale_format, values = check.level, check.scale_format, check.values
+            bad = check.illegal
             for i in self._first(bad, max_examples - len(audit.examples)):
                 value = float(values.reshape(-1)[i])
                 nearest: list[Any] = []
@@ -997,10 +1092,10 @@ class ComplianceMetric:
             table = self._tables[name] = _CodeTable(element, self._grid(name))
         return table
 
-    def _scale_checks(
-        self, result: QuantResult
-    ) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
-        """(level, scale format, scale values, illegal mask) for every scale level."""
+    def _scale_checks(self, result: QuantResult) -> list[_ScaleCheck]:
+        """Every scale level's values with their illegal and NaN masks. A NaN scale is legal
+        where the scale format encodes NaN (e8m0's 0xFF, OCP MX v1.0 §5.4.1: every element
+        of its block is NaN; fp32; fp8_e4m3's S.1111.111), illegal elsewhere."""
         parts = dict(result.scale_parts or {})
         if not parts:
             parts = {"scale": (result.scales, result.spec.scaling.scale_format)}
@@ -1019,7 +1114,10 @@ class ComplianceMetric:
                 )
             elif self._enumerable(scale_format):
                 legal &= self._grid(scale_format).contains(v)
-            checks.append((level, scale_format, values, ~legal))
+            nan = v != v
+            if _encodes_nan(scale_format):
+                legal |= nan
+            checks.append(_ScaleCheck(level, scale_format, values, ~legal, nan))
         return checks
 
     def _enumerable(self, format_name: str) -> bool:
@@ -1071,6 +1169,7 @@ class ComplianceMetric:
                 if (layer, role) not in observed
             ]
         roles: dict[str, Any] = {}
+        warnings = []
         for role in ROLES:
             mine = [t for t in tensors if t["role"] == role]
             missing_here = sum(1 for m in missing if m["role"] == role)
@@ -1086,16 +1185,23 @@ class ComplianceMetric:
                     t["failures"].get("grid", 0) + t["failures"].get("reconstruction", 0)
                     for t in mine
                 ),
+                "nonfinite": {
+                    kind: sum(t["nonfinite"][kind] for t in mine) for kind in ("nan", "inf")
+                },
             }
+            warning = _nonfinite_warning(role, roles[role], mine)
+            if warning:
+                warnings.append(warning)
         scale_failures = sum(t["failures"].get("scale", 0) for t in tensors)
         scales = {
             "status": ("FAIL" if scale_failures else "PASS") if tensors else "NOT RUN",
             "checked": sum(t["scales"] for t in tensors),
             "failed": scale_failures,
+            "nan": sum(t["nan_scales"] for t in tensors),
         }
         failing = [t for t in tensors if t["status"] == "FAIL"]
         status = "FAIL" if failing or missing else ("PASS" if tensors else "NOT RUN")
-        return {
+        out = {
             "status": status,
             "config": config.as_dict(),
             "batches": self.batches,
@@ -1105,3 +1211,19 @@ class ComplianceMetric:
             "failures": failing,
             "tensors": tensors,
         }
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+
+def _nonfinite_warning(role: str, row: Mapping[str, Any], tensors: list[dict[str, Any]]) -> str:
+    """One line for a role whose quantized values held NaN/inf ("" if none did)."""
+    nan, inf = row["nonfinite"]["nan"], row["nonfinite"]["inf"]
+    if not nan and not inf:
+        return ""
+    first = next(t["layer"] for t in tensors if t["nonfinite"]["nan"] or t["nonfinite"]["inf"])
+    return (
+        f"compliance: the quantized {role} values held {nan} NaN and {inf} inf of "
+        f"{row['elements']} audited (first in layer {first!r}); they pass only in formats "
+        f"that encode them, or as NaN blocks under a NaN scale"
+    )

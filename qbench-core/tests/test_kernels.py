@@ -100,7 +100,7 @@ def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
     assert not kernels.use_compiled(10**9, "compiled")
     monkeypatch.setattr(kernels, "COMPILE_ENABLED", True)
 
-    def broken(fn, constants, options):
+    def broken(fn, constants, options, name):
         raise RuntimeError("no C++ compiler\nsecond line")
 
     monkeypatch.setattr(kernels, "_compiled", broken)

@@ -7,11 +7,31 @@ import pytest
 import qbench
 import torch
 from formats_probes import same_bits
+from qbench import kernels
 from qbench.spec import spec_from_arguments
 from qbench_formats import quantizer
 from qbench_formats.catalog import ALL_FORMATS
 
 QUANTIZABLE = [f.name for f in ALL_FORMATS if f.kind != "scale"]
+#: The quantizer's kernel pieces (qbench.kernels compiles and caches them, keyed by function)
+PIECES = (
+    quantizer.fused_kernel,
+    quantizer.group_amax,
+    quantizer.fused_scales,
+    quantizer.fused_elements,
+)
+
+
+def quantize_kernels() -> dict[tuple, object]:
+    """qbench.kernels' compiled kernels that are pieces of the quantizer."""
+    return {key: kernel for key, kernel in kernels._COMPILED.items() if key[0] in PIECES}
+
+
+def quantize_kernel_failed(test: object) -> bool:
+    """Whether a quantizer piece fell back to eager for a plan ``test(plan)`` accepts."""
+    return any(key[0] in PIECES and test(key[1][0]) for key in kernels._FAILED)
+
+
 ROUNDINGS = ["nearest_even", "nearest_away", "toward_zero", "stochastic"]
 
 
@@ -143,16 +163,15 @@ def test_compiled_twin_matches_reference_without_recompiling_per_shape() -> None
             x = awkward_tensor(i).flatten()[: torch.Size(shape).numel()]
             x = torch.cat([x, torch.randn(torch.Size(shape).numel() - x.numel())]).reshape(shape)
             compiled = fmt.quantize(x, spec, return_codes=True, path="compiled")
-            plan_failed = any(p.element.name == fmt.element for p in quantizer._COMPILE_FAILED)
-            if plan_failed:
+            if quantize_kernel_failed(lambda p, element=fmt.element: p.element.name == element):
                 pytest.skip("torch.compile is unavailable here; the eager twin was used")
             reference = fmt.quantize(x, spec, return_codes=True, path="reference")
             assert bool(same_bits(compiled.dequantized, reference.dequantized).all()), (name, shape)
             assert torch.equal(compiled.codes, reference.codes)
-    assert len(quantizer._COMPILED) >= len(cases)
+    assert len(quantize_kernels()) >= len(cases)
     # One kernel per format/scaling, reused across shapes (dynamic=True): at most one
     # recompile per plan (dynamo may specialize on the first shape it sees).
-    for kernel in quantizer._COMPILED.values():
+    for kernel in quantize_kernels().values():
         cache = torch._dynamo.eval_frame._debug_get_cache_entry_list(
             kernel._torchdynamo_orig_callable.__code__
         )
@@ -185,9 +204,9 @@ def test_kernels_are_compiled_for_the_thread_count_they_run_with(
 ) -> None:
     """Each piece is compiled with torch's thread count when it runs (inductor would bake in
     whatever count compiled it first and its disk cache ignores the count), the scales piece
-    of a split plan on one thread: a second count compiles anew, a count seen before reuses
-    its kernels."""
-    if not quantizer.COMPILE_ENABLED:
+    of a split plan on one thread: a second count compiles anew (the one-thread scales piece
+    excepted: it is the same kernel), a count seen before reuses its kernels."""
+    if not kernels.COMPILE_ENABLED:
         pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
     seen: list[tuple[str, object]] = []
 
@@ -195,7 +214,8 @@ def test_kernels_are_compiled_for_the_thread_count_they_run_with(
         seen.append((fn.__name__, kwargs.get("options")))
         return fn  # run the traced function eagerly: the options are what is checked
 
-    monkeypatch.setattr(quantizer, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_FAILED", set())
     monkeypatch.setattr(torch, "compile", recording)
     x = torch.randn(4, 64)
     cases = [
@@ -217,7 +237,7 @@ def test_kernels_are_compiled_for_the_thread_count_they_run_with(
         expected += [
             ("quantize_kernel", {"cpp.threads": threads}),
             ("amax_kernel", {"cpp.threads": threads}),
-            ("scales_kernel", {"cpp.threads": 1}),
+            *([("scales_kernel", {"cpp.threads": 1})] if threads == 1 else []),
             ("elements_kernel", {"cpp.threads": threads}),
         ]
     assert seen == expected
@@ -242,7 +262,7 @@ def test_compiled_kernel_encodes_codes_in_its_own_loop(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(quantizer, "encode_codes", counting_encode)
     compiled = fmt.quantize(x, spec, return_codes=True, path="compiled")
-    if any(p.element.name == "fp8_e5m2" for p in quantizer._COMPILE_FAILED):
+    if quantize_kernel_failed(lambda p: p.element.name == "fp8_e5m2"):
         pytest.skip("torch.compile is unavailable here; the eager twin was used")
     assert not encoded
     assert compiled.codes.dtype == reference.codes.dtype == torch.int32
@@ -294,7 +314,7 @@ def test_split_nvfp4_kernel_matches_reference(rounding: str) -> None:
             )
             for path in ("compiled", "reference", "eager")
         }
-        if any(p.second_level for p in quantizer._COMPILE_FAILED):
+        if quantize_kernel_failed(lambda p: p.second_level):
             pytest.skip("torch.compile is unavailable here; the eager twin was used")
         compiled, reference = results["compiled"], results["reference"]
         for other in (reference, results["eager"]):
@@ -308,11 +328,14 @@ def test_split_nvfp4_kernel_matches_reference(rounding: str) -> None:
         if rounding == "nearest_even":  # the plan without codes stores no scale parts
             plain = fmt.quantize(x, spec, path="compiled")
             assert bool(same_bits(plain, reference.dequantized).all()), i
-    split = [key for key in quantizer._COMPILED if key[0].second_level]
-    assert {key[1] for key in split} == {"amax", "scales", "elements"}
+    split = {key: kernel for key, kernel in quantize_kernels().items() if key[1][0].second_level}
+    assert {key[0] for key in split} == {
+        quantizer.group_amax,
+        quantizer.fused_scales,
+        quantizer.fused_elements,
+    }
     # Five shapes, one kernel per piece (at most one recompile after the first shape).
-    for key in split:
-        kernel = quantizer._COMPILED[key]
+    for key, kernel in split.items():
         cache = torch._dynamo.eval_frame._debug_get_cache_entry_list(
             kernel._torchdynamo_orig_callable.__code__
         )

@@ -22,7 +22,7 @@ from .errors import (
     QBenchError,
     UnknownComponentError,
 )
-from .hookspecs import hookimpl, hookspec
+from .hookspecs import Register, hookimpl, hookspec
 from .types import LayerSpecs, QuantResult, QuantSpec, Scaling
 
 __version__ = "0.1.0"
@@ -35,6 +35,7 @@ __all__ = [
     "QBenchError",
     "QuantResult",
     "QuantSpec",
+    "Register",
     "Scaling",
     "UnknownComponentError",
     "get_format",

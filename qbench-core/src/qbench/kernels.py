@@ -11,8 +11,10 @@ module compiles such a function once per (function, constants) and chooses per c
   function, or a cheaper eager twin, run eagerly. A compile failure is warned about once
   and the eager path is used from then on.
 
-qbench-formats' quantizer takes its threshold and switch from here (at import), and its
-stand-alone code encoder runs through :func:`fused`.
+This module is the one home of that decision, of the compiled kernels and of the fall-back:
+every kernel QBench compiles goes through :func:`fused` (qbench-formats' quantize kernels,
+each piece of a split one, and its code encoder included), and :data:`COMPILE_ENABLED` and
+:data:`COMPILE_MIN_NUMEL` are read at every call, so setting them here reaches every kernel.
 """
 
 from __future__ import annotations
@@ -64,22 +66,25 @@ def thread_options() -> dict[str, int]:
 
 
 def _compiled(
-    fn: Callable[..., Any], constants: tuple[Hashable, ...], options: tuple[Any, ...] = ()
+    fn: Callable[..., Any],
+    constants: tuple[Hashable, ...],
+    options: tuple[Any, ...] = (),
+    name: str = "fused_kernel",
 ) -> Callable[..., Any]:
     key = (fn, constants, options)
     kernel = _COMPILED.get(key)
     if kernel is None:
         import torch
 
+        if not name.isidentifier():
+            raise ValueError(f"kernel name {name!r} is not a Python identifier")
         # Dynamo keys its cache (and its recompile limit) on the code object: a fresh one per
         # (function, constants) keeps kernels from evicting each other. The real filename
         # matters, dynamo shares functions it cannot find a file for.
         namespace: dict[str, Any] = {"FN": fn, "CONSTANTS": constants}
-        source = "def fused_kernel(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
+        source = f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
         exec(compile(source, __file__, "exec"), namespace)
-        kernel = torch.compile(
-            namespace["fused_kernel"], dynamic=True, options=dict(options) or None
-        )
+        kernel = torch.compile(namespace[name], dynamic=True, options=dict(options) or None)
         _COMPILED[key] = kernel
     return kernel
 
@@ -130,13 +135,20 @@ def fused(
     numel: int | None = None,
     path: str = "auto",
     options: Mapping[str, Any] | None = None,
+    name: str = "fused_kernel",
 ) -> Any:
     """``fn(*tensors, *constants)``, compiled or eager (see the module docstring).
 
     ``eager`` is an alternative for the eager path taking the same arguments (e.g. one BLAS
     call instead of four reductions); it must compute the same result. ``numel`` defaults to
     the first tensor's element count. ``options`` are inductor options for the compiled
-    kernel (e.g. :data:`ONE_LOOP`).
+    kernel (e.g. :data:`ONE_LOOP`), on top of :func:`thread_options`. ``name`` names the
+    compiled function (what dynamo's logs and a profiler show).
+
+    The compiled kernel is built once per (``fn``, ``constants``, options) and reused for
+    every shape; where building or running it fails, a warning names ``fn`` once and this
+    call and every later one with that key run eagerly. A "tensor" may be None (an optional
+    argument), and ``constants`` must be hashable.
     """
     count = tensors[0].numel() if numel is None else numel
     if not use_compiled(count, path):
@@ -145,7 +157,7 @@ def fused(
     key = (fn, constants, frozen)
     if key not in _FAILED:
         try:
-            return _compiled(fn, constants, frozen)(*tensors)
+            return _compiled(fn, constants, frozen, name)(*tensors)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
             _FAILED.add(key)
             # inductor's errors start "backend='inductor' raised:", the cause on the next line

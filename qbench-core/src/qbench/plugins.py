@@ -95,6 +95,14 @@ class Registry:
         except KeyError:
             raise UnknownComponentError(self.kind, name, self._entries) from None
 
+    def remove(self, name: str) -> None:
+        """Forget ``name``: its component and any collision recorded over it (so a name two
+        plugins fought over is usable again once one of them is removed)."""
+        if name not in self._entries and name not in self._conflicts:
+            raise UnknownComponentError(self.kind, name, self._entries)
+        self._entries.pop(name, None)
+        self._conflicts.pop(name, None)
+
     def plugin_of(self, name: str) -> PluginInfo:
         self.get(name)
         return self._entries[name].plugin
@@ -215,18 +223,25 @@ class PluginHost:
                 self._register_plugin(plugin, info)
 
     def _register_plugin(self, plugin: Any, info: PluginInfo) -> None:
+        """Call ``plugin``'s registration hooks through pluggy, one plugin at a time: each hook
+        is called through a :meth:`pluggy.PluginManager.subset_hook_caller` that leaves out
+        every other plugin, so that everything registered (and every failure) is attributed
+        to this plugin's distribution."""
+        if not self.pm.is_registered(plugin):
+            return
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
         for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
-            impl = getattr(plugin, hook_name, None)
-            if impl is None or not self.pm.is_registered(plugin):
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            if not caller.get_hookimpls():
                 continue
             registry = self.registries[kind]
             staged: list[tuple[str, Any]] = []
 
-            def register(component: Any, name: str | None = None, _staged=staged) -> None:
+            def register(component: object, name: str | None = None, _staged=staged) -> None:
                 _staged.append((name or getattr(component, "name", None), component))
 
             try:
-                impl(register=register)
+                caller(register=register)
             except Exception as exc:
                 self._mark_broken(info, f"{hook_name} raised {_describe(exc)}")
                 continue
@@ -243,6 +258,23 @@ class PluginHost:
                     print(f"qbench: {exc}", file=sys.stderr)
                     continue
                 info.components.setdefault(kind, []).append(name)
+
+    def remove_plugin(self, info: PluginInfo) -> None:
+        """Remove a plugin and everything it registered (its components, the collisions
+        recorded over their names) from the host and from pluggy."""
+        if info in self.plugins:
+            self.plugins.remove(info)
+        for kind, names in info.components.items():
+            registry = self.registries[kind]
+            for name in names:
+                if name in registry or name in registry.conflicts():
+                    registry.remove(name)
+        for plugin, owner in list(self._loaded):
+            if owner is info:
+                if self.pm.is_registered(plugin):
+                    self.pm.unregister(plugin)
+                self._info_by_plugin.pop(id(plugin), None)
+        self._loaded = [(p, i) for p, i in self._loaded if i is not info]
 
 
 def _sort_key(distribution: str) -> str:
@@ -391,15 +423,4 @@ def unregister_plugin(name: str) -> None:
     """Remove an in-process plugin and everything it registered."""
     h = host()
     for info in [p for p in h.plugins if p.name == name]:
-        h.plugins.remove(info)
-        for kind, names in info.components.items():
-            reg = h.registries[kind]
-            for n in names:
-                entry = reg._entries.get(n)
-                if entry is not None and entry.plugin is info:
-                    del reg._entries[n]
-                reg._conflicts.pop(n, None)
-        for plugin in list(h.pm.get_plugins()):
-            if h._info_by_plugin.get(id(plugin)) is info:
-                h.pm.unregister(plugin)
-        h._loaded = [(p, i) for p, i in h._loaded if i is not info]
+        h.remove_plugin(info)

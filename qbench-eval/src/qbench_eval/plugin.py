@@ -7,13 +7,11 @@ reporters as instances.
 
 from __future__ import annotations
 
-from typing import Any
-
-from qbench import hookimpl
+from qbench import Register, hookimpl
 
 
 @hookimpl
-def qbench_register_metrics(register: Any) -> None:
+def qbench_register_metrics(register: Register) -> None:
     from .accuracy import AccuracyMetric
     from .compliance import ComplianceMetric
     from .layerwise import LayerwiseMetric
@@ -23,7 +21,7 @@ def qbench_register_metrics(register: Any) -> None:
 
 
 @hookimpl
-def qbench_register_reporters(register: Any) -> None:
+def qbench_register_reporters(register: Register) -> None:
     from .reporters import CsvReporter, HtmlReporter, JsonReporter, MarkdownReporter, TextReporter
 
     for reporter in (

@@ -7,7 +7,8 @@ Format families are frozen dataclasses (:class:`FloatFormat`, :class:`IntFormat`
 and gives only ``values()`` and ``round()`` (see :mod:`qbench_formats.generic`).
 """
 
-from .families import NAN_CODE_NONE, FloatFormat, IntFormat, LutFormat
+from .bits import NAN_CODE_NONE
+from .families import FloatFormat, IntFormat, LutFormat
 from .generic import GridFormat
 from .presets import BlockPreset
 

@@ -1,4 +1,9 @@
-"""Exact powers of two and binary exponents built from IEEE-754 bit fields.
+"""Bit-level facts: the constants of codes and encodings, and exact powers of two and binary
+exponents built from IEEE-754 bit fields.
+
+This module imports nothing of qbench-formats: the twins (:mod:`.reference`, :mod:`.fused`),
+the quantizer and the families all build on it (imports run one way, see
+``tests/test_import_graph.py``).
 
 Why bit fields: ``torch.log2`` rounds (a float32 a few ulps below 2^k gives exactly k), and
 ``torch.exp2``/``pow`` are libm calls whose exactness is not promised everywhere. Building
@@ -9,6 +14,20 @@ construction and traceable by ``torch.compile``.
 from __future__ import annotations
 
 import torch
+
+#: Code returned by ``encode`` for NaN in a format that has no NaN encoding (fp4, int, lookup
+#: tables, formats that round themselves): ``decode(-1)`` is NaN, so ``decode(codes) * scales``
+#: still reproduces a dequantized NaN and an audit sees it.
+NAN_CODE_NONE = -1
+
+#: Inf/NaN encodings of the float family (issue 3, DESIGN §4).
+#: ieee: all-ones exponent field is inf (mantissa 0) or NaN; "fn" (finite): no inf, NaN only
+#: where every exponent and mantissa bit is one (S.1111.111); "fnuz": no inf, no negative
+#: zero, NaN is the code of -0 (0x80); "none": every code is a finite number.
+SPECIALS = ("ieee", "fn", "fnuz", "none")
+
+#: Formats with more codes than this cannot list ``values()`` (fp32 has 2^32).
+MAX_ENUMERABLE_BITS = 16
 
 # IEEE 754-2019 binary32: 8 exponent bits, bias 127, 23 fraction bits.
 F32_BIAS = 127

@@ -2,11 +2,16 @@
 
 A named format (``fp8_e4m3``, ``int4``, ``nf4``...) is an *instance* of one of these frozen
 dataclasses; every number the format can hold follows from its fields. The arithmetic lives
-in two twins that the tests hold to each other and to ml_dtypes:
+in two twins that the tests hold to each other and to ml_dtypes, and each family names its
+own part of them as methods (``arith()``, ``round_reference()``; see
+:class:`~qbench_formats.quantizer.FamilyFormat`):
 
 * :mod:`qbench_formats.reference` — slow and obviously correct (float64, explicit
   neighbours, explicit tie rule);
 * :mod:`qbench_formats.fused` — float32 bit arithmetic that ``torch.compile`` fuses.
+
+Imports run one way: :mod:`.bits` (constants) <- the twins <- :mod:`.quantizer` <- this
+module; none of them imports a family back.
 
 Encoding conventions (the codes the compliance audit reads):
 
@@ -28,40 +33,20 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.types import OVERFLOWS, ROUNDINGS, Scaling
+from qbench.types import Scaling
 
 from . import fused, reference
-from .quantizer import QuantizeMethod
+from .bits import F32_MIN_NORMAL_EXP, MAX_ENUMERABLE_BITS, NAN_CODE_NONE, SPECIALS
+from .quantizer import FamilyFormat, uses_own_round
 
-#: Code returned by ``encode`` for NaN in a format that has no NaN encoding.
-NAN_CODE_NONE = -1
-
-#: Inf/NaN encodings of the float family (issue 3, DESIGN §4).
-#: ieee: all-ones exponent field is inf (mantissa 0) or NaN; "fn" (finite): no inf, NaN only
-#: where every exponent and mantissa bit is one (S.1111.111); "fnuz": no inf, no negative
-#: zero, NaN is the code of -0 (0x80); "none": every code is a finite number.
-SPECIALS = ("ieee", "fn", "fnuz", "none")
-
-#: Formats with more codes than this cannot list ``values()`` (fp32 has 2^32).
-MAX_ENUMERABLE_BITS = 16
-
-
-def check_rounding(rounding: str, overflow: str) -> None:
-    if rounding not in ROUNDINGS:
-        raise QBenchError(
-            f"rounding {rounding!r} is not supported; allowed: {', '.join(ROUNDINGS)}"
-        )
-    if overflow not in OVERFLOWS:
-        raise QBenchError(
-            f"overflow {overflow!r} is not supported; allowed: {', '.join(OVERFLOWS)}"
-        )
+__all__ = ["NAN_CODE_NONE", "SPECIALS", "FloatFormat", "IntFormat", "LutFormat"]
 
 
 def _fmt_number(value: float) -> float:
     return float(value)
 
 
-class _FormatBase(QuantizeMethod):
+class _FormatBase(FamilyFormat):
     """Behaviour shared by every element format: scaling, codes, summary."""
 
     name: str
@@ -99,12 +84,10 @@ class _FormatBase(QuantizeMethod):
         """True where ``x`` is exactly a value of this format (NaN/inf only if encodable).
 
         A subclass that overrides ``round`` is held to its own rounding."""
-        from .generic import uses_own_round
-
         if uses_own_round(self):
             rounded = self.round(x, "nearest_even", "format").to(torch.float32)
         else:
-            rounded = reference.round_values(self, x, "nearest_even", "format", None)
+            rounded = self.round_reference(x.to(torch.float64), "nearest_even", "format", None)
         same = rounded == x.to(rounded.dtype)
         if self.has_nan:  # type: ignore[attr-defined]
             same = same | torch.isnan(x)
@@ -124,32 +107,6 @@ class _FormatBase(QuantizeMethod):
             "nan": self.nan_description,  # type: ignore[attr-defined]
             "description": self.description,
         }
-
-    def round(
-        self,
-        x: torch.Tensor,
-        rounding: str = "nearest_even",
-        overflow: str = "saturate",
-        generator: torch.Generator | None = None,
-        *,
-        path: str = "auto",
-    ) -> torch.Tensor:
-        """Round ``x`` onto this format's grid (no scaling); same shape and dtype as ``x``.
-
-        ``path="reference"`` forces the slow float64 twin; ``"auto"`` uses the float32 bit
-        arithmetic where the format allows it. Both give identical bits (tested).
-        """
-        check_rounding(rounding, overflow)
-        noise = None
-        if rounding == "stochastic":
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        exact_in_f32 = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        arith = fused.arith_of(self) if path != "reference" and exact_in_f32 else None
-        if arith is not None:
-            out = fused.round_values(arith, x.to(torch.float32), rounding, overflow, noise)
-        else:
-            out = reference.round_values(self, x, rounding, overflow, noise)
-        return out.to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -266,6 +223,46 @@ class FloatFormat(_FormatBase):
             + ("." + "1" * self.mantissa_bits if self.mantissa_bits else "")
         )
 
+    # --- arithmetic --------------------------------------------------------------------
+    def arith(self) -> fused.Arith | None:
+        """The fast twin's constants; None where float32 arithmetic would not be exact (no
+        sign bit, no subnormals, a wider mantissa or range than float32 holds exactly)."""
+        exact = (
+            self.signed
+            and self.subnormals
+            and self.mantissa_bits <= 22
+            and self.emin - self.mantissa_bits >= F32_MIN_NORMAL_EXP
+            and self.max_field - self.bias <= 126
+        )
+        if not exact:
+            return None
+        return fused.Arith(
+            "float",
+            self.max_value,
+            self.min_normal,
+            self.emax,
+            mantissa_bits=self.mantissa_bits,
+            emin=self.emin,
+            bias=self.bias,
+            special=self.special,
+        )
+
+    def round_reference(
+        self, x: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        return reference.round_float(self, x.to(torch.float64), rounding, overflow, noise)
+
+    def encodes_from_bits(self) -> bool:
+        """True when every value is a float32 normal or zero, so its exponent and mantissa
+        fields can be read off the float32 bits (signed, with subnormals, at most 16 bits:
+        every fp8/fp6/fp4 format)."""
+        return (
+            self.signed
+            and self.subnormals
+            and self.bits <= 16
+            and self.min_subnormal >= 2.0**F32_MIN_NORMAL_EXP
+        )
+
     # --- codes ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes (int32) of ``round(x)`` (nearest_even, saturate; NaN -> NaN code)."""
@@ -284,7 +281,7 @@ class FloatFormat(_FormatBase):
         cast); anything else takes the float64 reference. All give the same codes (tested on
         every code point).
         """
-        if values.dtype == torch.float32 and fused.encodes_from_bits(self):
+        if values.dtype == torch.float32 and self.encodes_from_bits():
             return fused.encode_grid_bits(self, values)
         return reference.encode_float(self, values)
 
@@ -335,6 +332,25 @@ class IntFormat(_NoSpecialValues, _FormatBase):
     def min_normal(self) -> float:
         return math.ldexp(1.0, self.scale_exponent)
 
+    def arith(self) -> fused.Arith | None:
+        """The fast twin's constants (None beyond 24 bits or a scale exponent beyond 2^±100,
+        where float32 arithmetic would not be exact)."""
+        if self.int_bits > 24 or abs(self.scale_exponent) > 100:
+            return None
+        return fused.Arith(
+            "int",
+            self.max_value,
+            self.min_normal,
+            self.emax,
+            max_int=self.max_int,
+            scale_exponent=self.scale_exponent,
+        )
+
+    def round_reference(
+        self, x: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        return reference.round_int(self, x.to(torch.float64), rounding, noise)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return reference.encode_int(self, self.round(x).to(torch.float32))
 
@@ -374,6 +390,12 @@ class LutFormat(_NoSpecialValues, _FormatBase):
 
     def table_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.tensor(self.table, dtype=torch.float32, device=device)
+
+    def round_reference(
+        self, x: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Between the neighbours found by binary search (float64); no fast twin."""
+        return reference.round_lut(self, x.to(torch.float64), rounding, noise)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return reference.encode_lut(self, self.round(x).to(torch.float32))

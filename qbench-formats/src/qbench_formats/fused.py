@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .bits import F32_BIAS, F32_FRACTION_BITS, F32_MIN_NORMAL_EXP
+from .bits import F32_BIAS, F32_FRACTION_BITS
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class Arith:
     """The format facts the kernels need, as plain constants.
 
     Built outside any compiled region (format properties are Python computations dynamo
-    would otherwise trace); hashable, so it keys the compiled-kernel cache.
+    would otherwise trace) by the format itself (``FloatFormat.arith()``,
+    ``IntFormat.arith()``; None where float32 arithmetic would not be exact); hashable, so it
+    keys the compiled-kernel cache.
     """
 
     family: str  # "float" | "int"
@@ -40,47 +42,6 @@ class Arith:
     special: str = "none"
     max_int: int = 0
     scale_exponent: int = 0
-
-
-def arith_of(fmt: object) -> Arith | None:
-    """The constants for ``fmt``, or None where float32 arithmetic would not be exact."""
-    from .families import FloatFormat, IntFormat
-
-    if isinstance(fmt, FloatFormat):
-        exact = (
-            fmt.signed
-            and fmt.subnormals
-            and fmt.mantissa_bits <= 22
-            and fmt.emin - fmt.mantissa_bits >= F32_MIN_NORMAL_EXP
-            and fmt.max_field - fmt.bias <= 126
-        )
-        if not exact:
-            return None
-        return Arith(
-            "float",
-            fmt.max_value,
-            fmt.min_normal,
-            fmt.emax,
-            mantissa_bits=fmt.mantissa_bits,
-            emin=fmt.emin,
-            bias=fmt.bias,
-            special=fmt.special,
-        )
-    if isinstance(fmt, IntFormat) and fmt.int_bits <= 24 and abs(fmt.scale_exponent) <= 100:
-        return Arith(
-            "int",
-            fmt.max_value,
-            fmt.min_normal,
-            fmt.emax,
-            max_int=fmt.max_int,
-            scale_exponent=fmt.scale_exponent,
-        )
-    return None
-
-
-def supports(fmt: object) -> bool:
-    """Whether the float32 arithmetic is exact for ``fmt`` (else use the reference)."""
-    return arith_of(fmt) is not None
 
 
 def divide(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
@@ -272,25 +233,10 @@ def round_values(
 # --------------------------------------------------------------------------------------
 
 
-def encodes_from_bits(fmt: Any) -> bool:
-    """True when every value of ``fmt`` is a float32 normal or zero, so its exponent and
-    mantissa fields can be read off the float32 bits (signed float formats with subnormals
-    and at most 16 bits: every fp8/fp6/fp4 format). Only the float family itself: a format
-    of another kind with float-like fields keeps its own ``encode_grid``."""
-    from .families import FloatFormat
-
-    return (
-        isinstance(fmt, FloatFormat)
-        and fmt.signed
-        and fmt.subnormals
-        and fmt.bits <= 16
-        and fmt.min_subnormal >= 2.0**-126
-    )
-
-
 def encode_grid_bits(fmt: Any, values: torch.Tensor) -> torch.Tensor:
-    """int32 codes of float32 values on ``fmt``'s grid: sign, exponent field and mantissa
-    from the float32 bits; target subnormals as an exact multiple of the subnormal quantum.
+    """int32 codes of float32 values on ``fmt``'s grid (a format whose ``encodes_from_bits()``
+    is true: every value a float32 normal or zero): sign, exponent field and mantissa from
+    the float32 bits; target subnormals as an exact multiple of the subnormal quantum.
 
     Run eagerly, an fp8 format whose codes are the bit patterns of one of torch's float8
     dtypes (:func:`float8_dtype`) is encoded by that cast instead: three passes rather than
@@ -321,7 +267,10 @@ def float8_dtype(fmt: Any) -> torch.dtype | None:
 
 
 def _matching_float8(fmt: Any) -> torch.dtype | None:
-    if getattr(fmt, "bits", None) != 8 or not encodes_from_bits(fmt):
+    encodes_from_bits = getattr(fmt, "encodes_from_bits", None)
+    if getattr(fmt, "bits", None) != 8 or not callable(encodes_from_bits):
+        return None
+    if not encodes_from_bits():
         return None
     values = fmt.decode(torch.arange(256, dtype=torch.int32)).to(torch.float32)
     values = torch.cat([values, torch.tensor([0.0, -0.0, math.nan, -math.nan])])

@@ -31,73 +31,11 @@ from typing import Any
 
 import torch
 
+from .bits import NAN_CODE_NONE
 from .quantizer import QuantizeMethod
+from .reference import grid_values, index_codes, index_decode
 
-#: Code of a NaN in a grid without a NaN code (as the families' ``NAN_CODE_NONE``).
-NAN_CODE_NONE = -1
-
-
-def _family_round() -> Any:
-    from .families import _FormatBase
-
-    return _FormatBase.round
-
-
-def uses_own_round(fmt: Any) -> bool:
-    """Whether ``fmt`` is rounded by its own ``round`` (the generic path) rather than by
-    qbench-formats' twins: true for every object that is not a built-in family, and for a
-    family subclass that overrides ``round``."""
-    from .families import _FormatBase
-
-    if not isinstance(fmt, _FormatBase):
-        return True
-    return getattr(type(fmt), "round", None) is not _family_round()
-
-
-def grid_values(fmt: Any, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``fmt.values()`` as sorted unique float64 (±0 once) on ``device``."""
-    values = torch.as_tensor(fmt.values()).detach().flatten().to(torch.float64)
-    return torch.unique(values).to(device)
-
-
-def index_codes(fmt: Any, values: torch.Tensor) -> torch.Tensor:
-    """int32 codes of on-grid ``values``: their index into ``fmt.values()``; NaN and values
-    not on the grid get ``NAN_CODE_NONE`` (-1), which decodes to NaN, so an off-grid element
-    shows up in the audit rather than as a neighbour's code."""
-    table = grid_values(fmt, values.device)
-    flat = values.reshape(-1).to(torch.float64)
-    safe = torch.where(torch.isnan(flat), table[0], flat)
-    index = torch.searchsorted(table, safe.contiguous()).clamp(0, table.numel() - 1)
-    on_grid = (table[index] == flat) & ~torch.isnan(flat)
-    codes = torch.where(on_grid, index, torch.full_like(index, NAN_CODE_NONE))
-    return codes.to(torch.int32).reshape(values.shape)
-
-
-def index_decode(fmt: Any, codes: torch.Tensor) -> torch.Tensor:
-    """float32 values of index codes; -1 and codes past the table decode to NaN."""
-    table = grid_values(fmt, codes.device).to(torch.float32)
-    c = codes.to(torch.int64)
-    invalid = (c < 0) | (c >= table.numel())
-    value = table[torch.where(invalid, torch.zeros_like(c), c)]
-    return torch.where(invalid, float("nan"), value)
-
-
-def encode_on_grid(fmt: Any, values: torch.Tensor) -> torch.Tensor:
-    """Codes of on-grid values for any format: its ``encode_grid``, else its ``encode``,
-    else the index into ``values()``."""
-    for method in ("encode_grid", "encode"):
-        encode = getattr(fmt, method, None)
-        if callable(encode):
-            return encode(values)
-    return index_codes(fmt, values)
-
-
-def emax_of(fmt: Any) -> int:
-    """``fmt.emax`` if it has one, else floor(log2(max_value)) (OCP MX v1.0 §6.3's emax)."""
-    emax = getattr(fmt, "emax", None)
-    if emax is not None:
-        return int(emax)
-    return math.frexp(float(fmt.max_value))[1] - 1
+__all__ = ["GridFormat", "grid_values", "index_codes", "index_decode"]
 
 
 class GridFormat(QuantizeMethod):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from qbench import hookimpl
+from qbench import Register, hookimpl
 
 
 @hookimpl
-def qbench_register_formats(register: Callable[..., Any]) -> None:
+def qbench_register_formats(register: Register) -> None:
     """Every element format, scale format and block-scaled preset of DESIGN §4 (plus nf4)."""
     from .catalog import ALL_FORMATS
 

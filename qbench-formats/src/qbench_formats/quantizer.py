@@ -33,32 +33,170 @@ the scaled tensor, eagerly (:func:`own_round_kernel`); their codes come from the
 
 from __future__ import annotations
 
-import warnings
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from qbench import kernels
 from qbench.errors import QBenchError
-from qbench.kernels import COMPILE_ENABLED, COMPILE_MIN_NUMEL, thread_options
-from qbench.kernels import fused as fused_call
-from qbench.types import MODES, QuantResult, QuantSpec
+from qbench.types import MODES, OVERFLOWS, ROUNDINGS, QuantResult, QuantSpec
 
 from . import fused, reference
 from .bits import floor_log2_f32, pow2_f32
 
-# Below qbench.kernels.COMPILE_MIN_NUMEL elements (QBENCH_COMPILE_MIN_NUMEL) the eager twin
-# is used: a compiled call's guards and dispatch cost tens of microseconds, and the one-off
-# compile only pays off where eager costs real time. 2^18 keeps the built-in demo (largest
-# activation 128x16x8x8 = 2^17) eager and every activation of a 224x224 ImageNet model at
-# batch 16 (>= 16x512x7x7) compiled. QBENCH_COMPILE=0 turns torch.compile off (the eager
-# twin gives the same bits).
+# Whether a kernel runs compiled is qbench.kernels' decision, read at every call (its
+# COMPILE_ENABLED and COMPILE_MIN_NUMEL, QBENCH_COMPILE and QBENCH_COMPILE_MIN_NUMEL), and
+# qbench.kernels keeps the compiled kernels and falls back to the bit-identical eager twin
+# where compiling fails. 2^18 elements keeps the built-in demo (largest activation
+# 128x16x8x8 = 2^17) eager and every activation of a 224x224 ImageNet model at batch 16
+# (>= 16x512x7x7) compiled.
 
 #: OCP MX v1.0 §5.4: E8M0 encodes 2^-127 ... 2^127.
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
 #: Smallest positive float32 (a subnormal): the floor for fp32 scales of tiny groups.
 F32_TINY = 2.0**-149
 PATHS = ("auto", "compiled", "eager", "reference")
+
+
+def check_rounding(rounding: str, overflow: str) -> None:
+    """Refuse a rounding or overflow mode QBench does not implement (one actionable line)."""
+    if rounding not in ROUNDINGS:
+        raise QBenchError(
+            f"rounding {rounding!r} is not supported; allowed: {', '.join(ROUNDINGS)}"
+        )
+    if overflow not in OVERFLOWS:
+        raise QBenchError(
+            f"overflow {overflow!r} is not supported; allowed: {', '.join(OVERFLOWS)}"
+        )
+
+
+# --- what the quantizer asks of a format ---------------------------------------------------
+
+
+class QuantizeMethod:
+    """``fmt.quantize(x, spec, ...)`` for every format object (element formats and presets):
+    one entry point into :func:`quantize`, which reads the element grid and the scaling."""
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        spec: QuantSpec,
+        *,
+        return_codes: bool = False,
+        generator: torch.Generator | None = None,
+        path: str = "auto",
+    ) -> Any:
+        """Fake-quantize ``x`` with ``spec``; with ``return_codes`` a :class:`QuantResult`."""
+        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)
+
+
+class FamilyFormat(QuantizeMethod):
+    """Base of the built-in families (:mod:`.families`): formats this package's twins round
+    from their fields. Each family gives its own arithmetic as methods (:meth:`arith`, the
+    fast twin's constants; :meth:`round_reference`, the slow twin), so that the quantizer
+    dispatches on this type and never imports the families (imports run one way:
+    bits <- twins <- quantizer <- families).
+
+    Any other object, or a family subclass that overrides :meth:`round`, rounds itself
+    (:func:`uses_own_round`).
+    """
+
+    def arith(self) -> fused.Arith | None:
+        """The fast twin's constants, or None where float32 arithmetic would not be exact."""
+        return None
+
+    def round_reference(
+        self, x: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The slow twin's rounding of ``x`` (float64, explicit neighbours); float32."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference rounding")
+
+    def encodes_from_bits(self) -> bool:
+        """Whether every value is a float32 normal or zero, so that codes can be read off the
+        float32 bits (:func:`fused.encode_grid_bits`)."""
+        return False
+
+    def round(
+        self,
+        x: torch.Tensor,
+        rounding: str = "nearest_even",
+        overflow: str = "saturate",
+        generator: torch.Generator | None = None,
+        *,
+        path: str = "auto",
+    ) -> torch.Tensor:
+        """Round ``x`` onto this format's grid (no scaling); same shape and dtype as ``x``.
+
+        ``path="reference"`` forces the slow float64 twin; ``"auto"`` uses the float32 bit
+        arithmetic where the format allows it. Both give identical bits (tested).
+        """
+        check_rounding(rounding, overflow)
+        noise = None
+        if rounding == "stochastic":
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        exact_in_f32 = x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        arith = self.arith() if path != "reference" and exact_in_f32 else None
+        if arith is not None:
+            out = fused.round_values(arith, x.to(torch.float32), rounding, overflow, noise)
+        else:
+            out = round_reference(self, x, rounding, overflow, noise)
+        return out.to(x.dtype)
+
+
+def uses_own_round(fmt: Any) -> bool:
+    """Whether ``fmt`` is rounded by its own ``round`` (the generic path, :mod:`.generic`)
+    rather than by this package's twins: true for every object that is not a built-in
+    family, and for a family subclass that overrides ``round``."""
+    if not isinstance(fmt, FamilyFormat):
+        return True
+    return getattr(type(fmt), "round", None) is not FamilyFormat.round
+
+
+def arith_of(fmt: Any) -> fused.Arith | None:
+    """The fast twin's constants for ``fmt`` (a family's :meth:`FamilyFormat.arith`), or None
+    where only the reference applies (lookup tables, formats that round themselves)."""
+    return fmt.arith() if isinstance(fmt, FamilyFormat) else None
+
+
+def encodes_from_bits(fmt: Any) -> bool:
+    """Whether ``fmt``'s codes can be read off float32 bits: only the float family says so; a
+    format of another kind with float-like fields keeps its own ``encode_grid``."""
+    return isinstance(fmt, FamilyFormat) and fmt.encodes_from_bits()
+
+
+def round_reference(
+    fmt: Any, x: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """Round ``x`` onto ``fmt``'s grid with the slow twin; float32. ``noise``: U[0,1) draws.
+
+    A format of no built-in family rounds itself (:mod:`.generic`) and is its own reference;
+    its round takes a generator, not pre-drawn noise. (A family subclass overriding round is
+    rounded here from its fields: its round may call the family's, which lands here.)"""
+    if not isinstance(fmt, FamilyFormat):
+        if noise is not None:
+            raise TypeError(f"{type(fmt).__name__} rounds itself: pass a generator to its round")
+        return fmt.round(x.to(torch.float32), rounding, overflow).to(torch.float32)
+    return fmt.round_reference(x.to(torch.float64), rounding, overflow, noise)
+
+
+def emax_of(fmt: Any) -> int:
+    """``fmt.emax`` if it has one, else floor(log2(max_value)) (OCP MX v1.0 §6.3's emax)."""
+    emax = getattr(fmt, "emax", None)
+    if emax is not None:
+        return int(emax)
+    return math.frexp(float(fmt.max_value))[1] - 1
+
+
+def encode_on_grid(fmt: Any, values: torch.Tensor) -> torch.Tensor:
+    """Codes of on-grid values for any format: its ``encode_grid``, else its ``encode``,
+    else the index into ``values()``."""
+    for method in ("encode_grid", "encode"):
+        encode = getattr(fmt, method, None)
+        if callable(encode):
+            return encode(values)
+    return reference.index_codes(fmt, values)
 
 
 @dataclass(frozen=True)
@@ -86,8 +224,6 @@ class _Facts:
 
 
 def _facts(element: Any) -> _Facts:
-    from .generic import emax_of
-
     return _Facts(float(element.max_value), emax_of(element))
 
 
@@ -252,23 +388,24 @@ def fused_scales(amax: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
 def fused_elements(
     xg: torch.Tensor,
     noise: torch.Tensor | None,
-    plan: Plan,
     scale: torch.Tensor,
     block: torch.Tensor | None,
     tensor_scale: torch.Tensor | None,
+    plan: Plan,
 ) -> tuple[Any, ...]:
-    """The fast twin's element rounding of ``xg / scale`` and the multiplication back."""
+    """The fast twin's element rounding of ``xg / scale`` and the multiplication back
+    (``plan`` last: :func:`qbench.kernels.fused` appends the constants to the tensors)."""
     if plan.element_arith is not None:
         elements = fused.round_values(
             plan.element_arith, fused.divide(xg, scale), plan.rounding, plan.overflow, noise
         )
     else:  # lookup tables: binary search in float64 (eager only)
-        elements = reference.round_values(
+        elements = round_reference(
             plan.element, fused.divide(xg, scale), plan.rounding, plan.overflow, noise
         )
     if plan.want_elements:
         dequantized = elements * scale
-        if torch.compiler.is_compiling() and fused.encodes_from_bits(plan.element):
+        if torch.compiler.is_compiling() and encodes_from_bits(plan.element):
             # Compiled: the int32 codes come out of the same loop, instead of a float32 copy
             # of the elements stored here and read back by a second kernel (encode_codes).
             # The eager twin keeps the elements (element.encode_grid encodes them).
@@ -285,7 +422,7 @@ def fused_elements(
 
 def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
     """The fast twin (eager or compiled): float32 bit arithmetic throughout."""
-    return fused_elements(xg, noise, plan, *fused_scales(group_amax(xg, plan), plan))
+    return fused_elements(xg, noise, *fused_scales(group_amax(xg, plan), plan), plan)
 
 
 def own_round_kernel(
@@ -315,7 +452,7 @@ def _reference_scales(xg: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
     return _scales(
         group_amax(xg, plan),
         plan,
-        lambda b: reference.round_values(plan.scale_format, b, "nearest_even", "saturate", None),
+        lambda b: round_reference(plan.scale_format, b, "nearest_even", "saturate", None),
         _frexp_floor_log2,
     )
 
@@ -323,28 +460,8 @@ def _reference_scales(xg: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
 def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
     """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours."""
     scale, block, tensor_scale = _reference_scales(xg, plan)
-    elements = reference.round_values(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
+    elements = round_reference(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
     return elements * scale, elements, scale, block, tensor_scale
-
-
-#: Compiled kernels by (plan, piece, thread options): piece "fused" (the whole of
-#: :func:`fused_kernel`), or for a split plan (see :func:`split_scales`) "amax", "scales" and
-#: "elements"; the thread count torch allowed when the kernel was compiled
-#: (``qbench.kernels.thread_options``).
-_COMPILED: dict[tuple[Plan, str, tuple[tuple[str, int], ...]], Callable] = {}
-_COMPILE_FAILED: set[Plan] = set()
-
-# One function per piece; exec'd into a fresh code object per plan (see compiled_kernel).
-_PIECES = {
-    "fused": ("quantize_kernel", "(xg, noise)", "fused_kernel(xg, noise, PLAN)"),
-    "amax": ("amax_kernel", "(xg)", "group_amax(xg, PLAN)"),
-    "scales": ("scales_kernel", "(amax)", "fused_scales(amax, PLAN)"),
-    "elements": (
-        "elements_kernel",
-        "(xg, noise, scale, block, tensor_scale)",
-        "fused_elements(xg, noise, PLAN, scale, block, tensor_scale)",
-    ),
-}
 
 
 def split_scales(plan: Plan) -> bool:
@@ -365,57 +482,42 @@ def split_scales(plan: Plan) -> bool:
     return plan.second_level
 
 
-def _piece_options(piece: str, threads: dict[str, int]) -> dict[str, Any] | None:
-    """Torch's thread count now (``qbench.kernels.thread_options``), except for the scales
-    piece, which runs on one thread: its loops cover n/chunk values (well under a millisecond
-    for 2^24 elements), less than a barrier costs on a loaded box."""
-    if piece == "scales" and threads:
-        return {"cpp.threads": 1}
-    return dict(threads) or None
-
-
-def _compiled_piece(plan: Plan, piece: str, threads: dict[str, int]) -> Callable:
-    key = (plan, piece, tuple(threads.items()))
-    kernel = _COMPILED.get(key)
-    if kernel is None:
-        name, arguments, body = _PIECES[piece]
-        namespace: dict[str, Any] = {
-            "fused_kernel": fused_kernel,
-            "group_amax": group_amax,
-            "fused_scales": fused_scales,
-            "fused_elements": fused_elements,
-            "PLAN": plan,
-        }
-        # The real filename matters: dynamo wraps (and so shares) functions it cannot find
-        # a file for.
-        source = f"def {name}{arguments}:\n    return {body}\n"
-        exec(compile(source, __file__, "exec"), namespace)
-        kernel = torch.compile(
-            namespace[name], dynamic=True, options=_piece_options(piece, threads)
-        )
-        _COMPILED[key] = kernel
-    return kernel
-
-
-def compiled_kernel(plan: Plan) -> Callable | None:
-    """The compiled fused kernel for ``plan`` (built once; None if compile is unavailable).
-
-    Dynamo keys its cache and its recompile limit on the *code object*, so every plan (and
-    piece) gets a function of its own (a ``functools.partial`` of one function would make
-    all formats share eight cache slots and silently fall back to eager). ``dynamic=True``
-    keeps one kernel across tensor shapes.
-    """
-    if not COMPILE_ENABLED or plan in _COMPILE_FAILED:
-        return None
-    threads = thread_options()  # read once per call, for every piece
+def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]]:
+    """The compiled fused kernel for ``plan``: :func:`fused_kernel`, or for a split plan
+    (:func:`split_scales`) its three pieces, each through :func:`qbench.kernels.fused`, which
+    compiles it once per (piece, plan, thread count) with ``dynamic=True`` (one kernel across
+    tensor shapes, each piece a code object of its own so that plans do not share dynamo's
+    cache slots) and runs the piece eagerly, with one warning, where compiling fails (the
+    eager twin gives the same bits). The scales piece runs on one thread: its loops cover
+    n/chunk values (well under a millisecond for 2^24 elements), less than a barrier costs on
+    a loaded box."""
     if not split_scales(plan):
-        return _compiled_piece(plan, "fused", threads)
-    amax = _compiled_piece(plan, "amax", threads)
-    scales = _compiled_piece(plan, "scales", threads)
-    elements = _compiled_piece(plan, "elements", threads)
+
+        def whole_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
+            return kernels.fused(
+                fused_kernel, (xg, noise), (plan,), path="compiled", name="quantize_kernel"
+            )
+
+        return whole_kernel
+    one_thread = {"cpp.threads": 1} if kernels.thread_options() else None
 
     def split_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
-        return elements(xg, noise, *scales(amax(xg)))
+        amax = kernels.fused(group_amax, (xg,), (plan,), path="compiled", name="amax_kernel")
+        scales = kernels.fused(
+            fused_scales,
+            (amax,),
+            (plan,),
+            path="compiled",
+            options=one_thread,
+            name="scales_kernel",
+        )
+        return kernels.fused(
+            fused_elements,
+            (xg, noise, *scales),
+            (plan,),
+            path="compiled",
+            name="elements_kernel",
+        )
 
     return split_kernel
 
@@ -426,13 +528,11 @@ def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> to
     tensors of fp8/fp6/fp4 formats through one compiled bit-field kernel per format,
     everything else through ``element.encode_grid`` (formats that round themselves: their
     ``encode_grid`` or ``encode``, else the index into ``values()``)."""
-    from .generic import encode_on_grid, uses_own_round
-
     if uses_own_round(element) and not hasattr(element, "encode_grid"):
         return encode_on_grid(element, elements)
-    if elements.dtype == torch.float32 and fused.encodes_from_bits(element):
+    if elements.dtype == torch.float32 and encodes_from_bits(element):
         kernel_path = path if path in ("auto", "compiled") else "eager"
-        return fused_call(
+        return kernels.fused(
             _encode_bits, (elements,), (element,), eager=_encode_grid, path=kernel_path
         )
     return element.encode_grid(elements)
@@ -467,7 +567,7 @@ def _scale_plan(spec: QuantSpec) -> tuple[str, Any, bool]:
 
     scale_format = get("format", scaling.scale_format)
     scale_format = getattr(scale_format, "element_format", scale_format)
-    if fused.arith_of(scale_format) is None:
+    if arith_of(scale_format) is None:
         raise QBenchError(
             f"scale_format {scaling.scale_format!r} cannot hold scales; allowed: fp32, e8m0, "
             f"or a signed float/int format such as fp8_e4m3"
@@ -477,8 +577,6 @@ def _scale_plan(spec: QuantSpec) -> tuple[str, Any, bool]:
 
 def validate(spec: QuantSpec) -> None:
     """Refuse a spec this package cannot honour, with a one-line actionable message."""
-    from .families import check_rounding
-
     scaling = spec.scaling
     check_rounding(spec.rounding, spec.overflow)
     if scaling.mode not in MODES:
@@ -510,8 +608,6 @@ def quantize(
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise QBenchError(f"quantize needs a floating-point tensor, found {type(x).__name__}")
     validate(spec)
-    from .generic import uses_own_round
-
     element = getattr(fmt, "element_format", fmt)
     own_round = uses_own_round(element)
     scale_kind, scale_format, second_level = _scale_plan(spec)
@@ -519,11 +615,11 @@ def quantize(
     layout = layout_for(x.shape, scaling.mode, scaling.axis, scaling.chunk_size)
     plan = Plan(
         element=element,
-        element_arith=None if own_round else fused.arith_of(element),
+        element_arith=None if own_round else arith_of(element),
         own_round=own_round,
         reduce_dims=layout.reduce_dims,
         scale_kind=scale_kind,
-        scale_arith=None if scale_format is None else fused.arith_of(scale_format),
+        scale_arith=None if scale_format is None else arith_of(scale_format),
         scale_format=scale_format,
         element_facts=_facts(element),
         second_level=second_level,
@@ -579,35 +675,6 @@ def _scale_parts(
 def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tuple[Any, ...]:
     if path == "reference":
         return reference_kernel(xg, noise, plan)
-    use_compile = path == "compiled" or (path == "auto" and numel >= COMPILE_MIN_NUMEL)
-    if use_compile and compilable(plan):
-        kernel = compiled_kernel(plan)
-        if kernel is not None:
-            try:
-                return kernel(xg, noise)
-            except Exception as exc:  # compile unavailable here: the eager twin is exact
-                _COMPILE_FAILED.add(plan)
-                warnings.warn(
-                    f"qbench-formats: torch.compile failed ({type(exc).__name__}: {exc}); "
-                    "using the bit-identical eager path",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+    if compilable(plan) and kernels.use_compiled(numel, path):
+        return compiled_kernel(plan)(xg, noise)
     return fused_kernel(xg, noise, plan)
-
-
-class QuantizeMethod:
-    """``fmt.quantize(x, spec, ...)`` for every format object (element formats and presets):
-    one entry point into :func:`quantize`, which reads the element grid and the scaling."""
-
-    def quantize(
-        self,
-        x: torch.Tensor,
-        spec: QuantSpec,
-        *,
-        return_codes: bool = False,
-        generator: torch.Generator | None = None,
-        path: str = "auto",
-    ) -> Any:
-        """Fake-quantize ``x`` with ``spec``; with ``return_codes`` a :class:`QuantResult`."""
-        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)

@@ -8,44 +8,16 @@ is fused or clever; :mod:`qbench_formats.fused` must match it bit for bit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
-from .bits import pow2_f64
+from .bits import NAN_CODE_NONE, pow2_f64
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .families import FloatFormat, IntFormat, LutFormat
-
-NAN_CODE_NONE = -1
-
-
-def round_values(
-    fmt: object,
-    x: torch.Tensor,
-    rounding: str,
-    overflow: str,
-    noise: torch.Tensor | None,
-) -> torch.Tensor:
-    """Round ``x`` onto ``fmt``'s grid; returns float32. ``noise``: U[0,1) draws (stochastic)."""
-    from .families import FloatFormat, IntFormat, LutFormat, _FormatBase
-
-    if not isinstance(fmt, _FormatBase):
-        # A format of no built-in family rounds itself (qbench_formats.generic) and is its
-        # own reference; its round takes a generator, not pre-drawn noise. (A family
-        # subclass overriding round is rounded here from its fields: its round may call
-        # the family's, which lands here.)
-        if noise is not None:
-            raise TypeError(f"{type(fmt).__name__} rounds itself: pass a generator to its round")
-        return fmt.round(x.to(torch.float32), rounding, overflow).to(torch.float32)
-    xd = x.to(torch.float64)
-    if isinstance(fmt, FloatFormat):
-        return _round_float(fmt, xd, rounding, overflow, noise)
-    if isinstance(fmt, IntFormat):
-        return _round_int(fmt, xd, rounding, noise)
-    if isinstance(fmt, LutFormat):
-        return round_lut(fmt, xd, rounding, noise)
-    raise TypeError(f"no reference rounding for {type(fmt).__name__}")
+# Each function takes the format object for its facts only (fields and derived properties;
+# ``fmt`` is a FloatFormat, IntFormat or LutFormat of :mod:`.families` as named). Which
+# function rounds a format is the format's own choice (its ``round_reference`` method):
+# nothing here imports the families, so imports run one way (bits <- twins <- families).
 
 
 def _choose_upper(
@@ -69,9 +41,10 @@ def _choose_upper(
     raise ValueError(rounding)
 
 
-def _round_float(
-    fmt: FloatFormat, xd: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
+def round_float(
+    fmt: Any, xd: torch.Tensor, rounding: str, overflow: str, noise: torch.Tensor | None
 ) -> torch.Tensor:
+    """Binary float rounding of float64 ``xd`` between its explicit neighbours; float32."""
     m = fmt.mantissa_bits
     finite = torch.isfinite(xd)
     a = torch.where(finite, xd.abs(), torch.zeros_like(xd))
@@ -119,9 +92,10 @@ def _round_float(
     return result.to(torch.float32)
 
 
-def _round_int(
-    fmt: IntFormat, xd: torch.Tensor, rounding: str, noise: torch.Tensor | None
+def round_int(
+    fmt: Any, xd: torch.Tensor, rounding: str, noise: torch.Tensor | None
 ) -> torch.Tensor:
+    """Symmetric integer rounding of float64 ``xd`` (always saturating); float32."""
     unit = 2.0**fmt.scale_exponent
     k = torch.clamp(xd / unit, -fmt.max_int, fmt.max_int)  # ints have no inf: always saturate
     a = k.abs()
@@ -134,7 +108,7 @@ def _round_int(
 
 
 def round_lut(
-    fmt: LutFormat, xd: torch.Tensor, rounding: str, noise: torch.Tensor | None
+    fmt: Any, xd: torch.Tensor, rounding: str, noise: torch.Tensor | None
 ) -> torch.Tensor:
     """Lookup-table rounding between the neighbours found by binary search (float64)."""
     table = torch.tensor(fmt.table, dtype=torch.float64, device=xd.device)
@@ -170,7 +144,7 @@ def _code_dtype(bits: int) -> torch.dtype:
     return torch.int32 if bits < 31 else torch.int64
 
 
-def encode_float(fmt: FloatFormat, values: torch.Tensor) -> torch.Tensor:
+def encode_float(fmt: Any, values: torch.Tensor) -> torch.Tensor:
     """Codes of values already on the grid (NaN -> the format's NaN code, or -1)."""
     m = fmt.mantissa_bits
     vd = values.to(torch.float64)
@@ -199,7 +173,7 @@ def encode_float(fmt: FloatFormat, values: torch.Tensor) -> torch.Tensor:
     return code.to(_code_dtype(fmt.bits))
 
 
-def decode_float(fmt: FloatFormat, codes: torch.Tensor) -> torch.Tensor:
+def decode_float(fmt: Any, codes: torch.Tensor) -> torch.Tensor:
     """float32 values of codes; -1 and codes outside the format decode to NaN."""
     m = fmt.mantissa_bits
     c = codes.to(torch.int64)
@@ -230,7 +204,7 @@ def decode_float(fmt: FloatFormat, codes: torch.Tensor) -> torch.Tensor:
     return value.to(torch.float32)
 
 
-def encode_int(fmt: IntFormat, values: torch.Tensor) -> torch.Tensor:
+def encode_int(fmt: Any, values: torch.Tensor) -> torch.Tensor:
     vd = values.to(torch.float64)
     nan = torch.isnan(vd)
     k = torch.where(nan, torch.zeros_like(vd), vd / 2.0**fmt.scale_exponent).to(torch.int64)
@@ -238,7 +212,7 @@ def encode_int(fmt: IntFormat, values: torch.Tensor) -> torch.Tensor:
     return torch.where(nan, torch.full_like(code, NAN_CODE_NONE), code).to(torch.int32)
 
 
-def decode_int(fmt: IntFormat, codes: torch.Tensor) -> torch.Tensor:
+def decode_int(fmt: Any, codes: torch.Tensor) -> torch.Tensor:
     """The unused most negative code (-2^(bits-1)) is not a value of a symmetric grid: NaN."""
     c = codes.to(torch.int64)
     half = 2 ** (fmt.bits - 1)
@@ -248,7 +222,7 @@ def decode_int(fmt: IntFormat, codes: torch.Tensor) -> torch.Tensor:
     return torch.where(invalid, float("nan"), value).to(torch.float32)
 
 
-def encode_lut(fmt: LutFormat, values: torch.Tensor) -> torch.Tensor:
+def encode_lut(fmt: Any, values: torch.Tensor) -> torch.Tensor:
     table = torch.tensor(fmt.table, dtype=torch.float64, device=values.device)
     vd = values.to(torch.float64)
     nan = torch.isnan(vd)
@@ -257,8 +231,39 @@ def encode_lut(fmt: LutFormat, values: torch.Tensor) -> torch.Tensor:
     return torch.where(nan, torch.full_like(index, NAN_CODE_NONE), index).to(torch.int32)
 
 
-def decode_lut(fmt: LutFormat, codes: torch.Tensor) -> torch.Tensor:
+def decode_lut(fmt: Any, codes: torch.Tensor) -> torch.Tensor:
     table = torch.tensor(fmt.table, dtype=torch.float32, device=codes.device)
+    c = codes.to(torch.int64)
+    invalid = (c < 0) | (c >= table.numel())
+    value = table[torch.where(invalid, torch.zeros_like(c), c)]
+    return torch.where(invalid, float("nan"), value)
+
+
+# --- codes of any grid: the index into its sorted values --------------------------------
+
+
+def grid_values(fmt: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``fmt.values()`` as sorted unique float64 (±0 once) on ``device``."""
+    values = torch.as_tensor(fmt.values()).detach().flatten().to(torch.float64)
+    return torch.unique(values).to(device)
+
+
+def index_codes(fmt: Any, values: torch.Tensor) -> torch.Tensor:
+    """int32 codes of on-grid ``values``: their index into ``fmt.values()``; NaN and values
+    not on the grid get ``NAN_CODE_NONE`` (-1), which decodes to NaN, so an off-grid element
+    shows up in the audit rather than as a neighbour's code."""
+    table = grid_values(fmt, values.device)
+    flat = values.reshape(-1).to(torch.float64)
+    safe = torch.where(torch.isnan(flat), table[0], flat)
+    index = torch.searchsorted(table, safe.contiguous()).clamp(0, table.numel() - 1)
+    on_grid = (table[index] == flat) & ~torch.isnan(flat)
+    codes = torch.where(on_grid, index, torch.full_like(index, NAN_CODE_NONE))
+    return codes.to(torch.int32).reshape(values.shape)
+
+
+def index_decode(fmt: Any, codes: torch.Tensor) -> torch.Tensor:
+    """float32 values of index codes; -1 and codes past the table decode to NaN."""
+    table = grid_values(fmt, codes.device).to(torch.float32)
     c = codes.to(torch.int64)
     invalid = (c < 0) | (c >= table.numel())
     value = table[torch.where(invalid, torch.zeros_like(c), c)]

@@ -162,3 +162,31 @@ def test_in_memory_order_expands_a_lower_rank_tensor_that_broadcasts() -> None:
     assert a.is_contiguous() and b.shape == c.shape == a.shape
     assert torch.equal(b, torch.full_like(a, 0.5))
     assert torch.equal(c, row.expand(2, 3, 4, 5).permute(0, 2, 3, 1))
+
+
+def test_kernels_run_without_the_torch_function_modes_of_a_forward(monkeypatch) -> None:
+    """A call interceptor keeps a TorchFunctionMode active during a twin's forward: a kernel
+    called then sees none of it (its math is not the model's), compiled or eager, and the
+    mode is back afterwards."""
+    from torch.overrides import TorchFunctionMode
+
+    seen: list[object] = []
+
+    class Recording(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    x = torch.arange(8.0)
+    with Recording():
+        results = [kernels.fused(double, (x,), path=path) for path in ("eager", "compiled")]
+        assert not seen
+        with kernels.without_function_modes():
+            torch.add(x, 1)
+        assert not seen
+        torch.add(x, 1)
+    assert seen == [torch.add]
+    assert all(torch.equal(result, x * 2) for result in results)

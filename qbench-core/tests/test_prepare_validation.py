@@ -100,7 +100,7 @@ def test_role_setting_with_a_format_is_accepted(toy_plugins, model, spec):
     from qbench.prepare import preparation_report
 
     twin = qbench.prepare(model, spec)
-    assert set(preparation_report(twin)) == {"quantized", "not_quantized"}
+    assert set(preparation_report(twin)) == {"quantized", "not_quantized", "coverage"}
 
 
 def test_config_with_a_role_setting_without_format_is_refused_by_the_cli(

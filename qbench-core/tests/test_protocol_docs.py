@@ -22,6 +22,7 @@ PROTOCOLS = {
     "FloatFields": types.FloatFields,
     "Op": types.Op,
     "ObservableModule": types.ObservableModule,
+    "Installed": types.Installed,
     "Observer": types.Observer,
     "Adapter": types.Adapter,
     "Dataset": types.Dataset,
@@ -104,10 +105,11 @@ def _reads(tree: ast.AST) -> list[tuple[str, str, int]]:
 
 
 def test_core_reads_only_declared_members_off_components() -> None:
-    """Every ``qbench_*`` attribute core reads off a module is an ObservableModule member;
+    """Every ``qbench_*`` attribute core reads off a module is an ObservableModule (or, off
+    what an op installed, an Installed) member;
     everything it reads off an op, a format, a metric or an observer is a member of its
     protocol."""
-    observable = protocol_members(types.ObservableModule)
+    observable = protocol_members(types.ObservableModule) | protocol_members(types.Installed)
     undeclared, seen_observation = [], set()
     for path in sorted(SOURCES.rglob("*.py")):
         for owner, attribute, line in _reads(ast.parse(path.read_text())):

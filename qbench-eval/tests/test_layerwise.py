@@ -354,3 +354,46 @@ def test_an_input_shared_by_two_layers_is_read_once_unless_changed(
     assert layers["b"]["max_abs"] == float(seen.max()) * factor
     assert layers["b"]["min_nonzero_abs"] == float(seen.min()) * factor
     assert metric._inputs.hits == (0 if change_between else len(xs))
+
+
+class _Attention(nn.Module):
+    """Attention math written as functions (qbench_ops.calls quantizes it in the twin)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+
+def test_functional_call_sites_are_layers_measured_against_the_fp32_models_calls() -> None:
+    """Each call site the twin quantized is a row, paired with the same call of the FP32
+    model (recorded unquantized); the metric's own math is never taken for the model's."""
+    import qbench
+    from qbench.prepare import preparation_report
+    from qbench_ops.calls import interceptor_of
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(_Attention(), nn.Linear(8, 3)).eval()
+    quantized = qbench.prepare(reference, {"format": "fp8_e4m3", "mode": "tensor"})
+    metric = LayerwiseMetric({})
+    metric.attach(reference, quantized, {"preparation": preparation_report(quantized)})
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, q = reference(x), quantized(x)
+    metric.update(BatchOutputs(torch.zeros(2), ref, q, 0))
+    metric.close()
+    rows = {row["name"]: row for row in metric.result()["layers"]}
+    sites = ["0:matmul#1", "0:softmax#1", "0:matmul#2"]
+    assert list(interceptor_of(quantized).sites) == sites
+    assert [name for name in rows if ":" in name] == sites
+    assert all(rows[s]["calls"] == 1 and rows[s]["op"] == s[2:-2] for s in sites)
+    with torch.no_grad():  # the last site's output is the attention output itself
+        expected = quantized[0](x)
+        fp32 = reference[0](x)
+    cosine = float((expected * fp32).sum() / (expected.norm() * fp32.norm()))
+    assert rows["0:matmul#2"]["cosine"] == pytest.approx(cosine, rel=1e-6)
+    assert metric.result()["unpaired_calls"] == 0
+    assert interceptor_of(reference) is None  # the recorder is gone with close()

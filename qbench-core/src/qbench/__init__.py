@@ -24,8 +24,7 @@ from .errors import (
 )
 from .hookspecs import Register, hookimpl, hookspec
 from .types import LayerSpecs, QuantResult, QuantSpec, Scaling
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "ConfigError",

@@ -86,6 +86,13 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
             "type": "boolean",
             "description": f"false leaves {role}s in FP32",
         }
+    props["functions"] = {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1},
+        "uniqueItems": True,
+        "description": "function groups quantized where a module's forward calls them "
+        "(matmul, sdpa, softmax, add, linear, conv); default: all but add",
+    }
     props["stats_enabled"] = {
         "type": "boolean",
         "description": "false leaves internal statistics (BatchNorm running mean/var) in FP32",

@@ -19,9 +19,10 @@ each piece of a split one, and its code encoder included), and :data:`COMPILE_EN
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 #: Below this many elements a kernel runs eagerly: a compiled call's guards and dispatch cost
@@ -117,6 +118,30 @@ def in_memory_order(*tensors: Any) -> tuple[Any, ...]:
     return tuple((t if t.dim() == len(shape) else t.expand(shape)).permute(order) for t in tensors)
 
 
+@contextlib.contextmanager
+def without_function_modes() -> Iterator[None]:
+    """Torch function modes off for the block, back on after.
+
+    QBench's call interceptor (``qbench_ops.calls``) keeps a ``TorchFunctionMode`` on the
+    stack while a twin's forward runs, to quantize the model's own functional calls. Kernels,
+    quantizers and metrics compute nothing it should see (a metric's matmul is not the
+    model's), and dynamo would trace into the mode's handler, guard on it and recompile.
+    Costs one C call when no mode is active."""
+    import torch
+
+    if not torch._C._len_torch_function_stack():
+        yield
+        return
+    modes = []
+    while torch._C._len_torch_function_stack():
+        modes.append(torch._C._pop_torch_function_stack())
+    try:
+        yield
+    finally:
+        for mode in reversed(modes):
+            torch._C._push_on_torch_function_stack(mode)
+
+
 def use_compiled(numel: int, path: str = "auto") -> bool:
     """Would a kernel over ``numel`` elements run compiled on ``path``?"""
     if path not in PATHS:
@@ -150,9 +175,21 @@ def fused(
     call and every later one with that key run eagerly. A "tensor" may be None (an optional
     argument), and ``constants`` must be hashable.
     """
-    count = tensors[0].numel() if numel is None else numel
-    if not use_compiled(count, path):
-        return (eager or fn)(*tensors, *constants)
+    with without_function_modes():  # a kernel's math is never the model's call to intercept
+        count = tensors[0].numel() if numel is None else numel
+        if not use_compiled(count, path):
+            return (eager or fn)(*tensors, *constants)
+        return _compiled_or_eager(fn, tensors, constants, eager, options, name)
+
+
+def _compiled_or_eager(
+    fn: Callable[..., Any],
+    tensors: tuple[Any, ...],
+    constants: tuple[Hashable, ...],
+    eager: Callable[..., Any] | None,
+    options: Mapping[str, Any] | None,
+    name: str | None,
+) -> Any:
     frozen = tuple(sorted({**thread_options(), **(options or {})}.items()))
     key = (fn, constants, frozen)
     if key not in _FAILED:
@@ -166,6 +203,6 @@ def fused(
                 f"qbench: torch.compile of {getattr(fn, '__qualname__', fn)} failed "
                 f"({type(exc).__name__}: {reason[:300]}); using the eager path",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
     return (eager or fn)(*tensors, *constants)

@@ -37,6 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Attribute of the twin's root module holding the preparation report.
 REPORT_ATTRIBUTE = "_qbench_preparation"
+#: Attribute of the twin's root holding what ops installed on the whole model (``install``):
+#: observed like quantized modules (functional calls quantized as they run).
+OBSERVABLES_ATTRIBUTE = "_qbench_observables"
 
 __all__ = ["observe", "preparation_report", "prepare", "quantized_modules"]
 
@@ -190,7 +193,35 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
     report = {"quantized": quantized, "not_quantized": not_quantized}
     report["coverage"] = weight_coverage(root, report)
     setattr(root, REPORT_ATTRIBUTE, report)
+
+    observables = []
+    specs_for_call = CallSpecs(q, uniform)
+    for op in _installers():
+        installed = op.install(
+            root, q, specs_for_call, owned=[entry["name"] for entry in quantized]
+        )
+        if installed is not None:
+            observables.append(installed)
+    object.__setattr__(root, OBSERVABLES_ATTRIBUTE, observables)
     return root
+
+
+class CallSpecs:
+    """The specs of a functional call site (``<module>:<function>#<n>``) inside a module's
+    forward, for ops that quantize calls (``install``): a ``layers:`` entry that names the
+    site wins, else the module's own resolution. A class, not a closure, so a twin holding
+    it pickles."""
+
+    def __init__(self, q: Mapping[str, Any] | None, uniform: LayerSpecs | None) -> None:
+        self.q = dict(q or {})
+        self.uniform = uniform
+
+    def __call__(self, site: str, module_name: str, module: nn.Module) -> LayerSpecs:
+        if self.uniform is not None:
+            return self.uniform
+        if layer_override(self.q, site, module) is not None:
+            return layer_specs(self.q, site, module)
+        return layer_specs(self.q, module_name, module)
 
 
 #: How many unquantized modules the coverage names (largest first).
@@ -272,8 +303,9 @@ def observe(model_q: nn.Module, observer: Any) -> Iterator[Any]:
         )
     attached: list[Any] = []
     seen: set[int] = set()
+    extra = getattr(model_q, OBSERVABLES_ATTRIBUTE, ())
     try:
-        for module in quantized_modules(model_q).values():
+        for module in [*quantized_modules(model_q).values(), *extra]:
             attach = getattr(module, "qbench_attach_observer", None)
             if attach is None or id(module) in seen:
                 continue
@@ -304,6 +336,13 @@ def check_layer_patterns(
             continue
         if any(override_matches(entry, name, module) for name, module in modules):
             continue
+        pattern = entry.get("match")
+        if isinstance(pattern, str) and ":" in pattern:
+            # a call site (``blocks.3.attn:matmul#1``): its module part must name a module
+            owner = pattern.split(":", 1)[0]
+            site = {**entry, "match": owner or "*"}
+            if any(override_matches(site, name, module) for name, module in modules):
+                continue
         where = f"quantization.layers[{index}]"
         pattern, type_name = entry.get("match"), entry.get("type")
         if pattern is not None and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
@@ -358,6 +397,14 @@ def _ops_by_type() -> dict[type, Any]:
             by_type[module_type] = op
             owner[module_type] = name
     return by_type
+
+
+def _installers() -> list[Any]:
+    """Registered ops that act on the whole prepared model (an ``install`` classmethod), in
+    registration order."""
+    from .plugins import registry
+
+    return [op for _, op in registry("op").items() if callable(getattr(op, "install", None))]
 
 
 def _op_for(module: nn.Module, ops: Mapping[type, Any]) -> tuple[Any, bool]:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .config import DEFAULT_MIN_WEIGHT_COVERAGE, MEMORY_FORMATS, Config, load_config
 from .errors import QBenchError
 from .memory import objects_frozen
 from .output import check_location, run_key, write_report_set
 from .plugins import get
 from .types import BatchOutputs
+from .version import __version__
 
 
 @dataclass
@@ -152,7 +152,7 @@ def run(
     """
     import torch
 
-    from .prepare import observe, preparation_report, prepare
+    from .prepare import OBSERVABLES_ATTRIBUTE, observe, preparation_report, prepare
 
     cfg = config if isinstance(config, Config) else load_config(config)
     data = cfg.data
@@ -229,6 +229,12 @@ def run(
             close = getattr(metric, "close", None)
             if close is not None:
                 close()
+    for installed in getattr(quantized, OBSERVABLES_ATTRIBUTE, ()):
+        extra = getattr(installed, "qbench_report", None)
+        if callable(extra):  # what an op installed on the whole twin saw while it ran
+            found = extra()
+            prep["coverage"].update(found.get("coverage") or {})
+            prep.setdefault("calls", []).extend(found.get("calls") or [])
     if images == 0:
         raise QBenchError(
             f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit"

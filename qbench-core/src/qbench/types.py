@@ -9,7 +9,7 @@ only named in annotations.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -232,6 +232,40 @@ class Op(Protocol):
         """Optional: the twin of ``module``, whose class derives from one of
         :attr:`module_types` with a ``forward`` of its own: it keeps that ``forward`` and
         quantizes what it computes (None: the module stays FP32, with the reason)."""
+        ...
+
+    @classmethod
+    def install(
+        cls,
+        twin: nn.Module,
+        quantization: Mapping[str, Any] | None,
+        specs_for: Callable[[str, str, nn.Module], LayerSpecs],
+        *,
+        owned: list[str],
+    ) -> Installed | None:
+        """Optional: act on the whole prepared ``twin`` after its modules are swapped (the
+        built-in ``calls`` op quantizes functional calls inside forwards this way).
+        ``specs_for(site, module_name, module)`` resolves a call site's specs (``layers:``
+        entries naming the site, else its module's); ``owned`` names the swapped modules.
+        What it returns is observed like a quantized module."""
+        ...
+
+
+class Installed(Protocol):
+    """What an op's ``install`` returns: observed like a quantized module, and asked after
+    the run what it saw."""
+
+    def qbench_attach_observer(self, observer: Observer) -> None:
+        """As :meth:`ObservableModule.qbench_attach_observer`."""
+        ...
+
+    def qbench_detach_observer(self, observer: Observer) -> None:
+        """As :meth:`ObservableModule.qbench_detach_observer`."""
+        ...
+
+    def qbench_report(self) -> dict[str, Any]:
+        """Optional: ``{"coverage": {...}, "calls": [...]}`` merged into the run report's
+        preparation section (multiply-accumulate coverage, the call sites seen)."""
         ...
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from qbench.errors import QBenchError
-from qbench.kernels import ONE_LOOP, fused, in_memory_order, use_compiled
+from qbench.kernels import ONE_LOOP, fused, in_memory_order, use_compiled, without_function_modes
 from qbench.types import BatchOutputs
 from torch import nn
 
@@ -351,6 +351,8 @@ class LayerwiseMetric:
         self.batches = 0
         self._handles: list[Any] = []
         self._inputs: Seen[Any] = Seen()
+        self._recorded: nn.Module | None = None  # the FP32 model, while its calls are recorded
+        self._call_hooks: tuple[Any, Any] | None = None
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -385,6 +387,52 @@ class LayerwiseMetric:
                 )
             )
 
+        self._watch_calls(reference, quantized, entries)
+
+    def _watch_calls(
+        self, reference: nn.Module, quantized: nn.Module, entries: list[dict[str, Any]]
+    ) -> None:
+        """Functional calls the twin quantizes (``qbench_ops.calls``) are layers too, under
+        their site names: the same sites are recorded, unquantized, in the FP32 model."""
+        try:
+            from qbench_ops.calls import install, interceptor_of
+        except ImportError:  # pragma: no cover - qbench-ops is a dependency
+            return
+        interceptor = interceptor_of(quantized)
+        if interceptor is None:
+            return
+        from qbench import LayerSpecs
+
+        recorder = install(
+            reference,
+            interceptor.groups,
+            lambda site, module_name, module: LayerSpecs(),
+            owned=[entry["name"] for entry in entries],
+            record_only=True,
+        )
+        self._recorded = reference
+        hooks: dict[str, dict[str, Any]] = {}
+
+        def on_call(side: str) -> Any:
+            def hook(site: str, output: torch.Tensor) -> None:
+                pair = hooks.get(site)
+                if pair is None:
+                    if not self._selected(site) or site in self.layers:
+                        return
+                    function = site.rsplit(":", 1)[-1].split("#", 1)[0]
+                    stats = self.layers[site] = _LayerStats(site, {"type": "call", "op": function})
+                    pair = hooks[site] = {
+                        "reference": self._output_hook(stats, "reference"),
+                        "quantized": self._output_hook(stats, "quantized"),
+                    }
+                pair[side](None, None, output)
+
+            return hook
+
+        recorder.call_hooks.append(on_call("reference"))
+        interceptor.call_hooks.append(quantized_hook := on_call("quantized"))
+        self._call_hooks = (interceptor, quantized_hook)
+
     def _selected(self, name: str) -> bool:
         included = any(fnmatch.fnmatchcase(name, p) for p in self.include)
         return included and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
@@ -395,6 +443,7 @@ class LayerwiseMetric:
         statistics of its output when the pair is measured as that output arrives."""
         other = "quantized" if side == "reference" else "reference"
 
+        @without_function_modes()  # the metric's own math is not the model's
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             tensor = first_tensor(output)
             if tensor is None or not tensor.is_floating_point():
@@ -417,6 +466,7 @@ class LayerwiseMetric:
 
     @staticmethod
     def _input_hook(stats: _LayerStats, seen: Seen[Any]) -> Any:
+        @without_function_modes()
         def hook(module: nn.Module, inputs: Any) -> None:
             tensor = first_tensor(inputs)
             if tensor is not None and tensor.is_floating_point():
@@ -440,6 +490,16 @@ class LayerwiseMetric:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._call_hooks is not None:
+            interceptor, hook = self._call_hooks
+            if hook in interceptor.call_hooks:
+                interceptor.call_hooks.remove(hook)
+            self._call_hooks = None
+        if self._recorded is not None:
+            from qbench_ops.calls import uninstall
+
+            uninstall(self._recorded)
+            self._recorded = None
         for stats in self.layers.values():
             stats._free.clear()
 

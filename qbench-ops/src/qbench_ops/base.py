@@ -55,18 +55,6 @@ class QuantModule:
         return twin
 
     @classmethod
-    def from_subclass(cls, module: nn.Module, specs: LayerSpecs, *, name: str) -> nn.Module | None:
-        """The twin of ``module``, an instance of a subclass of one of :attr:`module_types`
-        whose own ``forward`` differs: it keeps that ``forward`` and quantizes the functional
-        call it computes through (:mod:`qbench_ops.subclass`). None when the kind of module
-        computes through no call QBench knows (it then stays FP32, listed with the reason)."""
-        from .subclass import calls_of, from_subclass
-
-        if calls_of(type(module)) is None:
-            return None
-        return from_subclass(cls, module, specs, name=name)
-
-    @classmethod
     def unsupported_reason(cls, module: nn.Module) -> str | None:
         """Why this op cannot reproduce ``module`` (it then stays FP32), or None."""
         return None

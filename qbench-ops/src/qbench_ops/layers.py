@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import QuantModule
+from .subclass import KeepsSubclassForward
 
 # --------------------------------------------------------------------------------------
 # Weighted layers
 # --------------------------------------------------------------------------------------
 
 
-class _QuantConvNd(QuantModule):
+class _QuantConvNd(KeepsSubclassForward, QuantModule):
     roles: ClassVar[tuple[str, ...]] = ("weight", "input")
 
     def _qbench_setup(self) -> None:
@@ -66,7 +67,7 @@ class QuantConv3d(_QuantConvNd, nn.Conv3d):
     module_types = (nn.Conv3d,)
 
 
-class QuantLinear(QuantModule, nn.Linear):
+class QuantLinear(KeepsSubclassForward, QuantModule, nn.Linear):
     name = "linear"
     module_types = (nn.Linear,)
     roles = ("weight", "input")
@@ -86,7 +87,7 @@ class QuantLinear(QuantModule, nn.Linear):
 # --------------------------------------------------------------------------------------
 
 
-class _QuantBatchNorm(QuantModule):
+class _QuantBatchNorm(KeepsSubclassForward, QuantModule):
     roles: ClassVar[tuple[str, ...]] = ("weight", "input", "stats")
 
     def _qbench_setup(self) -> None:
@@ -149,7 +150,7 @@ class QuantBatchNorm3d(_QuantBatchNorm, nn.BatchNorm3d):
     module_types = (nn.BatchNorm3d,)
 
 
-class QuantLayerNorm(QuantModule, nn.LayerNorm):
+class QuantLayerNorm(KeepsSubclassForward, QuantModule, nn.LayerNorm):
     name = "layernorm"
     module_types = (nn.LayerNorm,)
     roles = ("weight", "input")

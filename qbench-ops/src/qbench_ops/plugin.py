@@ -3,15 +3,16 @@ exactly as a third-party plugin would."""
 
 from __future__ import annotations
 
-from qbench import hookimpl
+from qbench import Register, hookimpl
 
 from .attention import QuantMultiheadAttention
+from .calls import QuantCalls
 from .layers import LAYER_OPS
 
-ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention)
+ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention, QuantCalls)
 
 
 @hookimpl
-def qbench_register_ops(register) -> None:  # type: ignore[no-untyped-def]
+def qbench_register_ops(register: Register) -> None:
     for op in ALL_OPS:
         register(op)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 from qbench import QuantResult, QuantSpec, get_format
+from qbench.kernels import without_function_modes
 
 #: Attribute on a tensor that a quantizer produced: ``(spec, version, result_without_tensor)``.
 _GRID_TAG = "_qbench_on_grid"
@@ -197,8 +198,9 @@ class TensorQuantizer:
         return quantized
 
     def _notify(self, result: QuantResult) -> None:
-        for observer in list(self.observers):
-            observer.on_tensor(self.layer, self.role, result)
+        with without_function_modes():  # an observer's math (the audit's) is not the model's
+            for observer in list(self.observers):
+                observer.on_tensor(self.layer, self.role, result)
 
 
 def _version(tensor: torch.Tensor) -> int | None:

@@ -208,3 +208,17 @@ def from_subclass(op: type[QuantModule], module: nn.Module, specs: Any, *, name:
     """The twin of ``module``, an instance of a subclass of one of ``op``'s module types with
     a ``forward`` of its own (``qbench.prepare`` calls it through the op's ``from_subclass``)."""
     return twin_class(op, type(module)).from_module(module, specs, name=name)
+
+
+class KeepsSubclassForward:
+    """Mixin of the ops whose module types are computed through a call in :data:`CALLS`:
+    their ``from_subclass`` (called by ``qbench.prepare`` for a subclass with a ``forward``
+    of its own) returns a twin that keeps that forward."""
+
+    @classmethod
+    def from_subclass(cls, module: nn.Module, specs: Any, *, name: str) -> nn.Module | None:
+        """The twin of ``module``, or None when its kind computes through no call QBench
+        knows (it then stays FP32, listed with the reason)."""
+        if calls_of(type(module)) is None:
+            return None
+        return from_subclass(cls, module, specs, name=name)  # type: ignore[arg-type]

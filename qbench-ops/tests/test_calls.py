@@ -1,0 +1,191 @@
+"""Functional calls inside forward, quantized as they run (qbench_ops.calls): attention math
+written out, F.scaled_dot_product_attention, residual additions, F.linear on a parameter;
+site names, per-layer overrides, multiply-accumulate counts, observation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import qbench
+import torch
+import torch.nn.functional as F
+from qbench.prepare import observe
+from qbench_ops.calls import interceptor_of
+from torch import nn
+
+SPEC = {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 4}
+
+
+class Attention(nn.Module):
+    """Self-attention with the math written out, as timm (fused_attn off) and BERT do."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        scores = q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5
+        probabilities = scores.softmax(dim=-1)
+        out = torch.matmul(probabilities, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+
+
+class FusedAttention(Attention):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, value=v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """A residual block with a weight used through F.linear (not an nn.Linear)."""
+
+    def __init__(self, attention: type[nn.Module] = Attention) -> None:
+        super().__init__()
+        self.attn = attention()
+        self.gate = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.linear(self.attn(x), self.gate)
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _q(x: torch.Tensor, **scaling) -> torch.Tensor:
+    return qbench.quantize(x, "fp8_e4m3", **scaling)
+
+
+def _chunked(x: torch.Tensor, axis: int) -> torch.Tensor:
+    return _q(x, mode="chunk", chunk_size=4, axis=axis)
+
+
+def test_attention_math_is_quantized_per_operand_under_stable_site_names():
+    torch.manual_seed(0)
+    model = Block().eval()
+    twin = qbench.prepare(model, SPEC)
+    x = _x()
+    with torch.no_grad():
+        got = twin(x)
+        # the same computation with every operand quantized independently
+        attn = twin.attn
+        qkv = attn.qkv(x).reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        scores = _chunked(q, -1) @ _chunked(k.transpose(-2, -1), -2) * 4**-0.5
+        probabilities = _chunked(scores.softmax(dim=-1), -1)
+        out = (_chunked(probabilities, -1) @ _chunked(v, -2)).transpose(1, 2).reshape(2, 5, 8)
+        inner = attn.proj(out)
+        gate = _q(model.gate.reshape(8, -1), mode="chunk", chunk_size=4, axis=-1)
+        expected = x + F.linear(_chunked(inner, -1), gate)
+    assert torch.equal(got, expected)
+    sites = interceptor_of(twin).sites
+    assert list(sites) == ["attn:matmul#1", "attn:softmax#1", "attn:matmul#2", "model:linear#1"]
+    assert sites["attn:softmax#1"]["roles"] == {"act": "fp8_e4m3 chunk4"}
+    assert set(sites["model:linear#1"]["roles"]) == {"input", "weight"}
+
+
+def test_sdpa_operands_are_quantized_keywords_included():
+    torch.manual_seed(0)
+    model = FusedAttention().eval()
+    twin = qbench.prepare(model, SPEC)
+    x = _x()
+    with torch.no_grad():
+        qkv = twin.qkv(x).reshape(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(_chunked(q, -1), _chunked(k, -1), _chunked(v, -2))
+        expected = twin.proj(out.transpose(1, 2).reshape(2, 5, 8))
+        assert torch.equal(twin(x), expected)
+    assert list(interceptor_of(twin).sites) == ["model:sdpa#1"]
+
+
+def test_residual_additions_only_when_asked_for():
+    torch.manual_seed(0)
+    model = Block().eval()
+    assert "model:add#1" not in _sites(model, SPEC)
+    with_add = _sites(model, {**SPEC, "functions": ["add"]})
+    assert list(with_add) == ["model:add#1"]  # and nothing else: the groups are chosen
+
+
+def _sites(model: nn.Module, spec: dict) -> dict:
+    twin = qbench.prepare(model, spec)
+    with torch.no_grad():
+        twin(_x())
+    return interceptor_of(twin).sites
+
+
+def test_overrides_apply_to_a_module_and_to_one_call_site():
+    torch.manual_seed(0)
+    model = Block().eval()
+    off = {**SPEC, "layers": [{"match": "attn", "enabled": False}]}
+    sites = _sites(model, off)  # attn's calls follow attn: seen, and left FP32
+    assert {name: site["roles"] for name, site in sites.items() if site["module"] == "attn"} == {
+        "attn:matmul#1": {},
+        "attn:softmax#1": {},
+        "attn:matmul#2": {},
+    }
+    assert set(sites["model:linear#1"]["roles"]) == {"input", "weight"}
+    one = {**SPEC, "layers": [{"match": "attn:softmax#1", "act_format": "fp8_e5m2"}]}
+    sites = _sites(model, one)
+    assert sites["attn:softmax#1"]["roles"] == {"act": "fp8_e5m2 chunk4"}
+    assert sites["attn:matmul#1"]["roles"] == {"input": "fp8_e4m3 chunk4"}
+    with pytest.raises(qbench.QBenchError, match="nope:matmul"):
+        qbench.prepare(model, {**SPEC, "layers": [{"match": "nope:matmul#1"}]})
+
+
+def test_an_unknown_function_group_is_refused():
+    with pytest.raises(qbench.QBenchError, match="unknown function group 'matmull'"):
+        qbench.prepare(Block(), {**SPEC, "functions": ["matmull"]})
+
+
+def test_with_quantization_made_identity_the_twin_equals_the_original_bit_for_bit(monkeypatch):
+    from qbench_ops import quantizer
+
+    monkeypatch.setattr(quantizer.TensorQuantizer, "__call__", lambda self, x: x)
+    monkeypatch.setattr(quantizer.TensorQuantizer, "quantize_fast", lambda self, x: x)
+    torch.manual_seed(0)
+    for attention in (Attention, FusedAttention):
+        model = Block(attention).eval()
+        twin = qbench.prepare(model, {**SPEC, "functions": ["matmul", "sdpa", "add", "linear"]})
+        with torch.no_grad():
+            assert torch.equal(twin(_x()), model(_x()))
+
+
+def test_observers_see_every_call_site_and_macs_are_counted():
+    torch.manual_seed(0)
+    twin = qbench.prepare(Block().eval(), SPEC)
+    seen: set[tuple[str, str]] = set()
+
+    class Recorder:
+        def on_tensor(self, layer, role, result):
+            seen.add((layer, role))
+
+    with observe(twin, Recorder()), torch.no_grad():
+        twin(_x())
+    assert {("attn:matmul#1", "input"), ("attn:softmax#1", "act")} <= seen
+    assert {("model:linear#1", "weight"), ("attn.qkv", "weight")} <= seen
+    coverage = interceptor_of(twin).coverage()
+    # qkv 10x8x24, two matmuls 2x2x5x5x4 each, proj 10x8x8, gate 10x8x8
+    assert coverage["macs"] == 1920 + 2 * 400 + 640 + 640
+    assert coverage["mac_share"] == 1.0
+    off = qbench.prepare(Block().eval(), {**SPEC, "functions": []})
+    with torch.no_grad():
+        off(_x())
+    assert interceptor_of(off).coverage()["macs_quantized"] == 1920 + 640  # the nn.Linears
+
+
+def test_a_deep_copy_has_its_own_interceptor():
+    twin = qbench.prepare(Block().eval(), SPEC)
+    again = copy.deepcopy(twin)
+    assert interceptor_of(again) is not interceptor_of(twin)
+    with torch.no_grad():
+        assert torch.equal(again(_x()), twin(_x()))
+    assert list(interceptor_of(again).sites) == list(interceptor_of(twin).sites)

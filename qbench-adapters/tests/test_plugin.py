@@ -13,7 +13,7 @@ import qbench.plugins
 import yaml
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-ADAPTERS = {"generic", "resnet", "vit", "zoo"}
+ADAPTERS = {"generic", "resnet", "vit", "zoo", "timm", "hf"}
 DATASETS = {"imagenet", "imagenette", "tiny-imagenet", "imagefolder", "digits"}
 #: Keys core owns in each section (core's schema adds them to every component's options).
 CORE_KEYS = {
@@ -88,7 +88,7 @@ def test_registration_imports_no_heavy_modules():
         "plugin.qbench_register_adapters(register=found.append)\n"
         "plugin.qbench_register_datasets(register=found.append)\n"
         "[c.options_schema for c in found]\n"
-        "print(sorted(m for m in ('torch', 'torchvision', 'PIL', 'numpy', 'sklearn', 'timm') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'PIL', 'numpy', 'sklearn', 'timm', 'transformers') if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120

@@ -1,7 +1,7 @@
 """QBench's models and data: adapters, datasets, downloads and the built-in demo zoo.
 
 Everything here reaches QBench through the plugin hooks in :mod:`qbench_adapters.plugin`
-(adapters ``generic``, ``resnet``, ``vit``, ``zoo``; datasets ``imagenet``, ``imagenette``,
+(adapters ``generic``, ``resnet``, ``vit``, ``zoo``, ``timm``, ``hf``; datasets ``imagenet``, ``imagenette``,
 ``tiny-imagenet``, ``imagefolder``, ``digits``). The names below are for plugin authors and
 scripts that want the same pieces directly.
 """
@@ -17,10 +17,12 @@ _EXPORTS = {
     "Batches": "batches",
     "DigitsDataset": "digits",
     "GenericAdapter": "adapters",
+    "HFAdapter": "hf_models",
     "ImageFolderDataset": "folders",
     "ImageNetDataset": "folders",
     "ImagenetteDataset": "folders",
     "ResNetAdapter": "adapters",
+    "TimmAdapter": "timm_models",
     "TinyImageNetDataset": "folders",
     "ViTAdapter": "adapters",
     "ZooAdapter": "adapters",
@@ -47,10 +49,12 @@ __all__ = [
     "Batches",
     "DigitsDataset",
     "GenericAdapter",
+    "HFAdapter",
     "ImageFolderDataset",
     "ImageNetDataset",
     "ImagenetteDataset",
     "ResNetAdapter",
+    "TimmAdapter",
     "TinyImageNetDataset",
     "ViTAdapter",
     "ZooAdapter",

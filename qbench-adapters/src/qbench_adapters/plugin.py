@@ -8,10 +8,20 @@ from qbench.hookspecs import Register
 
 @hookimpl
 def qbench_register_adapters(register: Register) -> None:
-    """The four model adapters: generic, resnet, vit, zoo."""
+    """The six model adapters: generic, resnet, vit, zoo, timm and hf (hf needs the ``hf``
+    extra only when a config uses it)."""
     from .adapters import GenericAdapter, ResNetAdapter, ViTAdapter, ZooAdapter
+    from .hf_models import HFAdapter
+    from .timm_models import TimmAdapter
 
-    for adapter in (GenericAdapter(), ResNetAdapter(), ViTAdapter(), ZooAdapter()):
+    for adapter in (
+        GenericAdapter(),
+        ResNetAdapter(),
+        ViTAdapter(),
+        ZooAdapter(),
+        TimmAdapter(),
+        HFAdapter(),
+    ):
         register(adapter)
 
 

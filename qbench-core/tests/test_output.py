@@ -309,3 +309,27 @@ def test_a_model_that_ran_mostly_fp32_starts_its_report_with_a_warning(toy_plugi
         evaluation={"metrics": ["accuracy"], "min_weight_coverage": 0.5},
     )
     assert qbench.run(relaxed, output=tmp_path).report["warnings"] == []
+
+
+def test_inspect_lists_every_layer_and_what_stays_fp32_without_evaluating(
+    toy_plugins, tmp_path, capsys, monkeypatch
+):
+    seen = _batches_seen(monkeypatch)
+    quantization = {"format": "toy3", "layers": [{"match": "2", "enabled": False}]}
+    path = tmp_path / "inspect.yaml"
+    path.write_text(yaml.safe_dump(toy_config(name="look", quantization=quantization)))
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", str(path)])
+    assert info.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["0", "Linear", "weight=toy3", "tensor,", "input=toy3", "tensor"]
+    assert any(
+        line.startswith("2 ") and "FP32: disabled by quantization.layers[0]" in line for line in out
+    )
+    assert any(line.startswith("1 ") and "FP32: no op registered for ReLU" in line for line in out)
+    assert out[-1].startswith("coverage: 57.14 % of 28 weight elements quantized")
+    assert seen == []  # no metric saw a batch: nothing was evaluated
+    with pytest.raises(SystemExit):
+        main(["inspect", "--json", str(path)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["sample_images"] == 1 and report["coverage"]["weight_elements"] == 28

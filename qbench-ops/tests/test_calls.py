@@ -189,3 +189,133 @@ def test_a_deep_copy_has_its_own_interceptor():
     with torch.no_grad():
         assert torch.equal(again(_x()), twin(_x()))
     assert list(interceptor_of(again).sites) == list(interceptor_of(twin).sites)
+
+
+def test_uninstall_removes_the_interceptor_of_a_copy_too(monkeypatch):
+    from qbench_ops.calls import uninstall
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    twin = copy.deepcopy(qbench.prepare(model, SPEC))
+    uninstall(twin)
+    assert interceptor_of(twin) is None
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in twin.modules())
+    with torch.no_grad():  # the swapped modules still quantize; the calls no longer do
+        plain = qbench.prepare(model, {**SPEC, "functions": []})
+        assert torch.equal(twin(_x()), plain(_x()))
+
+
+# -- what the torch.fx pass did, now done as the calls run --------------------------------------
+
+
+def test_resnet18_residual_additions(passthrough):
+    """``out += identity`` in every BasicBlock is an add site when ``add`` is asked for; with
+    an identity 'format' the twin computes exactly what the FP32 model does."""
+    import torchvision
+    from conftest import image_like
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    config = {"format": passthrough.name, "mode": "chunk", "chunk_size": 16, "functions": ["add"]}
+    twin = qbench.prepare(model, config)
+    x = image_like(2, 64)
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))
+    sites = interceptor_of(twin).sites
+    assert sorted(sites) == sorted(f"layer{i}.{j}:add#1" for i in range(1, 5) for j in range(2))
+    assert all(site["roles"] == {"input": f"{passthrough.name} chunk16"} for site in sites.values())
+    assert list(twin.state_dict()) == list(model.state_dict())
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.weight = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        y = torch.add(y, x)
+        return torch.matmul(y, self.weight) + 1.0
+
+
+def test_adds_and_matmuls_share_quantizations_and_take_overrides_by_site_pattern():
+    torch.manual_seed(0)
+    config = {
+        **SPEC,
+        "functions": ["add", "matmul"],
+        "layers": [{"match": "*:matmul#*", "input_chunk_size": 2}],
+    }
+    twin = qbench.prepare(Residual().eval(), config)
+    seen: list[tuple[str, str, object]] = []
+
+    class Recorder:
+        def on_tensor(self, layer, role, result):
+            seen.append((layer, role, result))
+
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), observe(twin, Recorder()):
+        twin(x)
+    layers = [layer for layer, _, _ in seen]
+    # the scalar 1.0 of the last add is no tensor: one operand quantized there
+    assert layers.count("model:add#1") == 2 and layers.count("model:add#2") == 1
+    assert layers.count("model:matmul#1") == 2
+    # x was quantized once, by the linear: the add reports that very quantization
+    linear_input = next(r for layer, role, r in seen if (layer, role) == ("linear", "input"))
+    add_operands = [r for layer, _, r in seen if layer == "model:add#1"]
+    assert add_operands[1].dequantized is linear_input.dequantized
+    matmul = [r.spec.scaling for layer, _, r in seen if layer == "model:matmul#1"]
+    assert [s.axis for s in matmul] == [-1, -2] and {s.chunk_size for s in matmul} == {2}
+    fmt = qbench.get_format("fp8_e4m3")
+    for _, _, result in seen:
+        assert torch.equal(fmt.decode(result.codes) * result.expand_scales(), result.dequantized)
+
+
+def test_data_dependent_control_flow_is_no_obstacle():
+    """torch.fx could not trace this; calls are quantized as they run, whichever branch."""
+
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ x.transpose(0, 1) if x.sum() > 0 else x
+
+    twin = qbench.prepare(Branchy(), SPEC)
+    x = torch.ones(2, 4) * 0.3
+    with torch.no_grad():
+        assert torch.equal(twin(x), _chunked(x, -1) @ _chunked(x.transpose(0, 1), -2))
+        assert torch.equal(twin(-x), -x)
+    assert list(interceptor_of(twin).sites) == ["model:matmul#1"]
+
+
+def test_torchvision_vit_residuals_are_add_sites_and_stay_close_to_fp32():
+    import torchvision
+    from conftest import image_like
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32,
+        patch_size=16,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=64,
+        mlp_dim=128,
+        num_classes=10,
+    ).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-inits the head
+    twin = qbench.prepare(model, {**SPEC, "chunk_size": 128, "functions": ["add"]})
+    features = {}
+    for key, net in (("fp32", model), ("twin", twin)):
+        net.get_submodule("encoder.ln").register_forward_hook(
+            lambda m, args, out, key=key: features.__setitem__(key, out)
+        )
+    x = image_like(2, 32)
+    with torch.no_grad():
+        model(x), twin(x)
+    assert sorted(interceptor_of(twin).sites) == [
+        "encoder.layers.encoder_layer_0:add#1",
+        "encoder.layers.encoder_layer_0:add#2",
+        "encoder.layers.encoder_layer_1:add#1",
+        "encoder.layers.encoder_layer_1:add#2",
+        "encoder:add#1",
+    ]
+    cosine = F.cosine_similarity(features["twin"].flatten(), features["fp32"].flatten(), dim=0)
+    assert 0.99 < cosine < 1.0

@@ -234,3 +234,17 @@ def test_weight_coverage_counts_weight_elements_and_names_the_largest_left_fp32(
     assert [(row["name"], row["elements"]) for row in largest] == [("0", 80), ("4", 24)]
     assert "no op registered for Embedding" in largest[0]["reason"]
     assert "disabled by quantization.layers[0]" in largest[1]["reason"]
+
+
+def test_embedding_tables_are_quantized_once_per_row_and_looked_up():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(12, 8, padding_idx=0))
+    twin = qbench.prepare(model, {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 4})
+    ids = torch.tensor([[0, 3, 11], [5, 5, 1]])
+    table = qbench.quantize(model[0].weight.detach(), "fp8_e4m3", mode="chunk", chunk_size=4)
+    with torch.no_grad():
+        assert torch.equal(twin(ids), table[ids])
+    assert preparation_report(twin)["coverage"]["weight_share"] == 1.0
+    renormalized = qbench.prepare(nn.Sequential(nn.Embedding(4, 2, max_norm=1.0)), FP8_CHUNK)
+    reason = preparation_report(renormalized)["not_quantized"][0]["reason"]
+    assert "max_norm" in reason

@@ -218,6 +218,52 @@ def validate(configs: tuple[Path, ...], schema_only: bool, output: Path | None) 
         raise ConfigError(problems)
 
 
+# ------------------------------------------------------------------------- inspect
+
+
+@cli.command("inspect")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_command(config: Path, as_json: bool) -> None:
+    """What CONFIG would quantize, without evaluating: every layer with the spec each role
+    gets, every functional call site seen on one sample image, and what stays FP32 and why."""
+    from .config import load_config
+    from .runner import inspect
+
+    report = inspect(load_config(config))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    rows = [
+        (entry["name"] or "(model)", entry["type"], _roles_text(entry["roles"]))
+        for entry in report["quantized"]
+    ]
+    rows += [
+        (site["name"], f"call {site['function']}", _roles_text(site["roles"]))
+        for site in report.get("calls", [])
+    ]
+    rows += [
+        (entry["name"] or "(model)", entry["type"], f"FP32: {entry['reason']}")
+        for entry in report["not_quantized"]
+    ]
+    width = max((len(name) for name, _, _ in rows), default=4)
+    kind = max((len(type_name) for _, type_name, _ in rows), default=4)
+    for name, type_name, what in rows:
+        click.echo(f"{name:<{width}}  {type_name:<{kind}}  {what}")
+    coverage = report["coverage"]
+    macs = coverage.get("mac_share")
+    click.echo(
+        f"coverage: {100 * coverage['weight_share']:.2f} % of "
+        f"{coverage['weight_elements']} weight elements quantized"
+        + (f", {100 * macs:.2f} % of multiply-accumulates" if isinstance(macs, float) else "")
+        + f" (call sites and MACs from {report['sample_images']} sample image)"
+    )
+
+
+def _roles_text(roles: dict[str, str]) -> str:
+    return ", ".join(f"{role}={spec}" for role, spec in roles.items()) or "FP32: no role quantized"
+
+
 # ------------------------------------------------------------------------- plugins
 
 

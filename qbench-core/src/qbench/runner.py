@@ -229,12 +229,7 @@ def run(
             close = getattr(metric, "close", None)
             if close is not None:
                 close()
-    for installed in getattr(quantized, OBSERVABLES_ATTRIBUTE, ()):
-        extra = getattr(installed, "qbench_report", None)
-        if callable(extra):  # what an op installed on the whole twin saw while it ran
-            found = extra()
-            prep["coverage"].update(found.get("coverage") or {})
-            prep.setdefault("calls", []).extend(found.get("calls") or [])
+    _merge_installed(quantized, prep, OBSERVABLES_ATTRIBUTE)
     if images == 0:
         raise QBenchError(
             f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit"
@@ -324,6 +319,46 @@ def check(
         f"no forward pass on {dev} (shapes, output width, channels-last)",
     ]
     return checked, not_checked
+
+
+def inspect(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config, *, device: str | None = None
+) -> dict[str, Any]:
+    """What a run would quantize, without evaluating: the model is built and prepared, and the
+    twin runs once on the first image of the dataset so that the functional call sites inside
+    forwards are seen. Returns the preparation report (``quantized`` with each role's spec,
+    ``not_quantized`` with the reason, ``coverage``, ``calls``: the sites seen)."""
+    import torch
+
+    from .prepare import OBSERVABLES_ATTRIBUTE, preparation_report, prepare
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    data = cfg.data
+    dev = resolve_device(device or data.get("device"))
+    model_options = dict(data["model"])
+    bundle = get("adapter", model_options["adapter"]).build(model_options, device=dev)
+    twin = prepare(bundle.model.to(dev).eval(), dict(data.get("quantization") or {}))
+    report = preparation_report(twin)
+    dataset_options = {**_dataset_options(data, 1), "batch_size": 1}
+    batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
+    first = next(iter(batches), None)
+    if first is not None:
+        with torch.no_grad():
+            twin(first[0].to(dev))
+    _merge_installed(twin, report, OBSERVABLES_ATTRIBUTE)
+    report["sample_images"] = 0 if first is None else int(first[0].shape[0])
+    return report
+
+
+def _merge_installed(twin: Any, report: dict[str, Any], attribute: str) -> None:
+    """What the ops installed on the whole twin saw while it ran (call sites, MAC coverage),
+    merged into a preparation report."""
+    for installed in getattr(twin, attribute, ()):
+        extra = getattr(installed, "qbench_report", None)
+        if callable(extra):
+            found = extra()
+            report["coverage"].update(found.get("coverage") or {})
+            report.setdefault("calls", []).extend(found.get("calls") or [])
 
 
 def _dataset_options(data: Mapping[str, Any], limit: int | None) -> dict[str, Any]:

@@ -7,17 +7,18 @@ the op registry this package fills (see :mod:`qbench_ops.plugin`).
 
 from .attention import QuantMultiheadAttention
 from .base import QuantModule
-from .functional import QuantAdd, QuantMatmul, quantize_functions
+from .calls import CallInterceptor, QuantCalls, interceptor_of, uninstall
 from .layers import LAYER_OPS
 from .quantizer import CachedTensor, TensorQuantizer
 
 __all__ = [
     "LAYER_OPS",
     "CachedTensor",
-    "QuantAdd",
-    "QuantMatmul",
+    "CallInterceptor",
+    "QuantCalls",
     "QuantModule",
     "QuantMultiheadAttention",
     "TensorQuantizer",
-    "quantize_functions",
+    "interceptor_of",
+    "uninstall",
 ]

@@ -19,7 +19,7 @@ group      functions                                     role    operands (chunk
 matmul     ``@``, matmul, bmm, mm, einsum (2 operands)   input   left (last), right (-2)
 sdpa       ``F.scaled_dot_product_attention``            input   Q, K (last), V (-2)
 softmax    ``softmax`` (function or method)              act     output (the softmax dim)
-add        ``+``, ``torch.add``, ``Tensor.add``          input   both tensors (channels/last)
+add        ``+``, ``+=``, ``torch.add``, ``Tensor.add``  input   both tensors (channels/last)
 linear     ``F.linear`` on a parameter                   weight  weight (per output row)
                                                          input   input (last)
 conv       ``F.conv1d/2d/3d`` on a parameter             weight  weight (per output channel)
@@ -61,7 +61,16 @@ GROUPS: dict[str, tuple[Callable[..., Any], ...]] = {
     ),
     "sdpa": (F.scaled_dot_product_attention,),
     "softmax": (torch.softmax, F.softmax, torch.Tensor.softmax),
-    "add": (torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__),
+    "add": (
+        torch.add,
+        torch.Tensor.add,
+        torch.Tensor.__add__,
+        torch.Tensor.__radd__,
+        # in place (ResNet's ``out += identity``): the sum lands in the quantized copy of the
+        # left operand, which Python rebinds ``out`` to
+        torch.Tensor.__iadd__,
+        torch.Tensor.add_,
+    ),
     "linear": (F.linear,),
     "conv": (F.conv1d, F.conv2d, F.conv3d),
 }
@@ -236,7 +245,6 @@ class CallInterceptor:
         self.macs_total = 0
         self._stack: list[_Frame] = []
         self._mode: _Mode | None = None
-        self._handles: list[Any] = []
 
     # -- the mode's lifetime (root pre/post hooks) ------------------------------------
 
@@ -250,8 +258,7 @@ class CallInterceptor:
             mode.__exit__(None, None, None)
 
     def __getstate__(self) -> dict[str, Any]:  # deepcopy/pickle: no live mode, no hooks
-        state = {**self.__dict__, "_mode": None, "_stack": [], "call_hooks": []}
-        return {**state, "_handles": []}  # a copy's hooks are the copied modules' own
+        return {**self.__dict__, "_mode": None, "_stack": [], "call_hooks": []}
 
     # -- observation (qbench.prepare.observe) -------------------------------------------
 
@@ -454,21 +461,25 @@ def install(
     interceptor = CallInterceptor(groups, specs_for, record_only=record_only)
     owned = set(owned)
     for name, module in twin.named_modules():
-        interceptor._handles += [
-            module.register_forward_pre_hook(_Enter(interceptor, name, name in owned)),
-            module.register_forward_hook(_Exit(interceptor), always_call=True),
-        ]
+        module.register_forward_pre_hook(_Enter(interceptor, name, name in owned))
+        module.register_forward_hook(_Exit(interceptor), always_call=True)
     object.__setattr__(twin, ATTRIBUTE, interceptor)
     return interceptor
 
 
 def uninstall(model: nn.Module) -> None:
-    """Remove the interceptor :func:`install` put on ``model`` (its hooks included)."""
+    """Remove the interceptor :func:`install` put on ``model`` and its hooks (found by what
+    they are, so a deep copy's hooks go too)."""
     interceptor = model.__dict__.pop(ATTRIBUTE, None)
-    if interceptor is not None:
-        for handle in interceptor._handles:
-            handle.remove()
-        interceptor._handles.clear()
+    if interceptor is None:
+        return
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [
+                k for k, h in hooks.items() if getattr(h, "interceptor", None) is interceptor
+            ]:
+                del hooks[key]
+                module._forward_hooks_always_called.pop(key, None)
 
 
 def interceptor_of(model: nn.Module) -> CallInterceptor | None:

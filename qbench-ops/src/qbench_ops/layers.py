@@ -9,6 +9,7 @@ op                     tensors
 QuantConv1d/2d/3d      weight (chunks along in_channels x kernel of each output channel),
                        input (chunks along channels, the reduction axis)
 QuantLinear            weight (chunks along in_features), input (last axis = in_features)
+QuantEmbedding         weight (chunks along the embedding dimension of each row)
 
 Other inputs and activations chunk along the channels (axis 1) when they have 4+ dims, else
 along the last axis (see ``TensorQuantizer.spec_for``); ``*_axis`` in the config overrides it.
@@ -80,6 +81,37 @@ class QuantLinear(KeepsSubclassForward, QuantModule, nn.Linear):
         if self._q_input is not None:
             input = self._q_input(input)
         return F.linear(input, self._use(self._q_weight, self.weight), self.bias)
+
+
+class QuantEmbedding(QuantModule, nn.Embedding):
+    """An embedding table quantized once (role ``weight``; chunks along the embedding
+    dimension of each row, as weight-only LLM quantization stores it). The lookup reads the
+    quantized rows; there is no input to quantize (token ids)."""
+
+    name = "embedding"
+    module_types = (nn.Embedding,)
+    roles = ("weight",)
+
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
+        if getattr(module, "max_norm", None) is not None:
+            return "max_norm renormalizes the table in place during the lookup"
+        return None
+
+    def _qbench_setup(self) -> None:
+        self._q_weight = self._cached("weight", "weight", flatten_weight=True)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self._use(self._q_weight, self.weight)
+        return F.embedding(
+            input,
+            weight,
+            self.padding_idx,
+            None,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -326,6 +358,7 @@ LAYER_OPS: tuple[type[QuantModule], ...] = (
     QuantConv2d,
     QuantConv3d,
     QuantLinear,
+    QuantEmbedding,
     QuantBatchNorm1d,
     QuantBatchNorm2d,
     QuantBatchNorm3d,

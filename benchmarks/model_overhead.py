@@ -7,10 +7,11 @@ BERT-style encoder from a ``transformers`` ``BertConfig`` (``bert``: 4 layers, h
 4 heads, batch 16 x 128 tokens), on CPU (or ``--device cuda``, in IEEE FP32 as ``qbench.run``
 uses it: no TF32). The twin quantizes weights, inputs, activations and the functional calls
 inside forwards (attention math) with fp8_e4m3 chunk 128.
-All forwards run in this process, interleaved, and ratios are printed (STYLE.md habit 8:
-ratios, never absolute seconds compared across runs): best-of (fastest quantized / fastest FP32
+All forwards run in this process, interleaved, and ratios are printed (ratios,
+never absolute seconds compared across runs: machines differ): best-of (fastest quantized / fastest FP32
 forward: as Python's timeit recommends, the minimum is the estimate least disturbed by other
-processes) and median. Targets: <= 1.3 for resnet18, <= 1.5 for vit_b_16.
+processes) and median. Targets: <= 1.3 for resnet18, <= 1.5 for vit_b_16. Results:
+benchmarks/README.md.
 
 ``interception`` divides the twin's forward by the same twin's with the call interceptor
 removed (``qbench_ops.calls.uninstall``: the module swap alone), best-of; target <= 1.10.

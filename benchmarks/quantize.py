@@ -1,4 +1,4 @@
-"""Fake-quantization speed as a ratio to ``x.clone()`` (issue 3; DESIGN §9).
+"""Fake-quantization speed as a ratio to ``x.clone()`` (results: benchmarks/README.md).
 
 Fake quantization is memory-bound: its floor is one read and one write of the tensor, which
 is what ``clone()`` does. For each format x scaling this prints time / clone time for the

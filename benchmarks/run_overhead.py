@@ -1,12 +1,12 @@
-"""Total ``qbench.run`` time / a plain FP32 evaluation loop over the same data (issue 6).
+"""Total ``qbench.run`` time / a plain FP32 evaluation loop over the same data.
 
 A run builds the model, prepares its quantized twin, does the FP32 forward, the quantized
 forward and the metrics (accuracy, layer-wise error, the compliance audit) and writes three
 reports; the plain loop builds the same model and data and only does the FP32 forward and
 top-1. Both run in this process over the same batches of the same config, after
 one warm-up of each (imports, kernel compilation), and the ratio of medians is printed
-(STYLE.md habit 8: ratios measured in one process, never absolute seconds across runs).
-Target: <= 2.5.
+(ratios measured in one process, never absolute seconds across runs: machines differ).
+Target: <= 2.5. Results: benchmarks/README.md.
 
     .venv/bin/python benchmarks/run_overhead.py                       # configs/quickstart.yaml
     .venv/bin/python benchmarks/run_overhead.py --config configs/int8.yaml --repeats 3 --limit 256
@@ -15,9 +15,9 @@ Target: <= 2.5.
 demo's tiny one: torchvision's architecture with random weights (no download here) on a
 folder of random 256x256 images written to a temporary directory, batch 16 (``--batch-size``;
 ``--workers`` DataLoader processes decode them), fp8_e4m3 in chunks of 128 with per-channel
-weights, and all three metrics. On the demo the FP32 loop is
-~0.1 s of tiny convolutions, so the per-tensor work of the twin and the metrics weighs far
-more than on a real model.
+weights, and all three metrics. On the demo the FP32 loop is a fraction of a second of tiny
+convolutions, so the per-tensor work of the twin and the metrics weighs far more than on a
+real model.
 
 ``--breakdown`` also times runs with fewer metrics, to show where the time goes, and the
 plain loop with a second FP32 copy of the model run on every batch: the floor of any

@@ -1,4 +1,4 @@
-"""`qbench --help` answers without importing torch (DESIGN §7: keep the CLI fast to start)."""
+"""`qbench --help` answers without importing torch (the CLI must be fast to start)."""
 
 from __future__ import annotations
 

@@ -174,8 +174,9 @@ def _params() -> list[Any]:
 
 @pytest.fixture(autouse=True)
 def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Quantize kernels run eagerly here. Compiling them costs 30-40 s per process and per
-    kernel set on a 2-core CPU (a 224 px CNN's activations pass the compile threshold), and the
+    """Quantize kernels run eagerly here. Compiling them costs far more than these small runs
+    (a 224 px CNN's activations pass the compile threshold; measured: see
+    benchmarks/README.md), and the
     compiled kernels are bit-identical to the eager ones, which qbench-formats and qbench-core
     test on their own."""
     from qbench import kernels

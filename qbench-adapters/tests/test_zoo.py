@@ -19,7 +19,7 @@ import pytest
 import qbench.plugins
 import torch
 
-#: The issue's floor for each model's FP32 digits test accuracy (README records the measured values).
+#: The floor for each model's FP32 digits test accuracy (README records the measured values).
 THRESHOLDS = {"tiny_cnn": 0.97, "tiny_resnet": 0.97, "tiny_vit": 0.90}
 #: qbench-adapters/README.md, "Zoo"; the script reproduces them bit for bit.
 RECORDED = {"tiny_cnn": 533, "tiny_resnet": 534, "tiny_vit": 516}  # correct of 539

@@ -1,4 +1,4 @@
-"""The run flow of DESIGN §8 with toy components: config -> adapter/dataset -> prepared twin
+"""The run flow of qbench.runner with toy components: config -> adapter/dataset -> prepared twin
 -> lockstep forwards -> streaming metrics -> atomic reports."""
 
 from __future__ import annotations

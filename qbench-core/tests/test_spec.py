@@ -1,4 +1,4 @@
-"""Per-role and per-layer QuantSpec resolution (the config keys of DESIGN.md §6)."""
+"""Per-role and per-layer QuantSpec resolution (the `quantization:` keys of the README's config reference)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reporters: the seed's three files are written, atomically, with its sections and plots.
+"""Reporters: the text, JSON and HTML files are written atomically, with sections and plots.
 
 The newer content (warnings, skipped files, Markdown and CSV, HTML layout) is tested in
 test_report_contents.py and, in a real browser, test_report_browser.py."""

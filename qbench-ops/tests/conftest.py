@@ -77,7 +77,7 @@ def image_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 class EveryOp(nn.Module):
-    """A small model using every module type the ops cover (issue 4, item 1)."""
+    """A small model using every module type the ops cover (qbench-ops/README.md, "Ops")."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -205,7 +205,7 @@ def test_uninstall_removes_the_interceptor_of_a_copy_too(monkeypatch):
         assert torch.equal(twin(_x()), plain(_x()))
 
 
-# -- what the torch.fx pass did, now done as the calls run --------------------------------------
+# -- residual adds, in-place adds and matmuls, quantized as the calls run ---------------------
 
 
 def test_resnet18_residual_additions(passthrough):
@@ -272,7 +272,7 @@ def test_adds_and_matmuls_share_quantizations_and_take_overrides_by_site_pattern
 
 
 def test_data_dependent_control_flow_is_no_obstacle():
-    """torch.fx could not trace this; calls are quantized as they run, whichever branch."""
+    """No tracing: calls are quantized as they run, whichever branch the forward takes."""
 
     class Branchy(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

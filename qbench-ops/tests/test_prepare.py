@@ -21,7 +21,7 @@ def test_every_op_type_is_replaced(every_op):
     swapped = quantized_modules(model_q)
     covered = {type(originals[name]) for name in swapped}
     used = {type(m) for m in every_op.modules()} & OP_TYPES
-    assert covered == used and len(used) == 22  # every op type of the issue, once at least
+    assert covered == used and len(used) == 22  # every op type of the README's table, once at least
     for name, module in swapped.items():
         assert isinstance(module, type(originals[name]))  # a drop-in: still an nn.Conv2d...
         assert type(module) is not type(originals[name])

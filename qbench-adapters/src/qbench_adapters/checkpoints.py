@@ -7,10 +7,10 @@ downloads at run time.
 
 A safetensors file may name the factory that rebuilds its module (``qbench.factory`` metadata,
 written by :func:`save_with_factory`). Importing and calling a factory runs code, so a factory
-that only a file names is used only when the user confirms it (DESIGN §10): the config names
-it (``model.factory``), it is on the allow-list :data:`TRUSTED_FACTORIES` (the zoo's own, plus
-any a plugin adds with :func:`trust_factory`), or the config sets
-``model.trust_checkpoint_factory: true``.
+that only a file names is used only when the user confirms it (a model load never runs code
+the user did not name): the config names it (``model.factory``), it is on the allow-list
+:data:`TRUSTED_FACTORIES` (the zoo's own, plus any a plugin adds with :func:`trust_factory`),
+or the config sets ``model.trust_checkpoint_factory: true``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 feature-extraction | sequence-classification}`` builds
 ``AutoModel / AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True,
 use_safetensors=True, trust_remote_code=False)``: nothing is downloaded, no pickle is read and
-no code the folder names is run (DESIGN §10). ``weights: none`` builds the architecture from
+no code the folder names is run (the README's Reliability section). ``weights: none`` builds the architecture from
 ``config.json`` alone, randomly initialised from ``seed``.
 
 The bundle's model takes token ids (``model(input_ids, attention_mask=None)``) and returns one

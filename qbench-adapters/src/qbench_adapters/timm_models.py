@@ -4,7 +4,7 @@
 num_classes: 10}`` builds ``timm.create_model(name, pretrained=False, num_classes=...)``
 (random initialisation from ``seed``) and loads the checkpoint, if any, through
 :mod:`qbench_adapters.checkpoints` (safetensors or ``torch.load(weights_only=True)``). timm's
-own pretrained download is never used: QBench runs on machines without internet (DESIGN §10),
+own pretrained download is never used: QBench runs on machines without internet,
 so ``weights`` is a file the user already has (e.g. the ``model.safetensors`` of a timm model
 repository).
 

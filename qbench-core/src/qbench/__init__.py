@@ -1,6 +1,6 @@
 """QBench: what a low-precision number format does to a PyTorch model.
 
-Public API (DESIGN.md §5)::
+Public API::
 
     fmt = qbench.get_format("fp8_e4m3")
     y = qbench.quantize(x, "fp8_e4m3", mode="chunk", chunk_size=128)

@@ -68,8 +68,8 @@ def objects_frozen() -> Iterator[bool]:
     """Leave the objects that exist on entry out of the garbage collector's passes until exit.
 
     A process with torch, its compiler and a prepared model loaded tracks half a million
-    Python objects or more, and a full collection walks every one (0.35 s, measured beside
-    resnet18's runs). A run's churn of objects triggers such collections: about one in two
+    Python objects or more, and a full collection walks every one (measured: see
+    benchmarks/README.md). A run's churn of objects triggers such collections: about one in two
     runs repeated in one process, several in a fresh process's first run, whose compiled
     kernels add objects of their own. ``gc.freeze`` moves the existing objects aside, so
     collections during the run only walk what the run made; ``gc.unfreeze`` at exit hands

@@ -1,6 +1,6 @@
 """Registers qbench-eval's metrics and reporters (entry point ``qbench`` in pyproject.toml).
 
-Built-ins go through the same hooks as any third-party plugin (DESIGN.md §2). Metrics are
+Built-ins go through the same hooks as any third-party plugin (see qbench-core/README.md). Metrics are
 registered as classes (QBench makes a fresh instance per run with the config's options);
 reporters as instances.
 """

@@ -1,5 +1,6 @@
 """QBench number formats: bit-exact families (float, int, lookup table), the named formats
-and block-scaled presets of DESIGN §4, and fused fake quantization.
+(fp8, fp6, fp4, int8/int4, nf4, scale formats) and block-scaled presets (MX, NVFP4), and
+fused fake quantization.
 
 Format families are frozen dataclasses (:class:`FloatFormat`, :class:`IntFormat`,
 :class:`LutFormat`); a third-party format is one instance registered through the

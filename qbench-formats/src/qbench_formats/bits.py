@@ -20,7 +20,7 @@ import torch
 #: still reproduces a dequantized NaN and an audit sees it.
 NAN_CODE_NONE = -1
 
-#: Inf/NaN encodings of the float family (issue 3, DESIGN §4).
+#: Inf/NaN encodings of the float family (the names follow ml_dtypes' float8 types).
 #: ieee: all-ones exponent field is inf (mantissa 0) or NaN; "fn" (finite): no inf, NaN only
 #: where every exponent and mantissa bit is one (S.1111.111); "fnuz": no inf, no negative
 #: zero, NaN is the code of -0 (0x80); "none": every code is a finite number.

@@ -1,4 +1,4 @@
-"""Every named format and preset of DESIGN §4, as data."""
+"""Every named format and preset QBench ships, as data."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ FP8_E5M2FNUZ = FloatFormat("fp8_e5m2fnuz", 5, 2, 16, "fnuz", description="FP8 E5
 FP6_E2M3 = FloatFormat("fp6_e2m3", 2, 3, 1, "none", description="OCP MX FP6 E2M3 (max 7.5)")
 FP6_E3M2 = FloatFormat("fp6_e3m2", 3, 2, 3, "none", description="OCP MX FP6 E3M2 (max 28)")
 FP4_E2M1 = FloatFormat("fp4_e2m1", 2, 1, 1, "none", description="OCP MX FP4 E2M1 (max 6)")
-# DESIGN §4: bias 3, no inf/NaN: ±{0, 0.25, 0.5, 1, 2, 4, 8, 16}.
+# No standard defines FP4 E3M0; QBench's: bias 3, no inf/NaN: ±{0, 0.25, 0.5, 1, 2, 4, 8, 16}.
 FP4_E3M0 = FloatFormat("fp4_e3m0", 3, 0, 3, "none", description="FP4 E3M0, powers of two")
 INT8 = IntFormat("int8", 8, description="symmetric int8, -127...127")
 INT4 = IntFormat("int4", 4, description="symmetric int4, -7...7")

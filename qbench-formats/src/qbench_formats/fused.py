@@ -2,8 +2,9 @@
 
 Only elementwise torch ops on float32/int32 with Python-constant format facts, so inductor
 fuses a whole fake-quantization (scale, divide, round, multiply back) into one loop. Must
-match :mod:`qbench_formats.reference` bit for bit; ``tests/test_fused.py`` checks it on every
-code point, every tie and its float32 neighbours.
+match :mod:`qbench_formats.reference` bit for bit; ``qbench-formats/tests/test_formats_golden.py``
+checks it on every code point, every tie and its float32 neighbours, and
+``test_formats_paths.py`` on awkward tensors in every scaling mode.
 
 How a float is rounded: read the binade e of |x| from its exponent bits, clamp it to the
 format's smallest normal exponent (below it the grid spacing is the subnormal spacing), and
@@ -48,8 +49,8 @@ def divide(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
     """``a / b`` for float32 ``a``, correctly rounded on every device.
 
     On CPU float32 division is IEEE (eager and inductor's C++ alike). On CUDA it is not
-    always: inductor's Triton kernels divide float32 approximately (on an H100, 300980 of
-    10^6 random quotients differed from IEEE), and torch's eager kernel multiplies by the
+    always: inductor's Triton kernels divide float32 approximately (measured: see
+    benchmarks/README.md), and torch's eager kernel multiplies by the
     reciprocal of a Python-scalar divisor. A scale an ulp off moves values across rounding
     boundaries. There the quotient is formed in float64 and rounded once to float32: a
     float64 division is correctly rounded, and rounding it again gives the correctly rounded
@@ -164,7 +165,7 @@ def _round_no_mantissa_even(
     round-to-nearest-even bit trick with "even" meaning the format's field. Below 2^emin
     the only neighbours are 0 and 2^emin (tie to 0, code 0). Same bits as the general path
     (tested); written this way because the general path's tie mask made inductor spill a
-    buffer inside the fused chunk loop (3x slower).
+    buffer inside the fused chunk loop (measured: see benchmarks/README.md).
     """
     bits = a.view(torch.int32)
     odd_lower = ((bits >> F32_FRACTION_BITS) + ((bias - F32_BIAS) & 1)) & 1
@@ -240,7 +241,7 @@ def encode_grid_bits(fmt: Any, values: torch.Tensor) -> torch.Tensor:
 
     Run eagerly, an fp8 format whose codes are the bit patterns of one of torch's float8
     dtypes (:func:`float8_dtype`) is encoded by that cast instead: three passes rather than
-    about twenty (a 131072-element activation 0.09 ms against 0.86 ms on two CPU cores).
+    about twenty (measured: see benchmarks/README.md).
     Compiled, the bit fields stay: they fuse into the quantize loop, the cast would not
     vectorize there."""
     if not torch.compiler.is_compiling():

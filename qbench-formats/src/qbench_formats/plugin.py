@@ -7,7 +7,7 @@ from qbench import Register, hookimpl
 
 @hookimpl
 def qbench_register_formats(register: Register) -> None:
-    """Every element format, scale format and block-scaled preset of DESIGN §4 (plus nf4)."""
+    """Every element format, scale format and block-scaled preset in :mod:`.catalog`."""
     from .catalog import ALL_FORMATS
 
     for fmt in ALL_FORMATS:

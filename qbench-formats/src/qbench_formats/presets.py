@@ -1,6 +1,6 @@
 """Block-scaled presets: an element format plus the scaling that comes with it.
 
-A preset name is accepted wherever a format name is (DESIGN §4): ``qbench.quantize(x,
+A preset name is accepted wherever a format name is (the API, a config's ``format:``): ``qbench.quantize(x,
 "mxfp4_e2m1")`` resolves the preset's :class:`~qbench.types.Scaling` (explicit arguments
 override it) and quantizes with the element format's grid.
 """

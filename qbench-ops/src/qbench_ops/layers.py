@@ -1,4 +1,4 @@
-"""Quantized twins of torch's layer modules (issue 4, item 1).
+"""Quantized twins of torch's layer modules (the op table of qbench-ops/README.md).
 
 What each quantizes (biases stay FP32 everywhere: accelerators add them in the FP32/FP16
 accumulator, as in OCP MX v1.0 §6 and NVIDIA's FP8 recipes):
@@ -231,8 +231,8 @@ class QuantMaxPool2d(_InputQuantized, nn.MaxPool2d):
             return nn.MaxPool2d.forward(self, input)
         # The same max, bit for bit: both CPU kernels walk each window in the same order
         # and keep the first maximum or NaN; the channels-last one vectorizes across
-        # channels, the NCHW one runs element by element (3x slower on a ResNet stem with
-        # the two layout copies included). The result comes back in the input's layout.
+        # channels, the NCHW one runs element by element (slower even with the two layout
+        # copies included; measured: see benchmarks/README.md). The result comes back in the input's layout.
         pooled = F.max_pool2d(
             input.contiguous(memory_format=torch.channels_last),
             self.kernel_size,

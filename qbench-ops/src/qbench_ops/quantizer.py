@@ -11,7 +11,7 @@ Every tensor a quantized op touches goes through a :class:`TensorQuantizer`, whi
 * calls the registered format through core (``qbench.get_format(...).quantize``), asking for
   codes and scales only while an observer is attached (``qbench.prepare.observe``), so the
   fast path never builds them;
-* quantizes each tensor once per spec (DESIGN §9). A tensor that a quantizer produced carries a
+* quantizes each tensor once per spec (nothing is copied twice). A tensor that a quantizer produced carries a
   tag ``(spec, version)``; a later quantizer with an equal spec receives it unchanged instead of
   quantizing it again (a ReLU output feeding the next conv). A source tensor remembers its
   quantized copy, so two consumers of one tensor (a residual block's input feeding conv1 and the
@@ -64,7 +64,7 @@ class TensorQuantizer:
 
     ``default_axis`` is used when the spec leaves the axis open (None: see :meth:`spec_for`). With ``flatten_weight`` (conv
     and linear weights) and no explicit axis, the tensor is viewed as ``(out_channels, -1)`` so
-    chunks run along input channels x kernel of each output channel (issue 4, item 3) and
+    chunks run along input channels x kernel of each output channel (the reduction axis) and
     channel scaling runs per output channel; the reported codes and scales are reshaped back
     to the tensor's own shape.
     """

@@ -20,8 +20,8 @@ from .._io import json_safe
 #: Metrics with a dedicated section; anything else is rendered generically.
 KNOWN_METRICS = ("accuracy", "compliance", "layerwise")
 
-#: How each audited role is named in the compliance section (the seed's "weights and
-#: parameters": layer weights, then the other parameters a layer quantizes).
+#: How each audited role is named in the compliance section ("weights and parameters":
+#: layer weights, then the other parameters a layer quantizes).
 ROLE_TITLES = {
     "weight": "Weights",
     "stats": "Parameters (BatchNorm running statistics)",

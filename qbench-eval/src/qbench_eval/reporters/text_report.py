@@ -1,4 +1,4 @@
-"""The ``text`` reporter: ``comparison_report.txt`` with the seed's four sections.
+"""The ``text`` reporter: ``comparison_report.txt`` with its four numbered sections.
 
 The run's warnings come first, right under the title. Then 1. accuracy metrics;
 2. compliance PASS/FAIL for weights and the other quantized parameters, inputs, activations

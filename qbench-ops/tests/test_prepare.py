@@ -224,16 +224,16 @@ def test_weight_coverage_counts_weight_elements_and_names_the_largest_left_fp32(
     op is named with its size and reason; a disabled layer is left out of the quantized."""
     torch.manual_seed(0)
     head = nn.Linear(8, 8)
-    model = nn.Sequential(nn.Embedding(10, 8), head, nn.ReLU(), head, nn.Linear(8, 3))
+    model = nn.Sequential(nn.PReLU(8), head, nn.ReLU(), head, nn.Linear(8, 3))
     spec = {**FP8_CHUNK, "layers": [{"match": "4", "enabled": False}]}
     coverage = preparation_report(qbench.prepare(model, spec))["coverage"]
-    assert coverage["weight_elements"] == 10 * 8 + 8 * 8 + 8 * 3
+    assert coverage["weight_elements"] == 8 + 8 * 8 + 8 * 3
     assert coverage["weight_elements_quantized"] == 8 * 8
-    assert coverage["weight_share"] == pytest.approx(64 / 168)
+    assert coverage["weight_share"] == pytest.approx(64 / 96)
     largest = coverage["largest_unquantized"]
-    assert [(row["name"], row["elements"]) for row in largest] == [("0", 80), ("4", 24)]
-    assert "no op registered for Embedding" in largest[0]["reason"]
-    assert "disabled by quantization.layers[0]" in largest[1]["reason"]
+    assert [(row["name"], row["elements"]) for row in largest] == [("4", 24), ("0", 8)]
+    assert "disabled by quantization.layers[0]" in largest[0]["reason"]
+    assert "no op registered for PReLU" in largest[1]["reason"]
 
 
 def test_embedding_tables_are_quantized_once_per_row_and_looked_up():

@@ -61,4 +61,4 @@ def test_bad_spec_values_raise_qbench_error() -> None:
     with pytest.raises(qbench.QBenchError, match="axis"):
         qbench.quantize(x, "fp8_e4m3", mode="channel", axis=5)
     with pytest.raises(qbench.QBenchError, match="scale_method"):
-        qbench.quantize(x, "fp8_e4m3", scale_method="mse")
+        qbench.quantize(x, "fp8_e4m3", scale_method="minmax")

@@ -22,6 +22,9 @@ Scales (``Scaling.scale_format``):
   fp32 per-tensor scale amax_tensor / (max_scale_format * max_element) — NVIDIA's NVFP4
   recipe as torchao implements it.
 
+The value a scale maps onto max is the group's amax, or under ``scale_method`` percentile or
+mse a clip value (:mod:`.scale_methods`, :func:`clipped_kernel`, eager only).
+
 A group of zeros gets scale 1 (fp32), 2^-127 (e8m0) or the smallest block scale (fp8), so it
 quantizes to zeros, never NaN. Non-float32 inputs are computed in float32 and cast back.
 
@@ -33,6 +36,7 @@ the scaled tensor, eagerly (:func:`own_round_kernel`); their codes come from the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,9 +45,9 @@ from typing import Any
 import torch
 from qbench import kernels
 from qbench.errors import QBenchError
-from qbench.types import MODES, OVERFLOWS, ROUNDINGS, QuantResult, QuantSpec
+from qbench.types import MODES, OVERFLOWS, ROUNDINGS, SCALE_METHODS, QuantResult, QuantSpec
 
-from . import fused, reference
+from . import fused, reference, scale_methods
 from .bits import floor_log2_f32, pow2_f32
 
 # Whether a kernel runs compiled is qbench.kernels' decision, read at every call (its
@@ -343,7 +347,11 @@ def group_amax(xg: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 
 def _scales(
-    amax: torch.Tensor, plan: Plan, round_scale: Callable[..., torch.Tensor], log2: Callable
+    amax: torch.Tensor,
+    plan: Plan,
+    round_scale: Callable[..., torch.Tensor],
+    log2: Callable,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(effective scale, block-level part, tensor-level part) with keepdim shapes, from the
     groups' ``amax`` (:func:`group_amax`)."""
@@ -360,7 +368,8 @@ def _scales(
     tensor_scale = None
     block = fused.divide(amax, element.max_value)
     if plan.second_level:
-        tensor_amax = torch.amax(amax)
+        if tensor_amax is None:  # a clipping scale method passes the tensor's own amax
+            tensor_amax = torch.amax(amax)
         tensor_scale = _fp32_scale(tensor_amax, scale_format.max_value * element.max_value)
         block = fused.divide(block, tensor_scale)
     block = torch.clamp(block, scale_format.min_normal, scale_format.max_value)
@@ -370,7 +379,9 @@ def _scales(
     return scale, block, tensor_scale
 
 
-def fused_scales(amax: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
+def fused_scales(
+    amax: torch.Tensor, plan: Plan, tensor_amax: torch.Tensor | None = None
+) -> tuple[Any, ...]:
     """The fast twin's scales from the groups' amax: (effective scale, block part, tensor
     part), the two parts only where the caller asked for codes (else None, so that a
     compiled kernel need not store them)."""
@@ -379,6 +390,7 @@ def fused_scales(amax: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
         plan,
         lambda b: fused.round_values(plan.scale_arith, b, "nearest_even", "saturate", None),
         floor_log2_f32,
+        tensor_amax,
     )
     if plan.want_elements:
         return scale, block, tensor_scale
@@ -426,16 +438,23 @@ def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tu
 
 
 def own_round_kernel(
-    xg: torch.Tensor, generator: torch.Generator | None, plan: Plan, path: str
+    xg: torch.Tensor,
+    generator: torch.Generator | None,
+    plan: Plan,
+    path: str,
+    amax: torch.Tensor | None = None,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[Any, ...]:
     """The generic path (:mod:`.generic`): QBench's scales, the format's own ``round`` of
     ``xg / scale`` (with the caller's generator for stochastic rounding). ``path="reference"``
     rounds the scales with the float64 twin, any other path with the float32 one (the same
     bits)."""
+    if amax is None:
+        amax = group_amax(xg, plan)
     if path == "reference":
-        scale, block, tensor_scale = _reference_scales(xg, plan)
+        scale, block, tensor_scale = _reference_scales(xg, plan, amax, tensor_amax)
     else:
-        scale, block, tensor_scale = fused_scales(group_amax(xg, plan), plan)
+        scale, block, tensor_scale = fused_scales(amax, plan, tensor_amax)
     scaled = fused.divide(xg, scale)
     elements = plan.element.round(scaled, plan.rounding, plan.overflow, generator)
     elements = torch.as_tensor(elements).to(device=xg.device, dtype=torch.float32)
@@ -447,19 +466,33 @@ def _frexp_floor_log2(amax: torch.Tensor) -> torch.Tensor:
     return exponent.to(torch.int32) - 1
 
 
-def _reference_scales(xg: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
+def _reference_scales(
+    xg: torch.Tensor,
+    plan: Plan,
+    amax: torch.Tensor | None = None,
+    tensor_amax: torch.Tensor | None = None,
+) -> tuple[Any, ...]:
     """:func:`_scales` of the slow twin: exponents from frexp, float64 scale rounding."""
     return _scales(
-        group_amax(xg, plan),
+        group_amax(xg, plan) if amax is None else amax,
         plan,
         lambda b: round_reference(plan.scale_format, b, "nearest_even", "saturate", None),
         _frexp_floor_log2,
+        tensor_amax,
     )
 
 
-def reference_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
-    """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours."""
-    scale, block, tensor_scale = _reference_scales(xg, plan)
+def reference_kernel(
+    xg: torch.Tensor,
+    noise: torch.Tensor | None,
+    plan: Plan,
+    amax: torch.Tensor | None = None,
+    tensor_amax: torch.Tensor | None = None,
+) -> tuple[Any, ...]:
+    """The slow twin: exponents from frexp, rounding in float64 with explicit neighbours.
+    ``amax``/``tensor_amax``: the groups' clip values and the tensor's amax of a clipping
+    scale method (:func:`clipped_kernel`), else computed here."""
+    scale, block, tensor_scale = _reference_scales(xg, plan, amax, tensor_amax)
     elements = round_reference(plan.element, xg / scale, plan.rounding, plan.overflow, noise)
     return elements * scale, elements, scale, block, tensor_scale
 
@@ -581,11 +614,12 @@ def validate(spec: QuantSpec) -> None:
     check_rounding(spec.rounding, spec.overflow)
     if scaling.mode not in MODES:
         raise QBenchError(f"mode {scaling.mode!r} is not supported; allowed: {', '.join(MODES)}")
-    if scaling.scale_method != "absmax":
+    if scaling.scale_method not in SCALE_METHODS:
         raise QBenchError(
-            f"scale_method {scaling.scale_method!r} is not implemented by qbench-formats; "
-            f"allowed: absmax"
+            f"scale_method {scaling.scale_method!r} is not supported; "
+            f"allowed: {', '.join(SCALE_METHODS)}"
         )
+    scale_methods.check_percentile(scale_methods.percentile_of(scaling))
     if scaling.mode == "chunk":
         size = scaling.chunk_size
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -635,7 +669,16 @@ def quantize(
             codes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
             empty = torch.zeros((), device=x.device)
             return QuantResult(x.detach().clone(), codes, empty, spec, {}, lambda s: s)
-        if own_round:
+        if scaling.scale_method != "absmax":
+            valid = None
+            xg = layout.grouped(x32)
+            if xg.numel() != x32.numel():  # a padded short last block: its zeros do not rank
+                valid = layout.grouped(torch.ones_like(x32, dtype=torch.bool))
+            noise = None
+            if spec.rounding == "stochastic" and not own_round:
+                noise = layout.grouped(torch.rand(x.shape, generator=generator, device=x.device))
+            outputs = clipped_kernel(plan, scaling, xg, valid, noise, generator, path)
+        elif own_round:
             outputs = own_round_kernel(layout.grouped(x32), generator, plan, path)
         else:
             noise = None
@@ -678,3 +721,45 @@ def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tup
     if compilable(plan) and kernels.use_compiled(numel, path):
         return compiled_kernel(plan)(xg, noise)
     return fused_kernel(xg, noise, plan)
+
+
+def clipped_kernel(
+    plan: Plan,
+    scaling: Any,
+    xg: torch.Tensor,
+    valid: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
+    path: str,
+) -> tuple[Any, ...]:
+    """The scale methods that clip (``percentile``, ``mse``; :mod:`.scale_methods`), eagerly:
+    each group's clip value takes the place of its amax in the chosen twin (the reference
+    twin for ``path="reference"``, else the fast one, never compiled; the same bits). A
+    second-level scale stays the tensor's amax's. ``valid`` masks the zero padding of a
+    short last block (None: no padding)."""
+    amax = group_amax(xg, plan)
+    tensor_amax = torch.amax(amax) if plan.second_level else None
+
+    def twin(clip: torch.Tensor, run_plan: Plan, noise: Any, generator: Any) -> tuple[Any, ...]:
+        if run_plan.own_round:
+            return own_round_kernel(xg, generator, run_plan, path, clip, tensor_amax)
+        if path == "reference":
+            return reference_kernel(xg, noise, run_plan, clip, tensor_amax)
+        scales = fused_scales(clip, run_plan, tensor_amax)
+        return fused_elements(xg, noise, *scales, run_plan)
+
+    if scaling.scale_method == "percentile":
+        # chunk mode's default percentile depends on the block length (the layout's, which
+        # is the axis length where that is shorter than chunk_size)
+        chunked = scaling.mode == "chunk" and xg.dim() > 1
+        block_length = xg.shape[plan.reduce_dims[0]] if chunked else None
+        clip = scale_methods.percentile_clip(
+            xg, amax, valid, plan.reduce_dims, scale_methods.percentile_of(scaling), block_length
+        )
+    else:  # mse: candidates rounded to nearest (never a random draw), without codes
+        search_rounding = "nearest_even" if plan.rounding == "stochastic" else plan.rounding
+        search = dataclasses.replace(plan, rounding=search_rounding, want_elements=False)
+        clip = scale_methods.mse_clip(
+            xg, amax, plan.reduce_dims, lambda c: twin(c, search, None, None)[0]
+        )
+    return twin(clip, plan, noise, generator)

@@ -45,7 +45,7 @@ def _formats() -> list[str]:
 def audit_route(request, monkeypatch):
     if request.param == "grouped counts":
         import qbench.kernels as kernels
-        import qbench_eval.compliance as compliance
+        import qbench_eval.compliance.metric as compliance
 
         monkeypatch.setattr(compliance, "use_compiled", lambda numel, path="auto": True)
         monkeypatch.setattr(kernels, "COMPILE_ENABLED", False)

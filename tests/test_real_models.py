@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import qbench
 import torch
-from qbench.prepare import observe, preparation_report
+from qbench.preparation import observe, preparation_report
 from qbench.types import BatchOutputs
 
 # Before timm and transformers import huggingface_hub, which reads these once.

@@ -97,7 +97,7 @@ def test_role_setting_without_a_format_is_refused(toy_plugins, model, spec, wher
     ids=["global format", "role format", "preset", "format in a layer", "format in same layer"],
 )
 def test_role_setting_with_a_format_is_accepted(toy_plugins, model, spec):
-    from qbench.prepare import preparation_report
+    from qbench.preparation import preparation_report
 
     twin = qbench.prepare(model, spec)
     assert set(preparation_report(twin)) == {"quantized", "not_quantized", "coverage"}

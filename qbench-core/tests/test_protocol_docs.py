@@ -125,5 +125,5 @@ def test_core_reads_only_declared_members_off_components() -> None:
                 if attribute not in allowed:
                     undeclared.append(where)
     assert not undeclared, "read by core but not declared in qbench.types: " + "; ".join(undeclared)
-    # the scan really sees prepare.py's observation calls
+    # the scan really sees preparation.py's observation calls
     assert {"qbench_attach_observer", "qbench_detach_observer", "qbench_roles"} <= seen_observation

@@ -355,7 +355,7 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
     tampered values, counted alike on the eager and the compiled path."""
     import qbench
     from qbench.kernels import fused
-    from qbench_eval.compliance import _audit_rows
+    from qbench_eval.compliance.counting import _audit_rows
 
     element = qbench.get_format(name)
     metric = _metric()
@@ -439,7 +439,7 @@ def test_short_rows_are_grouped_into_long_packed_rows() -> None:
     """One packed count per group of short rows (a horizontal reduction and a store every
     56 elements would cost a quarter of the audit): the views split the row axis by its
     largest divisor that keeps a group within _MAX_ROW elements."""
-    from qbench_eval.compliance import _MAX_ROW, _row_dims, _rows
+    from qbench_eval.compliance.counting import _MAX_ROW, _row_dims, _rows
 
     codes = torch.zeros(16, 64, 56, 1, 56, dtype=torch.int32)  # chunk 128 along W=56
     dequantized = torch.zeros(codes.shape)
@@ -556,7 +556,7 @@ def test_a_channels_last_chunked_activation_becomes_a_last_axis_layout() -> None
     """The audit's views of a channels-last activation chunked along C are contiguous with
     the chunk last (one linear sweep), not a gather C elements apart."""
     import qbench
-    from qbench_eval.compliance import _grouped
+    from qbench_eval.compliance.counting import _grouped
 
     x = torch.randn(2, 256, 6, 5).contiguous(memory_format=torch.channels_last)
     result = qbench.quantize(x, "fp8_e4m3", mode="chunk", chunk_size=128, axis=1, return_codes=True)

@@ -13,7 +13,8 @@ import qbench
 import torch
 from eval_helpers import kernels_on, spec
 from qbench.types import BatchOutputs, QuantResult
-from qbench_eval.compliance import ComplianceMetric, _Grid, _legal_values
+from qbench_eval.compliance import ComplianceMetric
+from qbench_eval.compliance.tables import _Grid, _legal_values
 
 BATCH = BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1))
 

@@ -372,7 +372,7 @@ def test_functional_call_sites_are_layers_measured_against_the_fp32_models_calls
     """Each call site the twin quantized is a row, paired with the same call of the FP32
     model (recorded unquantized); the metric's own math is never taken for the model's."""
     import qbench
-    from qbench.prepare import preparation_report
+    from qbench.preparation import preparation_report
     from qbench_ops.calls import interceptor_of
 
     torch.manual_seed(0)

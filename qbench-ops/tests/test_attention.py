@@ -6,7 +6,7 @@ import pytest
 import qbench
 import torch
 from qbench import LayerSpecs
-from qbench.prepare import observe, preparation_report
+from qbench.preparation import observe, preparation_report
 from qbench_ops import QuantMultiheadAttention
 from torch import nn
 

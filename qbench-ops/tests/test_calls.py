@@ -10,7 +10,7 @@ import pytest
 import qbench
 import torch
 import torch.nn.functional as F
-from qbench.prepare import observe
+from qbench.preparation import observe
 from qbench_ops.calls import interceptor_of
 from torch import nn
 

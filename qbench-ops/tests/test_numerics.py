@@ -10,7 +10,7 @@ import torch
 import torchvision
 from conftest import image_like
 from qbench import LayerSpecs, QuantSpec, Scaling
-from qbench.prepare import observe, quantized_modules
+from qbench.preparation import observe, quantized_modules
 from qbench_ops.calls import uninstall
 from qbench_ops.plugin import ALL_OPS
 from torch import nn

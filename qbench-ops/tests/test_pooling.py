@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import qbench
 import torch
-from qbench.prepare import observe
+from qbench.preparation import observe
 from qbench_ops import layers
 from torch import nn
 

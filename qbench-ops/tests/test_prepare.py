@@ -7,7 +7,7 @@ import qbench
 import torch
 import torchvision
 from qbench.errors import QBenchError
-from qbench.prepare import preparation_report, quantized_modules
+from qbench.preparation import preparation_report, quantized_modules
 from qbench_ops.plugin import ALL_OPS
 from torch import nn
 

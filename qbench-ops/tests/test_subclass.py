@@ -10,7 +10,7 @@ import pytest
 import qbench
 import torch
 import torch.nn.functional as F
-from qbench.prepare import observe, preparation_report
+from qbench.preparation import observe, preparation_report
 from torch import nn
 
 SPEC = {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 4, "weight_mode": "channel"}

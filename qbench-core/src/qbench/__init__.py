@@ -101,7 +101,7 @@ def prepare(model: Any, spec: Any) -> Any:
     ``spec`` is a config's ``quantization`` mapping, or a :class:`QuantSpec` applied to every
     role. Modules are swapped through the op registry; weights are quantized once.
     """
-    from .prepare import prepare as _prepare
+    from .preparation import prepare as _prepare
 
     return _prepare(model, spec)
 

@@ -129,12 +129,13 @@ def _stderr_console() -> Any:
 
 
 def _print_summary(result: Any) -> None:
+    """The run's warnings, then one table: core's weight coverage and each metric's own rows
+    (``Metric.summary``, called on the registered component with the metric's result)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     report = result.report
-    metrics = report["metrics"]
     console = Console()
     for warning in report.get("warnings") or ():
         console.print(f"[bold yellow]WARNING[/]: {escape(warning)}", highlight=False)
@@ -144,32 +145,33 @@ def _print_summary(result: Any) -> None:
     table.add_column("metric")
     table.add_column("FP32", justify="right")
     table.add_column("quantized", justify="right")
-    acc = metrics.get("accuracy") or {}
-    top_k = acc.get("top_k", 5)
-    for key, label in (
-        ("top1", "top-1 %"),
-        ("topk", f"top-{top_k} %"),
-        ("certainty", "certainty %"),
-    ):
-        ref, q = (acc.get("reference") or {}).get(key), (acc.get("quantized") or {}).get(key)
-        if isinstance(ref, (int, float)) and isinstance(q, (int, float)):
-            table.add_row(label, f"{100 * ref:.2f}", f"{100 * q:.2f}")
     share = ((report.get("preparation") or {}).get("coverage") or {}).get("weight_share")
     if isinstance(share, (int, float)):
         table.add_row("weight elements quantized %", "", f"{100 * share:.2f}")
-    if isinstance(acc.get("agreement"), (int, float)):
-        table.add_row("top-1 agreement %", "", f"{100 * acc['agreement']:.2f}")
-    compliance = metrics.get("compliance")
-    if isinstance(compliance, dict) and "status" in compliance:
-        table.add_row("compliance", "", str(compliance["status"]))
-    layers = (metrics.get("layerwise") or {}).get("layers") or []
-    cosines = [row.get("cosine") for row in layers if isinstance(row.get("cosine"), (int, float))]
-    if cosines:
-        table.add_row("min layer cosine", "", f"{min(cosines):.4f}")
+    for name, section in (report.get("metrics") or {}).items():
+        for row in _metric_rows(name, section):
+            table.add_row(*(escape(cell) for cell in row))
     console.print(table)
     console.print(f"report: {result.out_dir}")
     for path in result.files:
         console.print(f"  {path}")
+
+
+def _metric_rows(name: str, section: Any) -> list[tuple[str, str, str]]:
+    """A metric's summary rows (label, FP32, quantized); none if it declares no ``summary``,
+    and one row saying so if its ``summary`` fails (the reports are written already)."""
+    from .plugins import get
+
+    try:
+        metric = get("metric", name)
+        summary = getattr(metric, "summary", None)
+        if summary is None or not isinstance(section, dict):
+            return []
+        return [
+            (str(label), str(fp32), str(quantized)) for label, fp32, quantized in summary(section)
+        ]
+    except Exception as exc:  # a broken plugin's summary: named, the table still printed
+        return [(name, "", f"summary failed: {_broken(exc)}")]
 
 
 # ------------------------------------------------------------------------ validate

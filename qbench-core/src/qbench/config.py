@@ -533,6 +533,41 @@ def validate(raw: Any, schema: dict[str, Any], label: str, base_dir: Path) -> li
     return sorted(lines, key=lambda s: s.split(": ")[1])
 
 
+def check_options(schema: Mapping[str, Any] | None, options: Any, where: str) -> None:
+    """Check a component's ``options`` against its own ``options_schema``, as the config
+    schema checks them once merged, for options that reach a component without a config
+    file (the Python API, a settings file of its own).
+
+    Raises :class:`ConfigError` with one line per problem, in config validation's words,
+    located under ``where`` (the options' place in a config, e.g. ``evaluation.accuracy``):
+    ``evaluation.accuracy.top_k: found 0; must be >= 1``. A list item's problem is located at
+    its list (the value found names the item). Formats such as ``existing-file`` are not
+    checked here: they need the config file's folder.
+    """
+    if not schema:
+        return
+    validator = validator_class()(_fragment(schema))
+    by_location: dict[str, Any] = {}
+    lines: list[str] = []
+    for error in _leaf_errors(validator.iter_errors(_plain(options))):
+        parts = [part for part in error.absolute_path if not isinstance(part, int)]
+        location = ".".join(filter(None, (where, _path(parts) if parts else "")))
+        if error.validator in ("required", "additionalProperties", "anyOf"):
+            lines.append(_located(location, error))
+            continue
+        best = by_location.get(location)
+        if best is None or _rank(error) < _rank(best):
+            by_location[location] = error
+    lines += [_located(location, error) for location, error in by_location.items()]
+    if lines:
+        raise ConfigError(sorted(dict.fromkeys(lines)))
+
+
+def _located(location: str, error: Any) -> str:
+    problem = _describe(error, Path.cwd())
+    return f"{location}: {problem}" if location else problem
+
+
 def _rank(error: Any) -> int:
     order = ("type", "enum", "const")
     return order.index(error.validator) if error.validator in order else len(order)

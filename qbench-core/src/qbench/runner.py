@@ -125,7 +125,7 @@ def _backend(torch: Any, path: Iterable[str]) -> Any:
 
 
 class _FanOut:
-    """One observer for ``qbench.prepare.observe`` that forwards to every metric that observes."""
+    """One observer for ``qbench.preparation.observe``, forwarding to every metric that observes."""
 
     def __init__(self, observers: list[Any]):
         self.observers = observers
@@ -153,7 +153,7 @@ def run(
     """
     import torch
 
-    from .prepare import OBSERVABLES_ATTRIBUTE, observe, preparation_report, prepare
+    from .preparation import OBSERVABLES_ATTRIBUTE, observe, preparation_report, prepare
 
     cfg = config if isinstance(config, Config) else load_config(config)
     data = cfg.data
@@ -287,7 +287,7 @@ def check(
     finds its files, the metrics accept their options, the output location is writable and
     holds no other run's report. Returns (what was checked, what could not be) as lines;
     raises :class:`QBenchError` on the first problem."""
-    from .prepare import prepare
+    from .preparation import prepare
 
     cfg = config if isinstance(config, Config) else load_config(config)
     data = cfg.data
@@ -333,7 +333,7 @@ def inspect(
     ``not_quantized`` with the reason, ``coverage``, ``calls``: the sites seen)."""
     import torch
 
-    from .prepare import OBSERVABLES_ATTRIBUTE, preparation_report, prepare
+    from .preparation import OBSERVABLES_ATTRIBUTE, preparation_report, prepare
 
     cfg = config if isinstance(config, Config) else load_config(config)
     data = cfg.data

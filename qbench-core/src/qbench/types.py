@@ -34,7 +34,10 @@ class Scaling:
     ``chunk``); ``None`` lets the caller pick its role default (weights: output channels;
     activations: last axis). ``scale_format`` names a registered format the scales are
     rounded to (``fp32``, ``e8m0``, ``fp8_e4m3``...). ``second_level`` names the format of a
-    per-tensor scale applied on top of per-block scales (NVFP4: ``fp32``).
+    per-tensor scale applied on top of per-block scales (NVFP4: ``fp32``). ``scale_method``
+    picks the value each scale maps onto the format's max (``absmax``; ``percentile``: the
+    ``percentile``-th percentile of |x|, None for the method's default; ``mse``: the clip
+    with the least squared error); qbench-formats documents each.
     """
 
     mode: str = "tensor"
@@ -43,6 +46,9 @@ class Scaling:
     scale_format: str = "fp32"
     scale_method: str = "absmax"
     second_level: str | None = None
+    #: the p of ``scale_method: percentile`` in (0, 100]; None: the default (99.99 for
+    #: tensors and channels, one saturated value per chunk). Other methods ignore it.
+    percentile: float | None = None
 
     def replace(self, **changes: Any) -> Scaling:
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -270,7 +276,7 @@ class Installed(Protocol):
 
 
 class Observer(Protocol):
-    """What ``qbench.prepare.observe`` attaches to every observable quantized module (the
+    """What ``qbench.preparation.observe`` attaches to every observable quantized module (the
     compliance audit, the layer-wise metric)."""
 
     def on_tensor(self, layer: str, role: str, result: QuantResult) -> None:
@@ -349,8 +355,9 @@ class BatchOutputs:
 
 
 class Metric(Protocol):
-    """A streaming accumulator. ``attach`` may hook the two models (layer outputs,
-    quantized tensors); ``update`` is called once per batch; ``result`` returns a
+    """A streaming accumulator, registered as a class: a run makes one instance with the
+    config's ``evaluation.<name>`` options. ``attach`` may hook the two models (layer
+    outputs, quantized tensors); ``update`` is called once per batch; ``result`` returns a
     JSON-serializable section of the report."""
 
     name: str
@@ -363,11 +370,22 @@ class Metric(Protocol):
     def result(self) -> dict[str, Any]: ...
 
     def on_tensor(self, layer: str, role: str, result: QuantResult) -> None:
-        """Optional: makes the metric an :class:`Observer` of every quantization."""
+        """Optional: makes the metric an :class:`Observer` of every quantization. The runner
+        looks it up with ``hasattr``; while the run's batches go through the quantized model,
+        it is called for every quantization an observable layer performs (and, when the
+        observation starts, for each cached weight and statistic)."""
         ...
 
     def close(self) -> None:
-        """Optional: called once after the last batch (release hooks, files)."""
+        """Optional: called once after the last batch, also when the run fails (release
+        hooks, files), and before ``result``."""
+        ...
+
+    @staticmethod
+    def summary(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """Optional: rows for ``qbench run``'s summary table from this metric's ``result``:
+        (label, FP32 value, quantized value), values as display strings ("" where a row has
+        no FP32 side). Called on the registered class, so a staticmethod or classmethod."""
         ...
 
 

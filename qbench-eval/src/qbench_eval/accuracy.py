@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from qbench.config import check_options
 from qbench.errors import QBenchError
 from qbench.types import BatchOutputs
 
@@ -47,16 +48,8 @@ class AccuracyMetric:
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None):
-        options = dict(options or {})
-        unknown = sorted(set(options) - {"top_k"})
-        if unknown:
-            raise QBenchError(f"evaluation.accuracy: unknown key {unknown[0]!r}; allowed: top_k")
-        top_k = options.get("top_k", 5)
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise QBenchError(
-                f"evaluation.accuracy.top_k: found {top_k!r}; allowed: an integer >= 1"
-            )
-        self.top_k = top_k
+        check_options(self.options_schema, options, "evaluation.accuracy")
+        self.top_k: int = (options or {}).get("top_k", 5)
         self.images = 0
         self.agree = 0
         self.nonfinite_images = {side: 0 for side in _SIDES}
@@ -125,3 +118,23 @@ class AccuracyMetric:
         if warnings:
             out["warnings"] = warnings
         return out
+
+    @staticmethod
+    def summary(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """Rows of ``qbench run``'s summary table: top-1, top-k and certainty of both models,
+        and their top-1 agreement (percentages)."""
+        rows = []
+        reference, quantized = result.get("reference") or {}, result.get("quantized") or {}
+        labels = {
+            "top1": "top-1 %",
+            "topk": f"top-{result.get('top_k', 5)} %",
+            "certainty": "certainty %",
+        }
+        for key, label in labels.items():
+            ref, q = reference.get(key), quantized.get(key)
+            if isinstance(ref, (int, float)) and isinstance(q, (int, float)):
+                rows.append((label, f"{100 * ref:.2f}", f"{100 * q:.2f}"))
+        agreement = result.get("agreement")
+        if isinstance(agreement, (int, float)):
+            rows.append(("top-1 agreement %", "", f"{100 * agreement:.2f}"))
+        return rows

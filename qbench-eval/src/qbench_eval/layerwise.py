@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from qbench.config import check_options
 from qbench.errors import QBenchError
 from qbench.kernels import ONE_LOOP, fused, in_memory_order, use_compiled, without_function_modes
 from qbench.types import BatchOutputs
@@ -329,20 +330,8 @@ class LayerwiseMetric:
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None):
+        check_options(self.options_schema, options, "evaluation.layerwise")
         options = dict(options or {})
-        unknown = sorted(set(options) - {"include", "exclude"})
-        if unknown:
-            raise QBenchError(
-                f"evaluation.layerwise: unknown key {unknown[0]!r}; allowed: include, exclude"
-            )
-        for key in ("include", "exclude"):
-            value = options.get(key)
-            if value is not None and (
-                not isinstance(value, list) or not all(isinstance(v, str) for v in value)
-            ):
-                raise QBenchError(
-                    f"evaluation.layerwise.{key}: found {value!r}; allowed: a list of glob strings"
-                )
         self.include: list[str] = options.get("include") or ["*"]
         self.exclude: list[str] = options.get("exclude") or []
         self.layers: dict[str, _LayerStats] = {}
@@ -512,13 +501,27 @@ class LayerwiseMetric:
             + sum(stats.lost_calls for stats in self.layers.values()),
         }
 
+    @staticmethod
+    def summary(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """The row of ``qbench run``'s summary table: the lowest output cosine of any layer,
+        naming that layer (the first of equals)."""
+        measured = [
+            layer
+            for layer in result.get("layers") or ()
+            if isinstance(layer.get("cosine"), (int, float))
+        ]
+        if not measured:
+            return []
+        worst = min(measured, key=lambda layer: layer["cosine"])
+        return [(f"min layer cosine ({worst.get('name')})", "", f"{worst['cosine']:.4f}")]
+
 
 def _quantized_layers(quantized: nn.Module, context: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The quantized layers, from the run's preparation report (or qbench.prepare directly)."""
+    """The quantized layers, from the run's preparation report (or qbench.preparation directly)."""
     preparation = context.get("preparation")
     if preparation is not None:
         return [dict(entry) for entry in preparation.get("quantized", [])]
-    from qbench.prepare import quantized_modules
+    from qbench.preparation import quantized_modules
 
     return [
         {"name": name, "type": type(module).__name__}

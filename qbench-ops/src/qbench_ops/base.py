@@ -1,6 +1,6 @@
 """What every QBench quantized module shares: construction from the FP32 module, its
 quantization points, weight caches and the observation protocol used by
-``qbench.prepare.observe``.
+``qbench.preparation.observe``.
 
 An op class is ``class QuantX(QuantModule, nn.X)``: the twin *is* an ``nn.X`` (``isinstance``
 holds, ``extra_repr`` and every attribute carry over) and it owns the very same parameter and
@@ -109,7 +109,7 @@ class QuantModule:
     def _use(self, cache: CachedTensor | None, fallback: torch.Tensor | None) -> Any:
         return fallback if cache is None else cache.get(self)  # type: ignore[arg-type]
 
-    # -- observation protocol (qbench.prepare.observe) ----------------------------------
+    # -- observation protocol (qbench.preparation.observe) ------------------------------
 
     def qbench_attach_observer(self, observer: Observer) -> None:
         """Start reporting to ``observer``: the cached weights and statistics now, once, then

@@ -260,7 +260,7 @@ class CallInterceptor:
     def __getstate__(self) -> dict[str, Any]:  # deepcopy/pickle: no live mode, no hooks
         return {**self.__dict__, "_mode": None, "_stack": [], "call_hooks": []}
 
-    # -- observation (qbench.prepare.observe) -------------------------------------------
+    # -- observation (qbench.preparation.observe) ---------------------------------------
 
     def qbench_attach_observer(self, observer: Any) -> None:
         self._observers.append(observer)

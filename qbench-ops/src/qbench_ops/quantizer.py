@@ -9,7 +9,7 @@ Every tensor a quantized op touches goes through a :class:`TensorQuantizer`, whi
   — not along the width, whose 7...56 elements would make degenerate, padded chunks — and
   other activations along the last axis (the features a Linear reduces over);
 * calls the registered format through core (``qbench.get_format(...).quantize``), asking for
-  codes and scales only while an observer is attached (``qbench.prepare.observe``), so the
+  codes and scales only while an observer is attached (``qbench.preparation.observe``), so the
   fast path never builds them;
 * quantizes each tensor once per spec (nothing is copied twice). A tensor that a quantizer produced carries a
   tag ``(spec, version)``; a later quantizer with an equal spec receives it unchanged instead of
@@ -46,7 +46,7 @@ def is_quantized(tensor: torch.Tensor) -> bool:
 
 
 class Observer(Protocol):
-    """What ``qbench.prepare.observe`` attaches (the evaluation package's compliance audit)."""
+    """What ``qbench.preparation.observe`` attaches (the evaluation package's compliance audit)."""
 
     def on_tensor(self, layer: str, role: str, result: QuantResult) -> None: ...
 

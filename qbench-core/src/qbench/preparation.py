@@ -1,5 +1,8 @@
 """Model preparation: the quantized twin of a model, built through the op registry.
 
+The public function is ``qbench.prepare``; this module (``qbench.preparation``) holds it and
+what inspects a prepared twin (:func:`preparation_report`, :func:`observe`...).
+
 ``prepare(model, spec)`` deep-copies the model and replaces every module whose type a
 registered op claims (``qbench_register_ops``) with ``op.from_module(module, specs, name=...)``,
 where ``specs`` is the layer's :class:`~qbench.types.LayerSpecs` resolved by
@@ -22,8 +25,6 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
-import sys
-import types
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -438,17 +439,3 @@ def _type_name(module: Any) -> str:
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-# --------------------------------------------------------------------------------------
-# ``qbench.prepare`` is both the public function (DESIGN §5) and this module: importing the
-# module rebinds the package attribute to it, so the module itself is made callable.
-# --------------------------------------------------------------------------------------
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
-        return prepare(model, spec)
-
-
-sys.modules[__name__].__class__ = _CallableModule

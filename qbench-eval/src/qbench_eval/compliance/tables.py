@@ -1,0 +1,302 @@
+"""Code tables and legality: which codes, values and scales a format can hold.
+
+A format's grid (:class:`_Grid`) answers membership and nearest-value questions; a small
+format's every code is decoded once into a :class:`_CodeTable` with its legality, so auditing
+a tensor is a gather (or, for a plain binary float, arithmetic on its bit fields,
+:class:`_BitFields`) instead of a full decode and a grid search. Scale legality follows the
+scale format (:meth:`FormatTables.scale_checks`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import qbench
+import torch
+from qbench.errors import QBenchError
+from qbench.kernels import ONE_LOOP, fused
+from qbench.types import QuantResult
+
+from .counting import (
+    _LOW_MASK,
+    _PACK_SHIFT,
+    _audit_rows,
+    _audit_rows_bits,
+    _decode_bits,
+    _row_dims,
+    _rows,
+)
+
+#: OCP MX v1.0 §5.4.1: E8M0 encodes 2^(e) for e in -127..127 (0xFF is NaN).
+E8M0_MIN_EXPONENT = -127
+E8M0_MAX_EXPONENT = 127
+#: Grids of scale formats wider than this are not enumerated (fp32: finite positive suffices).
+MAX_ENUMERATED_BITS = 16
+
+
+class _Grid:
+    """A format's finite values, sorted, for membership tests and nearest-value lookups."""
+
+    def __init__(self, fmt: Any):
+        self.format = fmt
+        values = torch.as_tensor(fmt.values()).detach().flatten().cpu().to(torch.float64)
+        self.values = torch.unique(values)  # sorted; -0.0 and 0.0 collapse into one entry
+        self.sorted_list = self.values.tolist()
+        self._on_device: dict[tuple[Any, Any], torch.Tensor] = {}
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = self.values.to(device=device, dtype=dtype)
+        return self._on_device[key]
+
+    def contains(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise: is ``x`` exactly one of the grid's finite values?"""
+        # float16/bfloat16 values are exact in float32; the grids enumerated here (<= 16 bits)
+        # are exact in float32 too, so the comparison below is exact.
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        values = self.on(x.device, dtype)
+        flat = x.reshape(-1).to(dtype).contiguous()
+        index = torch.searchsorted(values, flat).clamp_(max=values.numel() - 1)
+        return (values[index] == flat).reshape(x.shape)
+
+    def nearest(self, value: float) -> list[float]:
+        """The grid values either side of ``value`` (one value when it is on the grid)."""
+        if not math.isfinite(value):
+            return (
+                [self.sorted_list[0], self.sorted_list[-1]]
+                if value != value
+                else ([self.sorted_list[-1]] if value > 0 else [self.sorted_list[0]])
+            )
+        i = bisect.bisect_left(self.sorted_list, value)
+        if i < len(self.sorted_list) and self.sorted_list[i] == value:
+            return [value]
+        below = self.sorted_list[i - 1] if i > 0 else None
+        above = self.sorted_list[i] if i < len(self.sorted_list) else None
+        return [v for v in (below, above) if v is not None]
+
+
+def _legal_values(element: Any, grid: _Grid, decoded: torch.Tensor) -> torch.Tensor:
+    """Elementwise: a finite grid value, or a NaN or infinity the format itself encodes (a
+    NaN in int8 or fp4_e2m1, which have no NaN code, is illegal: the format cannot hold it)."""
+    legal = grid.contains(decoded)
+    special = ~torch.isfinite(decoded)
+    if bool(special.any()):
+        encodable = element.is_representable(decoded[special]).to(torch.bool)
+        legal[special] = encodable.to(legal.device)
+    return legal
+
+
+@functools.lru_cache(maxsize=256)
+def _encodes_nan(format_name: str) -> bool:
+    """Does the (scale) format have a NaN encoding? e8m0: 0xFF (OCP MX v1.0 §5.4.1); fp32 and
+    fp64: IEEE 754; any other registered format: its own ``is_representable(NaN)``."""
+    if format_name in ("e8m0", "fp32", "fp64"):
+        return True
+    try:
+        fmt = qbench.get_format(format_name)
+    except QBenchError:
+        return False
+    return bool(fmt.is_representable(torch.tensor([math.nan])).reshape(-1)[0])
+
+
+@dataclass(frozen=True)
+class _BitFields:
+    """A float format whose codes are sign | exponent field | mantissa bit patterns in
+    [0, 2^bits), every one of them legal: decoded from the fields by arithmetic, its NaN and
+    infinity codes taken from the table. Used only if it reproduces the format's own
+    ``decode`` on every code (checked once, in :meth:`matching`)."""
+
+    bits: int
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int
+    # (code, 0 for NaN / +1 for +inf / -1 for -inf): no NaN among the constants a compiled
+    # kernel is specialized on (NaN != NaN would fail its guards on every call).
+    specials: tuple[tuple[int, int], ...]
+    # Codes in [-2^bits, 0) decode to NaN, legal or not as the table says (codes beyond the
+    # table are NaN and illegal, as there).
+    negative_legal: bool = False
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.bits, self.exponent_bits, self.mantissa_bits, self.bias, self.specials)
+
+    @classmethod
+    def matching(
+        cls, element: Any, codes: torch.Tensor, values: torch.Tensor, legal: torch.Tensor
+    ) -> _BitFields | None:
+        fields = [getattr(element, k, None) for k in ("exponent_bits", "mantissa_bits", "bias")]
+        if not getattr(element, "signed", False) or any(type(f) is not int for f in fields):
+            return None
+        exponent_bits, mantissa_bits, bias = fields
+        bits = 1 + exponent_bits + mantissa_bits
+        if bits != int(element.bits) or not -126 <= 1 - bias - mantissa_bits:
+            return None  # the subnormal step 2^(1 - bias - mantissa_bits) is a normal float32
+        if mantissa_bits > 23 or bias > 127 or (2**exponent_bits - 1) - bias > 127:
+            return None  # the normal exponents are float32 normal exponents
+        in_range = (codes >= 0) & (codes < 2**bits)
+        outside = ~in_range  # the table's other codes, [-2^bits, 0): all NaN, legal alike
+        outside_legal = bool(legal[outside].all())
+        if not bool(legal[in_range].all()) or not bool(torch.isnan(values[outside]).all()):
+            return None
+        if not outside_legal and bool(legal[outside].any()):
+            return None
+        special = in_range & ~torch.isfinite(values)
+        specials = tuple(
+            (int(c), 0 if math.isnan(v) else (1 if v > 0 else -1))
+            for c, v in zip(codes[special].tolist(), values[special].tolist())
+        )
+        candidate = cls(bits, exponent_bits, mantissa_bits, bias, specials, outside_legal)
+        mine = _decode_bits(codes[in_range], *candidate.key)  # NaN outside: no need to check
+        theirs = values[in_range].to(torch.float32)
+        same = (mine.view(torch.int32) == theirs.view(torch.int32)) | (
+            torch.isnan(mine) & torch.isnan(theirs)
+        )
+        return candidate if bool(same.all()) else None
+
+
+class _CodeTable:
+    """Every code of a small format decoded once, with its legality
+    (:meth:`FormatTables.table`).
+
+    Layout: ``[out-of-range-low, code -2^bits, ..., code 2^bits - 1, out-of-range-high]``, so
+    a code's slot is ``clamp(code + 2^bits + 1, 0, last)`` and codes the table does not cover
+    land on a NaN, illegal sentinel.
+    """
+
+    def __init__(self, element: Any, grid: _Grid):
+        span = 2 ** int(element.bits)
+        self.offset = span + 1
+        codes = torch.arange(-span, span, dtype=torch.int64)
+        values = element.decode(codes)
+        legal = _legal_values(element, grid, values)
+        nan = values.new_full((1,), math.nan)
+        self.values = torch.cat([nan, values, nan])
+        self.legal = torch.cat([legal.new_zeros(1), legal, legal.new_zeros(1)])
+        self._on_device: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.bit_fields = _BitFields.matching(element, codes, values, legal)
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.values.to(device), self.legal.to(device))
+        return self._on_device[device]
+
+    def lookup(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, legal = self._on(codes.device)
+        if codes.dtype not in (torch.int32, torch.int64):  # int8/uint8/int16 would overflow
+            codes = codes.to(torch.int32)
+        # index_select with the codes' own integer type: one fused pass per table.
+        index = (codes.reshape(-1) + self.offset).clamp_(0, values.numel() - 1)
+        return (
+            values.index_select(0, index).reshape(codes.shape),
+            legal.index_select(0, index).reshape(codes.shape),
+        )
+
+    def counts(
+        self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
+    ) -> torch.Tensor:
+        """[illegal codes, reconstruction mismatches, NaN values, ±inf values] (int64; the
+        last two of the dequantized tensor) in one fused pass: per-row counts over the
+        trailing dimensions of the coalesced views (:func:`_rows`, :func:`_row_dims`),
+        packed two to an int32, then summed."""
+        if self.bit_fields is not None:  # decoded by arithmetic: vectorizes, a gather does not
+            fn: Any = _audit_rows_bits
+            constants: tuple[Any, ...] = (*self.bit_fields.key, self.bit_fields.negative_legal)
+            extra: tuple[torch.Tensor, ...] = ()
+        else:
+            values, legal = self._on(codes.device)
+            fn, constants, extra = _audit_rows, (self.offset, values.numel() - 1), (values, legal)
+        views = _rows(codes, dequantized, scales)
+        if views is None:  # a row too long to pack two counts in an int32: int64 totals
+            tensors = (codes, dequantized, scales, *extra)
+            return torch.cat(fused(fn, tensors, (*constants, 0), options=ONE_LOOP))
+        checks, nonfinite = fused(
+            fn, (*views, *extra), (*constants, _row_dims(views[0])), options=ONE_LOOP
+        )
+        return torch.stack(
+            [
+                (checks & _LOW_MASK).sum(),
+                (checks >> _PACK_SHIFT).sum(),
+                (nonfinite & _LOW_MASK).sum(),
+                (nonfinite >> _PACK_SHIFT).sum(),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class _ScaleCheck:
+    """One scale level of an observation: its values, which are illegal, which are NaN."""
+
+    level: str
+    scale_format: str
+    values: torch.Tensor
+    illegal: torch.Tensor
+    nan: torch.Tensor
+
+
+class FormatTables:
+    """The grids and code tables of the formats met so far, each built once per format."""
+
+    def __init__(self) -> None:
+        self._grids: dict[str, _Grid] = {}
+        self._tables: dict[str, _CodeTable] = {}
+
+    def grid(self, name: str) -> _Grid:
+        if name not in self._grids:
+            self._grids[name] = _Grid(qbench.get_format(name))
+        return self._grids[name]
+
+    def table(self, name: str, element: Any, codes: torch.Tensor) -> _CodeTable | None:
+        """The code table of a format of up to 16 bits with integer codes, else None.
+
+        It is built once by decoding every code in [-2^bits, 2^bits) with the format's own
+        ``decode`` (which covers signed and unsigned code conventions), so a tensor costs a
+        gather instead of a full decode and a grid search; other formats decode and search
+        directly.
+        """
+        small = int(element.bits) <= MAX_ENUMERATED_BITS
+        if not small or codes.is_floating_point() or codes.is_complex():
+            return None
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = _CodeTable(element, self.grid(name))
+        return table
+
+    def scale_checks(self, result: QuantResult) -> list[_ScaleCheck]:
+        """Every scale level's values with their illegal and NaN masks. A NaN scale is legal
+        where the scale format encodes NaN (e8m0's 0xFF, OCP MX v1.0 §5.4.1: every element
+        of its block is NaN; fp32; fp8_e4m3's S.1111.111), illegal elsewhere."""
+        parts = dict(result.scale_parts or {})
+        if not parts:
+            parts = {"scale": (result.scales, result.spec.scaling.scale_format)}
+        checks = []
+        for level, (values, scale_format) in parts.items():
+            values = torch.as_tensor(values)
+            v = values if values.is_floating_point() else values.to(torch.float64)
+            legal = (v > 0) & (v < math.inf)  # finite and positive (NaN fails both)
+            if scale_format == "e8m0":
+                mantissa, exponent = torch.frexp(v.to(torch.float64))
+                # 2^e has frexp mantissa 0.5 and exponent e + 1.
+                legal &= (
+                    (mantissa == 0.5)
+                    & (exponent - 1 >= E8M0_MIN_EXPONENT)
+                    & (exponent - 1 <= E8M0_MAX_EXPONENT)
+                )
+            elif self.enumerable(scale_format):
+                legal &= self.grid(scale_format).contains(v)
+            nan = v != v
+            if _encodes_nan(scale_format):
+                legal |= nan
+            checks.append(_ScaleCheck(level, scale_format, values, ~legal, nan))
+        return checks
+
+    def enumerable(self, format_name: str) -> bool:
+        """Is the scale format's grid small enough to test membership (fp8 yes, fp32 no)?"""
+        if format_name in ("e8m0", "fp32", "fp64"):
+            return False
+        return int(getattr(qbench.get_format(format_name), "bits", 32)) <= MAX_ENUMERATED_BITS

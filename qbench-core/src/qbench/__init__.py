@@ -69,6 +69,7 @@ def quantize(
     axis: int | None = None,
     scale_format: str | None = None,
     scale_method: str | None = None,
+    percentile: float | None = None,
     rounding: str | None = None,
     overflow: str | None = None,
     return_codes: bool = False,
@@ -88,6 +89,7 @@ def quantize(
             axis=axis,
             scale_format=scale_format,
             scale_method=scale_method,
+            percentile=percentile,
             rounding=rounding,
             overflow=overflow,
         )

@@ -71,6 +71,13 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
             "description": "format the scales are rounded to (fp32, e8m0, ...)",
         },
         "scale_method": {"enum": list(SCALE_METHODS)},
+        "percentile": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 100,
+            "description": "p of scale_method percentile (default 99.99; chunks: one value "
+            "per block saturates)",
+        },
         "rounding": {"enum": list(ROUNDINGS)},
     }
     props: dict[str, Any] = dict(common)

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import QBenchError
 from .types import LayerSpecs, QuantSpec, Scaling
 
-SCALING_KEYS = ("mode", "chunk_size", "axis", "scale_format", "scale_method")
+SCALING_KEYS = ("mode", "chunk_size", "axis", "scale_format", "scale_method", "percentile")
 CONFIG_ROLES = ("weight", "input", "act")
 
 

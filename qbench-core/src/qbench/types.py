@@ -71,6 +71,10 @@ class QuantSpec:
             text += f"{s.chunk_size}"
         if s.scale_format != "fp32":
             text += f" scale={s.scale_format}"
+        if s.scale_method != "absmax":
+            text += f" {s.scale_method}"
+            if s.scale_method == "percentile" and s.percentile is not None:
+                text += f"={s.percentile:g}"
         return text
 
 

@@ -336,3 +336,34 @@ def test_torchvision_frozen_batchnorm_folds() -> None:
     assert isinstance(folded[1], nn.Identity)
     with torch.no_grad():
         assert_same_output(model(x), folded(x))
+
+
+def test_fold_batchnorm_in_a_config_folds_the_twin_and_keeps_the_reference():
+    """quantization.fold_batchnorm: the twin is the folded graph (no BatchNorm left, each fold
+    in the preparation report), the model given to prepare keeps its BatchNorms, and with a
+    pass-through quantization the twin computes the FP32 output within float32 tolerance."""
+    import qbench
+    import torchvision
+    from qbench.preparation import preparation_report
+    from qbench_ops import quantizer
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    spec = {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 128, "fold_batchnorm": True}
+    twin = qbench.prepare(model, spec)
+    report = preparation_report(twin)
+    assert len([r for r in report["rewrites"] if "conv" in r]) == 20
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 20
+    identity = pytest.MonkeyPatch()
+    identity.setattr(quantizer.TensorQuantizer, "__call__", lambda self, x: x)
+    identity.setattr(quantizer.TensorQuantizer, "quantize_fast", lambda self, x: x)
+    try:
+        plain = qbench.prepare(model, spec)
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected, got = model(x), plain(x)
+    finally:
+        identity.undo()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    assert "rewrites" not in preparation_report(qbench.prepare(model, {"format": "fp8_e4m3"}))

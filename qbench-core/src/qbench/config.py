@@ -93,6 +93,12 @@ def _quant_properties(format_names: list[str]) -> dict[str, Any]:
             "type": "boolean",
             "description": f"false leaves {role}s in FP32",
         }
+    props["fold_batchnorm"] = {
+        "type": "boolean",
+        "description": "fold each BatchNorm into the conv or linear before it in the twin "
+        "before quantizing (as deployed graphs are); false keeps BatchNorms and quantizes "
+        "their statistics",
+    }
     props["functions"] = {
         "type": "array",
         "items": {"type": "string", "minLength": 1},

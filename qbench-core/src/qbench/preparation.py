@@ -79,6 +79,10 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
             f"qbench.prepare: spec must be a quantization mapping or a QuantSpec, found {type(spec).__name__}"
         )
 
+    rewrites: list[dict[str, Any]] = []
+    for op in _ops_with("rewrite"):  # deployment-shaped graphs first (BatchNorm folding)
+        model, done = op.rewrite(model, q or {})
+        rewrites.extend(done or ())
     ops = _ops_by_type()
     twin = copy.deepcopy(model)
     quantized: list[dict[str, Any]] = []
@@ -192,12 +196,14 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
 
     root = visit(twin, "")
     report = {"quantized": quantized, "not_quantized": not_quantized}
+    if rewrites:
+        report["rewrites"] = rewrites
     report["coverage"] = weight_coverage(root, report)
     setattr(root, REPORT_ATTRIBUTE, report)
 
     observables = []
     specs_for_call = CallSpecs(q, uniform)
-    for op in _installers():
+    for op in _ops_with("install"):
         installed = op.install(
             root, q, specs_for_call, owned=[entry["name"] for entry in quantized]
         )
@@ -400,12 +406,12 @@ def _ops_by_type() -> dict[type, Any]:
     return by_type
 
 
-def _installers() -> list[Any]:
-    """Registered ops that act on the whole prepared model (an ``install`` classmethod), in
-    registration order."""
+def _ops_with(method: str) -> list[Any]:
+    """Registered ops that act on the whole model through ``method`` (``rewrite`` before
+    modules are swapped, ``install`` after), in registration order."""
     from .plugins import registry
 
-    return [op for _, op in registry("op").items() if callable(getattr(op, "install", None))]
+    return [op for _, op in registry("op").items() if callable(getattr(op, method, None))]
 
 
 def _op_for(module: nn.Module, ops: Mapping[type, Any]) -> tuple[Any, bool]:

@@ -245,6 +245,16 @@ class Op(Protocol):
         ...
 
     @classmethod
+    def rewrite(
+        cls, model: nn.Module, quantization: Mapping[str, Any]
+    ) -> tuple[nn.Module, list[dict[str, Any]]]:
+        """Optional: rewrite the whole model before its modules are swapped (the built-in
+        ``fold_batchnorm`` op folds BatchNorms when the config asks): the model to prepare
+        (a copy when changed; the original stays the FP32 reference) and records of what was
+        done, listed under the preparation report's ``rewrites``."""
+        ...
+
+    @classmethod
     def install(
         cls,
         twin: nn.Module,

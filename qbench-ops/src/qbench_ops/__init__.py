@@ -8,6 +8,7 @@ the op registry this package fills (see :mod:`qbench_ops.plugin`).
 from .attention import QuantMultiheadAttention
 from .base import QuantModule
 from .calls import CallInterceptor, QuantCalls, interceptor_of, uninstall
+from .folding import FoldBatchNorm, fold_batchnorm
 from .layers import LAYER_OPS
 from .quantizer import CachedTensor, TensorQuantizer
 
@@ -15,10 +16,12 @@ __all__ = [
     "LAYER_OPS",
     "CachedTensor",
     "CallInterceptor",
+    "FoldBatchNorm",
     "QuantCalls",
     "QuantModule",
     "QuantMultiheadAttention",
     "TensorQuantizer",
+    "fold_batchnorm",
     "interceptor_of",
     "uninstall",
 ]

@@ -25,6 +25,7 @@ whose forward is not linear in their weight (weight standardization, a LoRA bran
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -623,3 +624,29 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child_name = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child_name, module)
+
+
+class FoldBatchNorm:
+    """The op behind ``quantization.fold_batchnorm: true``: ``qbench.prepare`` calls its
+    ``rewrite`` before swapping modules, so the twin is the deployment-shaped graph (each
+    BatchNorm folded into the conv or linear before it, then quantized) while the FP32
+    reference keeps its BatchNorms. Never swapped for a module."""
+
+    name = "fold_batchnorm"
+    module_types: tuple[type, ...] = ()
+    roles: tuple[str, ...] = ()
+
+    @classmethod
+    def from_module(cls, module: nn.Module, specs: Any, *, name: str) -> nn.Module:
+        raise QBenchError(f"{name}: fold_batchnorm rewrites a whole model, not a module")
+
+    @classmethod
+    def rewrite(
+        cls, model: nn.Module, quantization: Mapping[str, Any]
+    ) -> tuple[nn.Module, list[dict[str, Any]]]:
+        """``model`` folded (a copy) when the config asks for it, with what was folded and
+        what was left and why; else ``model`` itself and nothing."""
+        if not quantization.get("fold_batchnorm"):
+            return model, []
+        folded, report = fold_batchnorm(model)
+        return folded, [{"rewrite": "fold_batchnorm", **entry} for entry in report]

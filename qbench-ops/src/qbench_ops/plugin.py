@@ -7,9 +7,10 @@ from qbench import Register, hookimpl
 
 from .attention import QuantMultiheadAttention
 from .calls import QuantCalls
+from .folding import FoldBatchNorm
 from .layers import LAYER_OPS
 
-ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention, QuantCalls)
+ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention, QuantCalls, FoldBatchNorm)
 
 
 @hookimpl

@@ -37,7 +37,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("configs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images."
 )
@@ -65,6 +65,14 @@ def cli(debug: bool) -> None:
     help=f"Exit {EXIT_CHECK_FAILED} when a run's audit (any metric's verdict) is FAIL "
     "(default); --no-fail-on-audit exits 0 for exploratory runs.",
 )
+@click.option(
+    "--reproduce",
+    "reproduce_report",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Rerun the run a report.json records (its provenance) and say whether the numbers "
+    "match (exit 3 if not); the new reports go to --output or a new temporary folder.",
+)
 def run(
     configs: tuple[Path, ...],
     limit: int | None,
@@ -73,15 +81,24 @@ def run(
     progress: bool,
     overwrite: bool,
     fail_on_audit: bool,
+    reproduce_report: Path | None,
 ) -> None:
     """Run CONFIG(s): FP32 and quantized model side by side, then write the reports.
 
     Exit status: 0 when every run passed its checks, 2 for bad input (nothing or only the
-    runs before it were done), 3 when the runs finished and an audit said FAIL."""
+    runs before it were done), 3 when the runs finished and an audit said FAIL (or, with
+    --reproduce, the numbers differ)."""
     from .config import load_config
     from .memory import keep_freed_memory
     from .runner import run as run_config
 
+    if reproduce_report is not None:
+        if configs:
+            raise QBenchError("--reproduce takes a report.json, not configs; give one or the other")
+        _reproduce(reproduce_report, output, progress)
+        return
+    if not configs:
+        raise QBenchError("qbench run needs at least one CONFIG (or --reproduce report.json)")
     loaded = [load_config(path) for path in configs]  # refuse any invalid config before running one
     keep_freed_memory()  # this process is ours: freed activations are reused, not re-faulted
     failed: list[str] = []
@@ -104,6 +121,26 @@ def run(
             err=True,
         )
         raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+
+
+def _reproduce(report: Path, output: Path | None, progress: bool) -> None:
+    from .memory import keep_freed_memory
+    from .runner import reproduce
+
+    keep_freed_memory()
+    result, differences = reproduce(
+        report, output=output, progress=_progress_bar if progress else None
+    )
+    _print_summary(result)
+    if differences:
+        shown = "; ".join(differences[:10]) + ("; ..." if len(differences) > 10 else "")
+        click.echo(
+            f"qbench: NOT reproduced: {len(differences)} value(s) differ from {report}: {shown} "
+            f"(exit {EXIT_CHECK_FAILED})",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+    click.echo(f"reproduced: every number of {report} matches (new reports: {result.out_dir})")
 
 
 def _progress_bar(batches: Any, total: int | None, label: str) -> Any:

@@ -324,6 +324,8 @@ class Config:
 
     data: dict[str, Any]
     path: Path | None
+    #: where relative paths in a config given as a mapping resolve (default: the cwd)
+    base: Path | None = None
 
     @property
     def name(self) -> str:
@@ -331,7 +333,9 @@ class Config:
 
     @property
     def directory(self) -> Path:
-        return self.path.parent if self.path is not None else Path.cwd()
+        if self.path is not None:
+            return self.path.parent
+        return self.base if self.base is not None else Path.cwd()
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -470,9 +474,13 @@ _TOP_LEVEL = "a mapping with keys model, dataset, quantization, ..."
 
 
 def load_config(
-    source: str | os.PathLike[str] | Mapping[str, Any], *, schema: dict[str, Any] | None = None
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    schema: dict[str, Any] | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> Config:
-    """Load, validate and fill defaults. Raises :class:`ConfigError` listing every problem."""
+    """Load, validate and fill defaults. Raises :class:`ConfigError` listing every problem.
+    ``base``: for a mapping, the folder its relative paths resolve in (default: the cwd)."""
     if isinstance(source, Mapping):
         path, label, raw = None, "<config>", copy.deepcopy(dict(source))
     else:
@@ -484,7 +492,7 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"{label}: top level is a {_type_name(raw)}; expected {_TOP_LEVEL}"])
     schema = schema if schema is not None else config_schema()
-    base_dir = path.parent if path is not None else Path.cwd()
+    base_dir = path.parent if path is not None else Path(base) if base is not None else Path.cwd()
     problems = validate(raw, schema, label, base_dir)
     if problems:
         raise ConfigError(problems)
@@ -493,7 +501,7 @@ def load_config(
     problems = _check_quantization(data.get("quantization", {}), label)
     if problems:
         raise ConfigError(problems)
-    return Config(data, path)
+    return Config(data, path, None if path is not None else base_dir)
 
 
 def _is_integer(checker: Any, instance: Any) -> bool:

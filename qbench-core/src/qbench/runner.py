@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import provenance
 from .config import DEFAULT_MIN_WEIGHT_COVERAGE, MEMORY_FORMATS, Config, load_config
 from .errors import QBenchError
 from .kernels import expecting
@@ -160,6 +161,7 @@ def run(
     dev = resolve_device(device or data.get("device"))
     torch.manual_seed(int(data.get("seed", 0)))
     started = time.perf_counter()
+    started_at = provenance.now()
 
     model_options = dict(data["model"])
     bundle = get("adapter", model_options["adapter"]).build(model_options, device=dev)
@@ -178,8 +180,9 @@ def run(
     )
     reporters = [(name, *_reporter(name)) for name in data["output"]["reporters"]]
     classes = _dataset_classes(batches)
+    stream: Iterable[Any] = batches  # what the loop reads; ``batches`` keeps its attributes
     if layout == "channels_last":
-        batches, runs = _runs_channels_last(reference, batches, dev, requested_layout)
+        stream, runs = _runs_channels_last(reference, batches, dev, requested_layout)
         if not runs:  # auto, and the model cannot: back to the contiguous layout
             reference = reference.to(memory_format=torch.contiguous_format)
             layout = "contiguous"
@@ -214,7 +217,7 @@ def run(
             # no_grad, not inference_mode: inference tensors carry no version counter, which
             # the ops use to share one quantization of a tensor between consecutive layers.
             stack.enter_context(torch.no_grad())
-            iterator = progress(batches, total, cfg.name) if progress is not None else batches
+            iterator = progress(stream, total, cfg.name) if progress is not None else stream
             for index, (inputs, targets) in enumerate(iterator):
                 inputs = inputs.to(dev, non_blocking=True)
                 if channels_last and inputs.dim() == 4:
@@ -254,6 +257,14 @@ def run(
         "model": bundle.name,
         "config_file": str(cfg.path) if cfg.path is not None else None,
         "run_key": key,
+        "provenance": provenance.collect(
+            {**data, "dataset": dataset_options, "device": dev},
+            str(cfg.directory),
+            dev,
+            bundle.model,
+            batches,
+            started_at,
+        ),
         "warnings": _warnings(
             dataset_options["name"],
             skipped,
@@ -362,6 +373,35 @@ def _merge_installed(twin: Any, report: dict[str, Any], attribute: str) -> None:
             found = extra()
             report["coverage"].update(found.get("coverage") or {})
             report.setdefault("calls", []).extend(found.get("calls") or [])
+
+
+def reproduce(
+    report_path: str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None = None,
+) -> tuple[RunResult, list[str]]:
+    """Rerun the run a ``report.json`` records (its provenance: the resolved config, the data
+    options as run, the device) and compare the numbers. Returns the new result and the
+    differences (empty: reproduced). The new reports go to ``output`` (default: a new
+    temporary folder), never over the old ones."""
+    import json
+    import tempfile
+
+    path = Path(report_path)
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        recorded = before["provenance"]
+        config, directory = recorded["config"], recorded["config_dir"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise QBenchError(
+            f"--reproduce: {path} is not a QBench report with provenance "
+            f"({type(exc).__name__}: {exc}); allowed: a report.json written by qbench run"
+        ) from None
+    cfg = load_config(config, base=directory)
+    root = output if output is not None else tempfile.mkdtemp(prefix="qbench-reproduce-")
+    result = run(cfg, output=root, progress=progress, device=config.get("device"))
+    return result, provenance.compare(before, result.report)
 
 
 def _dataset_options(data: Mapping[str, Any], limit: int | None) -> dict[str, Any]:

@@ -26,13 +26,7 @@ PACKAGES = {
     "formats": ["./qbench-core", "./qbench-formats[test]"],
     "ops": ["./qbench-core", "./qbench-formats", "./qbench-ops[test]"],
     "adapters": ["./qbench-core", "./qbench-adapters[test]"],
-    "eval": [
-        "./qbench-core",
-        "./qbench-formats",
-        "./qbench-ops",
-        "./qbench-adapters",
-        "./qbench-eval[test]",
-    ],
+    "eval": ["./qbench-core", "./qbench-formats", "./qbench-ops", "./qbench-eval[test]"],
 }
 ALL = [
     "./qbench-core[test]",

@@ -3,12 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from qbench.testing import CLI_CODE
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-QBENCH = CLI_CODE
+from integration_helpers import REPO
 
 
 @pytest.fixture

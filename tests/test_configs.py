@@ -4,7 +4,7 @@ ships with QBench) against everything a run checks before its first batch."""
 from __future__ import annotations
 
 import pytest
-from conftest import QBENCH, REPO
+from integration_helpers import QBENCH, REPO
 from qbench.testing import run_python
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

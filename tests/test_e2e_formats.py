@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import QBENCH
+from integration_helpers import QBENCH
 from qbench.testing import run_python
 
 torch = pytest.importorskip("torch")

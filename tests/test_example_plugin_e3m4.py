@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from integration_helpers import REPO
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 np = pytest.importorskip("numpy")

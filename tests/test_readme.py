@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from integration_helpers import REPO
 
 
 def _quickstart_commands() -> list[str]:

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import REPO
+from integration_helpers import REPO
 from qbench.testing import run_python
 
 MEASURE = textwrap.dedent(

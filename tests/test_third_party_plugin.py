@@ -8,7 +8,7 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import QBENCH, REPO
+from integration_helpers import QBENCH, REPO
 from qbench.testing import install_into, run_python
 
 

@@ -6,7 +6,6 @@ import http.server
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,21 +13,6 @@ import torch
 from PIL import Image
 from qbench.types import ModelBundle
 from qbench_adapters.imagenet import imagenet1k_class_index
-
-
-def write_image(path: Path, value: int, size: tuple[int, int] = (12, 10)) -> None:
-    """A small solid-colour image; ``value`` is recoverable from the pixels."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (value, value, value)).save(path)
-
-
-def write_corrupt(path: Path) -> None:
-    """A file named like a JPEG whose data stops after the JPEG header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    good = path.with_suffix(".tmp.jpg")
-    Image.new("RGB", (32, 32), (10, 200, 30)).save(good, format="JPEG")
-    path.write_bytes(good.read_bytes()[:40])
-    good.unlink()
 
 
 class MeanPixel:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_corrupt, write_image
+from adapters_image_files import write_corrupt, write_image
 from qbench.errors import QBenchError
 from qbench_adapters.digits import DigitsDataset, load_split
 from qbench_adapters.folders import (

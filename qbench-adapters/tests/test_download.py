@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -10,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_image
+from adapters_image_files import write_image
 from qbench.errors import QBenchError
 from qbench_adapters.download import (
     DownloadError,
@@ -314,6 +315,46 @@ def test_cli_data_download_uses_this_package(tmp_path, http_server, capsys):
         assert exit.code in (0, None)
     assert "ready at" in capsys.readouterr().out
     assert (root / "imagenette2-320" / "val" / TENCH).is_dir()
+
+
+def _cli_download_exit_code(*arguments: str) -> int | None:
+    """Runs ``qbench data download *arguments`` in-process; its exit status."""
+    from qbench.cli import main
+
+    try:
+        main(["data", "download", *arguments])
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [file_member("../evil.txt", b"gotcha"), file_member("ok/file.txt", b"fine")],
+        [file_member("ok/file.txt", b"fine"), link_member("ok/escape", "/etc/passwd")],
+    ],
+    ids=["dotdot", "symlink-out"],
+)
+def test_cli_refuses_a_malicious_archive_in_one_line(tmp_path, http_server, capsys, members):
+    base, state = http_server
+    state.files["/evil.tgz"] = gzip.compress(tar_with(members))
+    root = tmp_path / "data"
+    code = _cli_download_exit_code(
+        "imagenette", "--root", str(root), "--url", f"{base}/evil.tgz", "--no-progress"
+    )
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("qbench: error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr
+    assert not (tmp_path / "evil.txt").exists() and not (root / "ok").exists()
+
+
+def test_cli_download_of_a_dataset_without_one_is_a_user_error(tmp_path, capsys):
+    code = _cli_download_exit_code("digits", "--root", str(tmp_path))
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert "cannot be downloaded" in stderr and "imagenette" in stderr
 
 
 # -- incomplete downloads are never kept as archives ------------------------------------------

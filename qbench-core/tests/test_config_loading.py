@@ -243,7 +243,7 @@ def test_largest_seed_is_accepted(toy_plugins, tmp_path):
 
 
 def test_component_schema_with_its_own_dialect_gets_strict_integers(toy_plugins):
-    from conftest import ToyAdapter, toy_config
+    from core_toys import ToyAdapter, toy_config
     from qbench import hookimpl
 
     class DialectAdapter(ToyAdapter):

@@ -16,7 +16,7 @@ import qbench
 import qbench.plugins as plugins
 import torch
 import yaml
-from conftest import ToyMetric, toy_config
+from core_toys import ToyMetric, toy_config
 from qbench import hookimpl
 from qbench.cli import main
 from qbench.types import ModelBundle
@@ -227,7 +227,7 @@ class _Skipping(list):
 
 
 def test_skipped_images_reach_the_report(toy_plugins, tmp_path, monkeypatch):
-    from conftest import ToyDataset
+    from core_toys import ToyDataset
 
     build = ToyDataset.build
     monkeypatch.setattr(
@@ -245,7 +245,7 @@ def test_skipped_images_reach_the_report(toy_plugins, tmp_path, monkeypatch):
 def test_a_model_whose_output_width_is_not_the_datasets_is_refused(
     toy_plugins, tmp_path, monkeypatch, classes
 ):
-    from conftest import ToyAdapter, ToyDataset
+    from core_toys import ToyAdapter, ToyDataset
 
     build = ToyDataset.build
 

@@ -11,7 +11,7 @@ import random
 
 import pytest
 import qbench.plugins as plugins
-from conftest import ToyAdapter, ToyDataset, ToyFormat, ToyMetric, toy_config
+from core_toys import ToyAdapter, ToyDataset, ToyFormat, ToyMetric, toy_config
 from qbench import hookimpl
 from qbench.cli import main
 from qbench.config import config_schema, load_config

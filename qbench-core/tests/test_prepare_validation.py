@@ -7,7 +7,7 @@ import json
 
 import pytest
 import qbench
-from conftest import toy_config
+from core_toys import toy_config
 from qbench.cli import main
 from qbench.config import ConfigError, config_schema, load_config
 

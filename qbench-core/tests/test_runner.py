@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import qbench
 import torch
-from conftest import toy_config
+from core_toys import toy_config
 from qbench.cli import main
 
 
@@ -90,16 +90,16 @@ def test_quantize_api_uses_preset_scaling(toy_plugins):
 
 def _record_during_batches(monkeypatch, probe):
     """A list that gets ``probe()`` at every batch of later toy runs (the toy metric's update)."""
-    import conftest
+    import core_toys
 
     seen = []
-    update = conftest.ToyMetric.update
+    update = core_toys.ToyMetric.update
 
     def recording(self, batch):
         seen.append(probe())
         update(self, batch)
 
-    monkeypatch.setattr(conftest.ToyMetric, "update", recording)
+    monkeypatch.setattr(core_toys.ToyMetric, "update", recording)
     return seen
 
 
@@ -220,15 +220,15 @@ class _ConvNet(torch.nn.Module):
 def _serve(monkeypatch, make_model, data):  # type: ignore[no-untyped-def]
     """The toy adapter builds ``make_model()`` (seeded) and the toy dataset yields ``data``;
     returns the adapter's build."""
-    import conftest
+    import core_toys
     from qbench.types import ModelBundle
 
     def build(self, options, *, device="cpu"):  # type: ignore[no-untyped-def]
         torch.manual_seed(0)
         return ModelBundle(model=make_model().eval(), name="toy_image", num_classes=3)
 
-    monkeypatch.setattr(conftest.ToyAdapter, "build", build)
-    monkeypatch.setattr(conftest.ToyDataset, "build", lambda self, options, *, bundle: data)
+    monkeypatch.setattr(core_toys.ToyAdapter, "build", build)
+    monkeypatch.setattr(core_toys.ToyDataset, "build", lambda self, options, *, bundle: data)
     return build
 
 
@@ -275,3 +275,27 @@ def test_a_model_that_cannot_run_channels_last_runs_contiguous_under_auto(
     message = str(info.value)
     assert "\n" not in message and message.startswith("memory_format: channels_last: the model")
     assert "view" in message and "allowed: auto" in message
+
+
+class _SkippingBatches(list):
+    """Batches that skipped one unreadable file and say their label space."""
+
+    skipped = [{"path": "bad.png", "reason": "truncated"}]
+    info = {"num_classes": 3}
+    samples = [("a.png", 0), ("b.png", 1)]
+
+
+def test_a_channels_last_run_still_reads_the_datasets_own_attributes(
+    toy_plugins, tmp_path, monkeypatch
+):
+    """The channels-last trial hands the loop a chain of batches: skipped files, the label
+    space and the data fingerprint still come from the dataset object itself."""
+    generator = torch.Generator().manual_seed(1)
+    data = _SkippingBatches([(torch.randn(4, 2, 3, 3, generator=generator), torch.arange(4) % 3)])
+    _serve(monkeypatch, _ConvNet, data)
+    report = qbench.run(
+        {**toy_config(name="attrs"), "memory_format": "channels_last"}, output=tmp_path
+    ).report
+    assert report["memory_format"] == "channels_last"
+    assert report["dataset"]["skipped_count"] == 1
+    assert report["provenance"]["data_sha256"] is not None

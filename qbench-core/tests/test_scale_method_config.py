@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import toy_config
+from core_toys import toy_config
 from qbench.config import load_config
 from qbench.spec import role_spec
 from qbench.types import QuantSpec, Scaling

@@ -1,6 +1,6 @@
 """Run the three metrics over N synthetic batches and print the process's peak RSS (KiB).
 
-Used by test_memory.py in a fresh subprocess per N, so each peak is the run's own.
+Used by test_eval_memory.py in a fresh subprocess per N, so each peak is the run's own.
 """
 
 from __future__ import annotations

@@ -18,9 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from eval_sample_reports import sample_report, with_long_names, with_news
 from qbench_eval.reporters import HtmlReporter
-from test_report_contents import _with_long_names, _with_news
-from test_reporters import _report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -98,14 +97,14 @@ def _probe(html: str, tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("count", [3, 40])
 def test_no_chart_label_is_clipped_in_a_browser(tmp_path: Path, count: int) -> None:
-    report = _with_news(_with_long_names(_report("FAIL"), count))
+    report = with_news(with_long_names(sample_report("FAIL"), count))
     probe = _probe(HtmlReporter().render(report), tmp_path)
     assert probe["texts"] > 3 * count  # the layer labels of three charts, and more
     assert probe["clipped"] == []
 
 
 def test_tables_sort_on_header_click_in_a_browser(tmp_path: Path) -> None:
-    report = _with_long_names(_report(), 12)
+    report = with_long_names(sample_report(), 12)
     probe = _probe(HtmlReporter().render(report), tmp_path)
     values = [float(mse) for _, mse in probe["order"]]
     assert len(values) == 12 and values == sorted(values)

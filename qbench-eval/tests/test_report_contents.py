@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 
 import pytest
 import qbench
+from eval_sample_reports import LONG_NAMES, WARNINGS, sample_report, with_long_names, with_news
 from qbench_eval.reporters import (
     CsvReporter,
     HtmlReporter,
@@ -23,56 +24,15 @@ from qbench_eval.reporters import (
     MarkdownReporter,
     TextReporter,
 )
-from test_reporters import _report
 
 SVG = "{http://www.w3.org/2000/svg}"
-WARNINGS = [
-    "quantized model: 12 of 64 images had NaN/inf logits; they count as wrong",
-    "dataset: 3 unreadable images skipped (skip_corrupt)",
-]
-LONG_NAMES = [
-    "features.denseblock4.denselayer16.conv2",  # 39 characters, shown whole
-    "transformer.encoder.layers.11.self_attention.out_proj",
-    "model.backbone.stage4.block3.attention.query_key_value.linear",
-]
-
-
-def _with_news(report: dict[str, Any], skipped: int = 25) -> dict[str, Any]:
-    """``report`` with the keys newer runners add: warnings, skipped files, NaN/inf counts."""
-    report = copy.deepcopy(report)
-    report["warnings"] = list(WARNINGS)
-    report["dataset"]["skipped"] = [
-        {"path": f"val/n0144/img_{i:03d}.JPEG", "reason": "cannot identify image file"}
-        for i in range(skipped)
-    ]
-    report["dataset"]["skipped_count"] = skipped
-    report["metrics"]["compliance"]["roles"]["weight"]["nonfinite"] = {"nan": 3, "inf": 1}
-    report["metrics"]["compliance"]["roles"]["input"]["nonfinite"] = {"nan": 0, "inf": 0}
-    return report
-
-
-def _with_long_names(report: dict[str, Any], count: int = 30) -> dict[str, Any]:
-    """``report`` with many layers, the first ones named like DenseNet and ViT modules."""
-    report = copy.deepcopy(report)
-    template = report["metrics"]["layerwise"]["layers"][0]
-    layers = []
-    for i in range(count):
-        layer = copy.deepcopy(template)
-        layer["name"] = LONG_NAMES[i] if i < len(LONG_NAMES) else f"layer{i // 4}.{i % 4}.conv"
-        layer["mse"] = 10.0 ** (-1 - (i % 5))
-        layer["cosine"] = 0.99 - 0.001 * i
-        layers.append(layer)
-    report["metrics"]["layerwise"]["layers"] = layers
-    return report
-
-
 # --------------------------------------------------------------------------------------
 # 1. Warnings, skipped files, non-finite counts
 # --------------------------------------------------------------------------------------
 
 
 def test_warnings_come_right_after_the_title() -> None:
-    report = _with_news(_report())
+    report = with_news(sample_report())
     text = TextReporter().render(report).splitlines()
     assert text[2:4] == [f"WARNING: {w}" for w in WARNINGS]  # title, its rule, warnings
 
@@ -94,7 +54,7 @@ def test_warnings_come_right_after_the_title() -> None:
 
 
 def test_skipped_files_are_counted_and_listed() -> None:
-    report = _with_news(_report(), skipped=25)
+    report = with_news(sample_report(), skipped=25)
     text = TextReporter().render(report)
     assert "Dataset      : digits (test), 64 images, 25 skipped as unreadable" in text
     listed = re.findall(r"^val/n0144/img_\d{3}\.JPEG\s+cannot identify image file$", text, re.M)
@@ -111,13 +71,13 @@ def test_skipped_files_are_counted_and_listed() -> None:
         len(re.findall(r"^\| val/n0144/img_\d{3}\.JPEG \| cannot identify", markdown, re.M)) == 20
     )
 
-    few = _with_news(_report(), skipped=3)
+    few = with_news(sample_report(), skipped=3)
     assert "3 skipped as unreadable" in TextReporter().render(few)
     assert "more" not in TextReporter().render(few).split("1. Accuracy")[0]
 
 
 def test_nonfinite_counts_in_the_compliance_table() -> None:
-    report = _with_news(_report())
+    report = with_news(sample_report())
     for rendered in (
         TextReporter().render(report),
         MarkdownReporter().render(report),
@@ -129,7 +89,7 @@ def test_nonfinite_counts_in_the_compliance_table() -> None:
 
 
 def test_reports_without_the_new_keys_still_render(tmp_path: Path) -> None:
-    report = _report()
+    report = sample_report()
     assert "warnings" not in report and "skipped" not in report["dataset"]
     for reporter in (TextReporter(), HtmlReporter(), MarkdownReporter(), CsvReporter()):
         for path in reporter.write(report, tmp_path):
@@ -148,7 +108,7 @@ def test_reports_without_the_new_keys_still_render(tmp_path: Path) -> None:
 
 
 def test_title_states_model_config_and_image_count() -> None:
-    report = _report()
+    report = sample_report()
     expected = "QBench comparison report: zoo_resnet / demo, 64 images"
     text = TextReporter().render(report).splitlines()
     assert text[0] == expected and text[1] == "=" * len(expected)
@@ -165,7 +125,7 @@ def test_title_states_model_config_and_image_count() -> None:
 
 
 def test_text_layer_table_groups_the_input_dynamic_range_columns() -> None:
-    lines = TextReporter().render(_report()).splitlines()
+    lines = TextReporter().render(sample_report()).splitlines()
     header_at = next(i for i, line in enumerate(lines) if line.startswith("Layer "))
     header, group = lines[header_at], lines[header_at - 1]
     assert "Input dynamic range" in group
@@ -177,16 +137,16 @@ def test_text_layer_table_groups_the_input_dynamic_range_columns() -> None:
     assert header.index("min |x|") >= start
     assert "Input dynamic range: min |x| / max |x|" in "\n".join(lines)
 
-    html = HtmlReporter().render(_report())
+    html = HtmlReporter().render(sample_report())
     assert re.search(
         r'<th colspan="5"></th><th class="g" colspan="3">Input dynamic range</th>', html
     )
-    markdown = MarkdownReporter().render(_report())
+    markdown = MarkdownReporter().render(sample_report())
     assert "| Input dynamic range: min \\|x\\| | Input dynamic range: max \\|x\\| |" in markdown
 
 
 def test_counts_are_pluralised() -> None:
-    report = _report()
+    report = sample_report()
     report["dataset"]["images"] = 1
     report["metrics"]["accuracy"]["images"] = 1
     report["quantization"]["layers"] = [{"match": "fc", "enabled": False}]
@@ -221,7 +181,7 @@ def _cells(row: str) -> list[str]:
 
 @pytest.mark.parametrize("status", ["PASS", "FAIL"])
 def test_markdown_report_has_the_text_reports_sections(tmp_path: Path, status: str) -> None:
-    [path] = MarkdownReporter().write(_report(status), tmp_path)
+    [path] = MarkdownReporter().write(sample_report(status), tmp_path)
     assert path == tmp_path / "report.md" and sorted(os.listdir(tmp_path)) == ["report.md"]
     markdown = path.read_text()
     headings = [
@@ -269,7 +229,7 @@ def test_markdown_report_has_the_text_reports_sections(tmp_path: Path, status: s
 
 
 def test_csv_reports_every_layer_number_and_the_accuracy_table(tmp_path: Path) -> None:
-    report = _report()
+    report = sample_report()
     paths = CsvReporter().write(report, tmp_path)
     assert [p.name for p in paths] == ["layers.csv", "accuracy.csv"]
     assert sorted(os.listdir(tmp_path)) == ["accuracy.csv", "layers.csv"]  # no temp files
@@ -322,7 +282,7 @@ def test_all_reporters_write_atomically(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(os, "replace", spy)
     for reporter in (MarkdownReporter(), CsvReporter()):
-        reporter.write(_report(), tmp_path)
+        reporter.write(sample_report(), tmp_path)
     assert replaced == [
         (tmp_path, True, "report.md"),
         (tmp_path, True, "layers.csv"),
@@ -340,7 +300,7 @@ def _svgs(html: str) -> list[ElementTree.Element]:
 
 
 def test_numeric_cells_never_wrap_and_tables_sort_offline() -> None:
-    html = HtmlReporter().render(_report())
+    html = HtmlReporter().render(sample_report())
     assert re.search(r"td\.n\{[^}]*white-space:nowrap", html)
     cells = re.findall(r'<td class="([^"]*)">([^<]*)</td>', html)
     numeric = [
@@ -366,7 +326,7 @@ def _bar_heights(chart: ElementTree.Element) -> dict[str, float]:
 
 
 def test_accuracy_plot_shows_small_differences_and_labels_values() -> None:
-    chart = _svgs(HtmlReporter().render(_report()))[0]
+    chart = _svgs(HtmlReporter().render(sample_report()))[0]
     heights = _bar_heights(chart)
     fp32, quantized = heights["FP32 Top-1 (-3.12 pt)"], heights["Quantized Top-1 (-3.12 pt)"]
     # 98.44 vs 95.31 on a 0-100 axis differ by 3 %; the zoomed axis makes it plain.
@@ -377,14 +337,14 @@ def test_accuracy_plot_shows_small_differences_and_labels_values() -> None:
     ticks = [float(t) for t in texts if t and re.fullmatch(r"\d+(\.\d+)?", t) and "." not in t]
     assert min(ticks) > 0
 
-    spread = _report()
+    spread = sample_report()
     spread["metrics"]["accuracy"]["quantized"]["top1"] = 0.1  # a broken model: the full axis
     texts = [t.text for t in _svgs(HtmlReporter().render(spread))[0].iter(f"{SVG}text")]
     assert "0" in texts and not any(t and t.startswith("Axis zoomed") for t in texts)
 
 
 def test_dynamic_range_plot_shades_the_formats_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    report = _report()  # fp4_e2m1: subnormal 0.5, normal 1, max 6
+    report = sample_report()  # fp4_e2m1: subnormal 0.5, normal 1, max 6
     html = HtmlReporter().render(report)
     chart = _svgs(html)[3]
     rects = [r for r in chart.iter(f"{SVG}rect") if r.get("fill") == "#f2a541"]
@@ -460,7 +420,7 @@ def clipped_texts(html: str) -> list[str]:
 
 @pytest.mark.parametrize("count", [2, 30, 120])
 def test_long_layer_names_fit_their_charts(count: int) -> None:
-    html = HtmlReporter().render(_with_long_names(_report(), count))
+    html = HtmlReporter().render(with_long_names(sample_report(), count))
     assert clipped_texts(html) == []
     labels = [
         t
@@ -491,7 +451,7 @@ def test_every_report_file_together(tmp_path: Path) -> None:
         MarkdownReporter(),
         CsvReporter(),
     ):
-        written += reporter.write(_with_news(_report("FAIL")), tmp_path)
+        written += reporter.write(with_news(sample_report("FAIL")), tmp_path)
     assert (
         sorted(p.name for p in written)
         == sorted(os.listdir(tmp_path))

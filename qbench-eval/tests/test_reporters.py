@@ -6,7 +6,6 @@ test_report_contents.py and, in a real browser, test_report_browser.py."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -14,149 +13,8 @@ from xml.etree import ElementTree
 
 import pytest
 import qbench.plugins
+from eval_sample_reports import sample_report
 from qbench_eval.reporters import HtmlReporter, JsonReporter, TextReporter
-
-
-def _report(status: str = "PASS") -> dict:
-    failures = []
-    if status == "FAIL":
-        failures = [
-            {
-                "layer": "layer1.0.conv1",
-                "role": "weight",
-                "status": "FAIL",
-                "format": "fp4_e2m1 tensor",
-                "failed": 3,
-                "elements": 64,
-                "failures": {"reconstruction": 3},
-                "examples": [
-                    {
-                        "check": "reconstruction",
-                        "index": [0, 1],
-                        "code": 0,
-                        "value": 0.3,
-                        "expected": 0.0,
-                        "scale": 1.0,
-                        "nearest": [0.0, 0.5],
-                    }
-                ],
-            }
-        ]
-    return {
-        "qbench_version": "0.1.0",
-        "name": "demo",
-        "model": "zoo_resnet",
-        "config_file": "configs/demo.yaml",
-        "dataset": {"name": "digits", "split": "test", "images": 64},
-        "device": "cpu",
-        "elapsed_s": 1.5,
-        "quantization": {"format": "fp4_e2m1", "mode": "tensor"},
-        "preparation": {
-            "quantized": [],
-            "not_quantized": [{"name": "flatten", "type": "Flatten", "reason": "no op registered"}],
-        },
-        "metrics": {
-            "accuracy": {
-                "images": 64,
-                "top_k": 5,
-                "agreement": 0.96875,
-                "reference": {
-                    "top1": 0.984375,
-                    "topk": 1.0,
-                    "certainty": 0.95,
-                    "nonfinite_images": 0,
-                },
-                "quantized": {
-                    "top1": 0.953125,
-                    "topk": 1.0,
-                    "certainty": 0.9,
-                    "nonfinite_images": 0,
-                },
-                "delta": {"top1": -0.03125, "topk": 0.0, "certainty": -0.05},
-            },
-            "layerwise": {
-                "batches": 1,
-                "unpaired_calls": 0,
-                "missing_in_reference": [],
-                "layers": [
-                    {
-                        "name": "conv1",
-                        "type": "Conv2d",
-                        "mse": 1.5e-4,
-                        "cosine": 0.9991,
-                        "sqnr_db": 30.2,
-                        "calls": 1,
-                        "elements": 10,
-                        "input": {
-                            "min_abs": 0.0,
-                            "min_nonzero_abs": 0.0078125,
-                            "max_abs": 2.5,
-                            "log2_range": 8.32,
-                            "zero_fraction": 0.1,
-                        },
-                    },
-                    {
-                        "name": "fc",
-                        "type": "Linear",
-                        "mse": 0.0,
-                        "cosine": 1.0,
-                        "sqnr_db": math.inf,
-                        "calls": 1,
-                        "elements": 10,
-                        "input": {
-                            "min_abs": 0.0,
-                            "min_nonzero_abs": None,
-                            "max_abs": 0.0,
-                            "log2_range": None,
-                            "zero_fraction": 1.0,
-                        },
-                    },
-                ],
-            },
-            "compliance": {
-                "status": status,
-                "roles": {
-                    "weight": {
-                        "audited": True,
-                        "status": status,
-                        "tensors": 2,
-                        "failed_tensors": len(failures),
-                        "missing": 0,
-                        "elements": 128,
-                    },
-                    "stats": {
-                        "audited": True,
-                        "status": "PASS",
-                        "tensors": 1,
-                        "failed_tensors": 0,
-                        "missing": 0,
-                        "elements": 16,
-                    },
-                    "input": {
-                        "audited": True,
-                        "status": "PASS",
-                        "tensors": 2,
-                        "failed_tensors": 0,
-                        "missing": 0,
-                        "elements": 999,
-                    },
-                    "act": {
-                        "audited": False,
-                        "status": "NOT RUN",
-                        "tensors": 0,
-                        "failed_tensors": 0,
-                        "missing": 0,
-                        "elements": 0,
-                    },
-                },
-                "scales": {"status": "PASS", "checked": 5, "failed": 0},
-                "missing": [],
-                "failures": failures,
-                "tensors": failures,
-            },
-            "energy": {"joules": 1.25, "per_layer": {"conv1": 0.5}},
-        },
-    }
 
 
 @pytest.mark.parametrize("status", ["PASS", "FAIL"])
@@ -164,7 +22,7 @@ def test_all_three_files_written(tmp_path: Path, status: str) -> None:
     out = tmp_path / "reports" / "zoo_resnet" / "demo"
     written = []
     for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
-        written += reporter.write(_report(status), out)
+        written += reporter.write(sample_report(status), out)
     assert sorted(p.name for p in written) == [
         "comparison_report.txt",
         "report.html",
@@ -213,7 +71,7 @@ def test_all_three_files_written(tmp_path: Path, status: str) -> None:
 
     data = json.loads((out / "report.json").read_text(), parse_constant=no_constants)
     assert data["metrics"]["layerwise"]["layers"][1]["sqnr_db"] == "Infinity"
-    assert data["metrics"]["accuracy"] == _report(status)["metrics"]["accuracy"]
+    assert data["metrics"]["accuracy"] == sample_report(status)["metrics"]["accuracy"]
     assert data["metrics"]["compliance"]["status"] == status
 
     html = (out / "report.html").read_text()
@@ -231,7 +89,7 @@ def test_all_three_files_written(tmp_path: Path, status: str) -> None:
 
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    JsonReporter().write(_report(), out)
+    JsonReporter().write(sample_report(), out)
     before = (out / "report.json").read_text()
     replaced = []
     real_replace = os.replace
@@ -242,7 +100,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(os, "replace", spy)
     for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
-        reporter.write(_report("FAIL"), out)
+        reporter.write(sample_report("FAIL"), out)
     # Each file arrived by one rename from a temporary file in the same directory.
     assert replaced == [(out, "comparison_report.txt"), (out, "report.json"), (out, "report.html")]
 
@@ -251,7 +109,7 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError):
-        JsonReporter().write(_report(), out)
+        JsonReporter().write(sample_report(), out)
     assert (out / "report.json").read_text() != before  # the FAIL report from above, intact
     assert (
         json.loads((out / "report.json").read_text())["metrics"]["compliance"]["status"] == "FAIL"
@@ -273,7 +131,7 @@ def test_atomic_write_honours_the_umask(tmp_path: Path) -> None:
             assert os.stat(written).st_mode & 0o777 == expected, oct(umask)
         os.umask(0o022)
         for reporter in (TextReporter(), JsonReporter(), HtmlReporter()):
-            for path in reporter.write(_report(), tmp_path / "reports"):
+            for path in reporter.write(sample_report(), tmp_path / "reports"):
                 assert os.stat(path).st_mode & 0o777 == 0o644, path.name
     finally:
         os.umask(saved)

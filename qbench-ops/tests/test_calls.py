@@ -212,7 +212,7 @@ def test_resnet18_residual_additions(passthrough):
     """``out += identity`` in every BasicBlock is an add site when ``add`` is asked for; with
     an identity 'format' the twin computes exactly what the FP32 model does."""
     import torchvision
-    from conftest import image_like
+    from ops_inputs import image_like
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
@@ -288,7 +288,7 @@ def test_data_dependent_control_flow_is_no_obstacle():
 
 def test_torchvision_vit_residuals_are_add_sites_and_stay_close_to_fp32():
     import torchvision
-    from conftest import image_like
+    from ops_inputs import image_like
 
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import image_like
+from ops_inputs import image_like
 from qbench.errors import QBenchError
 from qbench_ops.folding import fold_batchnorm
 from torch import nn

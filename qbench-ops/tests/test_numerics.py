@@ -8,7 +8,7 @@ import pytest
 import qbench
 import torch
 import torchvision
-from conftest import image_like
+from ops_inputs import image_like
 from qbench import LayerSpecs, QuantSpec, Scaling
 from qbench.preparation import observe, quantized_modules
 from qbench_ops.calls import uninstall

@@ -203,7 +203,7 @@ def test_twin_survives_deepcopy_and_pickle(every_op):
     import copy
     import io
 
-    from conftest import image_like
+    from ops_inputs import image_like
 
     model_q = qbench.prepare(every_op, FP8_CHUNK)
     x = image_like(2, 16)

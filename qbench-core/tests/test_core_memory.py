@@ -87,7 +87,7 @@ def test_qbench_run_on_the_command_line_tunes_its_process(
 ) -> None:
     import qbench.memory
     import yaml
-    from conftest import toy_config
+    from core_toys import toy_config
     from qbench.cli import main
 
     calls: list[bool] = []

@@ -25,6 +25,10 @@ def test_a_report_records_what_produced_it(toy_plugins, tmp_path):
     assert recorded["device"].startswith("cpu: ")
     assert "(in-process) -" in recorded["plugins"]
     assert len(recorded["weights_sha256"]) == 64 and recorded["started"].endswith("+00:00")
+    timings = report["timings"]  # where the time went
+    assert list(timings) == ["build", "prepare", "batches", "results"]
+    assert all(value >= 0 for value in timings.values())
+    assert sum(timings.values()) <= report["elapsed_s"] + 1e-3
 
 
 def test_fingerprints_change_with_the_weights_and_the_files(tmp_path):

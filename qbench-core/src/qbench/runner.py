@@ -189,7 +189,9 @@ def run(
     channels_last = layout == "channels_last"
 
     quantization = dict(data.get("quantization") or {})
+    timings = {"build": time.perf_counter() - started}
     quantized = prepare(reference, quantization).to(dev).eval()
+    timings["prepare"] = time.perf_counter() - started - timings["build"]
     prep = preparation_report(quantized)
 
     evaluation = data.get("evaluation") or {}
@@ -250,7 +252,9 @@ def run(
     if skipped:
         dataset_report["skipped_count"] = len(skipped)
         dataset_report["skipped"] = skipped[:MAX_SKIPPED_LISTED]
+    timings["batches"] = time.perf_counter() - started - timings["build"] - timings["prepare"]
     results = {name: metric.result() for name, metric in metrics.items()}
+    timings["results"] = time.perf_counter() - started - sum(timings.values())
     report: dict[str, Any] = {
         "qbench_version": __version__,
         "name": cfg.name,
@@ -277,6 +281,9 @@ def run(
         "device": dev,
         "memory_format": layout,
         "elapsed_s": round(time.perf_counter() - started, 3),
+        # where the time went: model and data built, twin prepared, batches run (forwards,
+        # quantization, metric updates), results summarised (the reports come after)
+        "timings": {key: round(value, 3) for key, value in timings.items()},
         "quantization": quantization,
         "preparation": prep,
         "metrics": results,

@@ -106,55 +106,30 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
             return swapped[id(module)]
         op, own_forward = _op_for(module, ops)
         type_name = _type_name(module)
-        if op is not None and own_forward:
-            # A subclass with a forward of its own: the op makes a twin that keeps it, if it
-            # can (``from_subclass``); its children are prepared as modules of their own.
-            make = getattr(op, "from_subclass", None)
+        if op is not None:
+            # A subclass with a forward of its own gets a twin that keeps it, where the op
+            # can make one (``from_subclass``); its children are prepared as modules of
+            # their own. Either way a module left FP32 is listed with the reason.
             specs = specs_for(name, module)
+            done = visit_children if own_forward else (lambda kept, _name: kept)
+            reason, new = None, None
             if not any(specs.get(role) is not None for role in getattr(op, "roles", ROLES)):
-                not_quantized.append(
-                    {"name": name, "type": type_name, "reason": disabled_reason(name, module)}
-                )
-                new = None
-            else:
+                reason = disabled_reason(name, module)
+            elif own_forward:
+                make = getattr(op, "from_subclass", None)
                 new = make(module, specs, name=name) if make is not None else None
                 if new is None:
-                    not_quantized.append(
-                        {
-                            "name": name,
-                            "type": type_name,
-                            "reason": f"{type_name} has its own forward, which op {op.name!r} "
-                            "cannot quantize",
-                        }
+                    reason = (
+                        f"{type_name} has its own forward, which op {op.name!r} cannot quantize"
                     )
-            if new is not None:
-                swapped[id(module)] = new
-                quantized.append(
-                    {
-                        "name": name,
-                        "type": type_name,
-                        "op": op.name,
-                        "roles": _roles(op, new, specs),
-                        "observable": hasattr(new, "qbench_attach_observer"),
-                        "own_forward": True,
-                    }
-                )
-            return visit_children(new if new is not None else module, name)
-        if op is not None:
-            specs = specs_for(name, module)
-            reason_fn = getattr(op, "unsupported_reason", None)
-            reason = reason_fn(module) if reason_fn is not None else None
-            if not any(specs.get(role) is not None for role in getattr(op, "roles", ROLES)):
-                not_quantized.append(
-                    {"name": name, "type": type_name, "reason": disabled_reason(name, module)}
-                )
-                return module
+            else:
+                unsupported = getattr(op, "unsupported_reason", None)
+                why = unsupported(module) if unsupported is not None else None
+                reason = f"op {op.name!r}: {why}" if why is not None else None
+                new = op.from_module(module, specs, name=name) if why is None else None
             if reason is not None:
-                not_quantized.append(
-                    {"name": name, "type": type_name, "reason": f"op {op.name!r}: {reason}"}
-                )
-                return module
-            new = op.from_module(module, specs, name=name)
+                not_quantized.append({"name": name, "type": type_name, "reason": reason})
+                return done(module, name)
             swapped[id(module)] = new
             quantized.append(
                 {
@@ -163,9 +138,10 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
                     "op": op.name,
                     "roles": _roles(op, new, specs),
                     "observable": hasattr(new, "qbench_attach_observer"),
+                    **({"own_forward": True} if own_forward else {}),
                 }
             )
-            return new
+            return done(new, name)
         children = [(n, c) for n, c in module._modules.items() if c is not None]
         own = [n for n, _ in module.named_parameters(recurse=False)]
         own += [n for n, b in module.named_buffers(recurse=False) if b is not None]

@@ -10,6 +10,7 @@ weights, and the start time. :func:`compare` says whether a rerun gave the same 
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import hashlib
 import os
@@ -79,7 +80,8 @@ def weights_fingerprint(model: Any) -> str:
     for name, tensor in model.state_dict().items():
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        digest.update(data.reshape(-1).view(-1).numpy().tobytes() if data.numel() else b"")
+        # the tensor's own bytes, read in place (core does not depend on numpy)
+        digest.update(ctypes.string_at(data.data_ptr(), data.numel() * data.element_size()))
     return digest.hexdigest()
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import qbench
+import qbench.kernels
 import qbench.memory
 import qbench.plugins
 import torch
@@ -187,7 +188,16 @@ def main() -> None:
         default=None,
         help="the runs' memory_format (default: the config's, auto)",
     )
+    parser.add_argument(
+        "--compile-min-batches",
+        type=int,
+        default=0,
+        help="qbench.kernels.COMPILE_MIN_BATCHES for the runs (default 0: kernels compile as "
+        "in a long run, the steady state this ratio measures; a run of fewer batches than "
+        "QBench's own default keeps them eager: see first_result.py for that regime)",
+    )
     args = parser.parse_args()
+    qbench.kernels.COMPILE_MIN_BATCHES = args.compile_min_batches
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     # As `qbench run` does at start, for the plain loop and the runs alike (both run in this

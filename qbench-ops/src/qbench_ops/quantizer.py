@@ -23,8 +23,9 @@ Every tensor a quantized op touches goes through a :class:`TensorQuantizer`, whi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -300,3 +301,19 @@ class CachedTensor:
         state = self.__dict__.copy()
         state.update(_key=None, _value=None, _result=None)
         return state
+
+
+@contextlib.contextmanager
+def identity_quantization() -> Iterator[None]:
+    """For the block, every :class:`TensorQuantizer` (and so every weight cache) returns its
+    input unchanged. A twin then computes exactly what its FP32 model does, which checks its
+    plumbing: module swaps, subclass twins and call interceptions must change nothing else.
+    It patches the class, so it holds for every twin in the process while the block runs."""
+    call, fast = TensorQuantizer.__call__, TensorQuantizer.quantize_fast
+    TensorQuantizer.__call__ = lambda self, x: x  # type: ignore[method-assign]
+    TensorQuantizer.quantize_fast = lambda self, x: x  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TensorQuantizer.__call__ = call  # type: ignore[method-assign]
+        TensorQuantizer.quantize_fast = fast  # type: ignore[method-assign]

@@ -55,19 +55,6 @@ class _FormatBase(FamilyFormat):
     kind: str
     default_scaling: Scaling | None = None
 
-    @property
-    def element(self) -> str:
-        return self.name
-
-    @property
-    def effective_bits(self) -> float:
-        return float(self.bits)
-
-    @property
-    def emax(self) -> int:
-        """floor(log2(max_value)): the element exponent OCP MX v1.0 §6.3 subtracts."""
-        return math.frexp(self.max_value)[1] - 1  # type: ignore[attr-defined]
-
     def values(self) -> torch.Tensor:
         """Every finite representable value, sorted ascending, as float32 (±0 listed once)."""
         if self.bits > MAX_ENUMERABLE_BITS:

@@ -26,19 +26,18 @@ the compliance audit read (``max_value``, ``min_normal``, ``min_subnormal``, ``e
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from .bits import NAN_CODE_NONE
-from .quantizer import QuantizeMethod
+from .quantizer import ElementFormat
 from .reference import grid_values, index_codes, index_decode
 
 __all__ = ["GridFormat", "grid_values", "index_codes", "index_decode"]
 
 
-class GridFormat(QuantizeMethod):
+class GridFormat(ElementFormat):
     """Base class of a format that rounds itself (see the module docstring).
 
     Subclasses set ``name`` and ``bits`` (class attributes or properties) and implement
@@ -72,14 +71,6 @@ class GridFormat(QuantizeMethod):
 
     # --- derived facts -------------------------------------------------------------------
     @property
-    def element(self) -> str:
-        return self.name
-
-    @property
-    def effective_bits(self) -> float:
-        return float(self.bits)
-
-    @property
     def max_value(self) -> float:
         return float(grid_values(self).abs().max())
 
@@ -92,10 +83,6 @@ class GridFormat(QuantizeMethod):
     @property
     def min_subnormal(self) -> float:
         return self.min_normal
-
-    @property
-    def emax(self) -> int:
-        return math.frexp(float(self.max_value))[1] - 1
 
     # --- codes ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:

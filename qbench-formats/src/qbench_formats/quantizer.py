@@ -96,7 +96,29 @@ class QuantizeMethod:
         return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)
 
 
-class FamilyFormat(QuantizeMethod):
+class ElementFormat(QuantizeMethod):
+    """A format that is its own element (not a preset): the facts derived from its ``name``,
+    ``bits`` and ``max_value``, shared by the built-in families and :class:`GridFormat`."""
+
+    @property
+    def element(self) -> str:
+        return self.name  # type: ignore[attr-defined]
+
+    @property
+    def effective_bits(self) -> float:
+        return float(self.bits)  # type: ignore[attr-defined]
+
+    @property
+    def emax(self) -> int:
+        """floor(log2(max_value)): the element exponent OCP MX v1.0 §6.3 subtracts."""
+        return _floor_log2(self.max_value)  # type: ignore[attr-defined]
+
+
+def _floor_log2(value: float) -> int:
+    return math.frexp(float(value))[1] - 1
+
+
+class FamilyFormat(ElementFormat):
     """Base of the built-in families (:mod:`.families`): formats this package's twins round
     from their fields. Each family gives its own arithmetic as methods (:meth:`arith`, the
     fast twin's constants; :meth:`round_reference`, the slow twin), so that the quantizer
@@ -190,7 +212,7 @@ def emax_of(fmt: Any) -> int:
     emax = getattr(fmt, "emax", None)
     if emax is not None:
         return int(emax)
-    return math.frexp(float(fmt.max_value))[1] - 1
+    return _floor_log2(fmt.max_value)
 
 
 def encode_on_grid(fmt: Any, values: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""report.html in a real headless browser: no chart label is clipped, and tables sort.
+"""report.html and sweep.html in a real headless browser: no chart label is clipped, and
+tables sort.
 
 SVG clips what leaves its viewBox, and only a browser knows the real font metrics, so a
 script added to the rendered page measures every chart text with ``getBBox()`` (mapped into
@@ -16,6 +17,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eval_sample_reports import sample_report, with_long_names, with_news
@@ -109,3 +111,41 @@ def test_tables_sort_on_header_click_in_a_browser(tmp_path: Path) -> None:
     values = [float(mse) for _, mse in probe["order"]]
     assert len(values) == 12 and values == sorted(values)
     assert values[0] < values[-1]  # "1.000e-05" before "0.1000": numbers, not strings
+
+
+def _sweep(count: int) -> dict[str, Any]:
+    """A sweep mapping of ``count`` configs with long names over a few bit widths, one in
+    five on the Pareto front (the plot does not check that it is one)."""
+    rows = []
+    for i in range(count):
+        name = f"sweep-{'fp8_e4m3-per-channel-' * (1 + i % 3)}{i}"
+        delta = -0.05 * i
+        rows.append(
+            {
+                "name": name,
+                "status": "done",
+                "effective_bits": 4.0 + 2 * (i % 4) + 0.25,
+                "columns": [{"key": "accuracy.top1_delta", "label": "top-1 Δ pp", "value": delta}],
+                "layers": {"conv1": 0.999 - 0.001 * i},
+                "audit": "PASS",
+                "pareto": i % 5 == 0,
+            }
+        )
+    return {
+        "name": "browser-sweep",
+        "complete": True,
+        "configs": count,
+        "finished": count,
+        "pending": [],
+        "reference_passes": 1,
+        "quality": "accuracy.top1_delta",
+        "columns": [{"key": "accuracy.top1_delta", "label": "top-1 Δ pp"}],
+        "rows": rows,
+    }
+
+
+@pytest.mark.parametrize("count", [3, 30])
+def test_no_sweep_plot_label_is_clipped_in_a_browser(tmp_path: Path, count: int) -> None:
+    probe = _probe(HtmlReporter().render_sweep(_sweep(count)), tmp_path)
+    assert probe["texts"] > count  # a label per config, and the axes
+    assert probe["clipped"] == []

@@ -73,6 +73,13 @@ def cli(debug: bool) -> None:
     help="Rerun the run a report.json records (its provenance) and say whether the numbers "
     "match (exit 3 if not); the new reports go to --output or a new temporary folder.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="In a sweep (several configs, or a config with sweep:), recompute configs whose "
+    "finished report holds the same result (same resolved config, versions, weights and "
+    "data), which are skipped by default.",
+)
 def run(
     configs: tuple[Path, ...],
     limit: int | None,
@@ -82,6 +89,7 @@ def run(
     overwrite: bool,
     fail_on_audit: bool,
     reproduce_report: Path | None,
+    force: bool,
 ) -> None:
     """Run CONFIG(s): FP32 and quantized model side by side, then write the reports.
 
@@ -101,6 +109,9 @@ def run(
         raise QBenchError("qbench run needs at least one CONFIG (or --reproduce report.json)")
     loaded = [load_config(path) for path in configs]  # refuse any invalid config before running one
     keep_freed_memory()  # this process is ours: freed activations are reused, not re-faulted
+    if len(loaded) > 1 or any(cfg.data.get("sweep") for cfg in loaded):
+        _sweep(loaded, limit, device, output, progress, overwrite, force, fail_on_audit)
+        return
     failed: list[str] = []
     for cfg in loaded:
         result = run_config(
@@ -121,6 +132,90 @@ def run(
             err=True,
         )
         raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+
+
+def _sweep(
+    loaded: list[Any],
+    limit: int | None,
+    device: str | None,
+    output: Path | None,
+    progress: bool,
+    overwrite: bool,
+    force: bool,
+    fail_on_audit: bool,
+) -> None:
+    from .sweep import expand, run_sweep
+
+    for cfg in loaded:  # refuse a bad grid before the first model is built
+        expand(cfg)
+
+    def finished(result: Any, status: str) -> None:
+        how = "skipped (finished before: same result key; --force recomputes)"
+        click.echo(
+            f"{result.report['name']}: {how if status == 'skipped' else 'done'}: {result.out_dir}"
+        )
+
+    result = run_sweep(
+        loaded,
+        limit=limit,
+        device=device,
+        output=output,
+        progress=_progress_bar if progress else None,
+        overwrite=overwrite,
+        force=force,
+        on_result=finished,
+    )
+    _print_sweep(result.summary)
+    click.echo(f"sweep report: {result.out_dir}")
+    for path in result.files:
+        click.echo(f"  {path}")
+    if result.failed and fail_on_audit:
+        click.echo(
+            f"qbench: FAIL: {'; '.join(result.failed)} said FAIL; reports were written "
+            f"(exit {EXIT_CHECK_FAILED}; --no-fail-on-audit exits 0)",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+
+
+def _print_sweep(summary: dict[str, Any]) -> None:
+    """One row per config: effective bits, each metric's sweep columns, the audit, and a
+    star on the Pareto front of quality against bits."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    passes = summary.get("reference_passes")
+    table = Table(
+        title=f"{summary['name']}: {summary['finished']} of {summary['configs']} configs"
+        + (f", {passes} FP32 pass(es)" if passes is not None else "")
+    )
+    table.add_column("config", no_wrap=True)
+    table.add_column("bits/weight", justify="right")
+    for column in summary["columns"]:
+        table.add_column(escape(column["label"]), justify="right")
+    table.add_column("audit")
+    table.add_column("Pareto")
+    for row in summary["rows"]:
+        values = {c["key"]: c["value"] for c in row.get("columns") or ()}
+        bits = row.get("effective_bits")
+        table.add_row(
+            escape(str(row["name"])),
+            f"{bits:.3f}" if isinstance(bits, (int, float)) else "",
+            *(_cell(values.get(column["key"])) for column in summary["columns"]),
+            str(row.get("audit") or ""),
+            "*" if row.get("pareto") else "",
+        )
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: the whole row, not columns squeezed to 80
+        console = Console(width=max(console.width, 200))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 def _reproduce(report: Path, output: Path | None, progress: bool) -> None:
@@ -211,6 +306,36 @@ def _metric_rows(name: str, section: Any) -> list[tuple[str, str, str]]:
         return [(name, "", f"summary failed: {_broken(exc)}")]
 
 
+# ------------------------------------------------------------------------- compare
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the table as a sweep report set (sweep.json, .txt, .html...) here.",
+)
+@click.option("--name", default="compare", show_default=True, help="Title of the table.")
+def compare(reports: tuple[Path, ...], output: Path | None, name: str) -> None:
+    """Compare finished runs: one row per REPORT (a report.json, or a folder searched for
+    them) with each metric's sweep columns, the effective bits per weight and the Pareto
+    front of accuracy against bits, as a sweep report shows them."""
+    from .sweep import compare as build
+    from .sweep import write_summary
+
+    summary = build(reports, name=name)
+    _print_sweep(summary)
+    if output is not None:
+        from .output import safe_part
+
+        files = write_summary(output / safe_part(name), name, summary["rows"], None)
+        click.echo(f"comparison report: {output / safe_part(name)}")
+        for path in files:
+            click.echo(f"  {path}")
+
+
 # ------------------------------------------------------------------------ validate
 
 
@@ -234,6 +359,7 @@ def validate(configs: tuple[Path, ...], schema_only: bool, output: Path | None) 
     the report folder is writable. Images are not read."""
     from .config import config_schema, load_config
     from .runner import check
+    from .sweep import expand
 
     schema = config_schema()
     problems: list[str] = []
@@ -244,17 +370,27 @@ def validate(configs: tuple[Path, ...], schema_only: bool, output: Path | None) 
         except ConfigError as exc:
             problems.extend(exc.problems)
     for cfg in loaded:
-        if schema_only:
-            click.echo(f"{cfg.path}: ok (schema only)")
-            continue
         try:
-            checked, not_checked = check(cfg, output=output)
+            # a sweep: every config of its grid against the schema, the first one fully (the
+            # others share its model and data)
+            variants = expand(cfg)
+            if schema_only:
+                click.echo(f"{cfg.path}: ok (schema only{_grid_note(variants)})")
+                continue
+            checked, not_checked = check(variants[0][0], output=output)
         except QBenchError as exc:
             problems.append(f"{cfg.path}: {str(exc).replace(chr(10), ' ')}")
             continue
-        click.echo(f"{cfg.path}: ok: {'; '.join(checked)}; not checked: {'; '.join(not_checked)}")
+        click.echo(
+            f"{cfg.path}: ok{_grid_note(variants)}: {'; '.join(checked)}; "
+            f"not checked: {'; '.join(not_checked)}"
+        )
     if problems:
         raise ConfigError(problems)
+
+
+def _grid_note(variants: list[Any]) -> str:
+    return f", a sweep of {len(variants)} configs" if len(variants) > 1 or variants[0][1] else ""
 
 
 # ------------------------------------------------------------------------- inspect

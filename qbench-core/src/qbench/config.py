@@ -55,6 +55,39 @@ MAX_CONFIG_NODES = 100_000
 MAX_CONFIG_DEPTH = 100
 
 
+#: The ``sweep:`` section: lists that expand the config into a grid of configs (qbench.sweep).
+SWEEP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["grid"],
+    "description": "expand this config into the product of the grid's lists; every config "
+    "of the grid is run beside one FP32 reference",
+    "properties": {
+        "grid": {
+            "type": "object",
+            "minProperties": 1,
+            "description": "key: a list of values; a bare key (format, mode, ...) is a "
+            "quantization key, a dotted one (quantization.weight_mode, seed) a config path; "
+            "a mapping value is merged at the path",
+            "additionalProperties": {"type": "array", "minItems": 1},
+        },
+        "exclude": {
+            "type": "array",
+            "description": "combinations left out: each a mapping of grid keys to values, "
+            "matching the configs that have all of them",
+            "items": {"type": "object", "minProperties": 1},
+        },
+        "parallel": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 8,
+            "description": "twins run beside one FP32 forward at a time (memory: one "
+            "quantized copy of the model each)",
+        },
+    },
+}
+
+
 def _quant_properties(format_names: list[str]) -> dict[str, Any]:
     fmt = {"type": "string", "enum": format_names, REGISTRY_ANNOTATION: "format"}
     common: dict[str, Any] = {
@@ -246,6 +279,7 @@ def base_schema(
                 "properties": eval_props,
                 "default": {},
             },
+            "sweep": SWEEP_SCHEMA,
             "output": {
                 "type": "object",
                 "additionalProperties": False,
@@ -498,7 +532,9 @@ def load_config(
         raise ConfigError(problems)
     data = fill_defaults(raw, schema)
     data.setdefault("name", path.stem if path is not None else "config")
-    problems = _check_quantization(data.get("quantization", {}), label)
+    # a sweep's own quantization may be incomplete (the grid gives the format): each config
+    # of its grid is checked whole when the sweep expands (qbench.sweep.expand)
+    problems = [] if data.get("sweep") else _check_quantization(data.get("quantization", {}), label)
     if problems:
         raise ConfigError(problems)
     return Config(data, path, None if path is not None else base_dir)

@@ -99,6 +99,8 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
                 return f"disabled by quantization.layers[{hit[0]}]"
         return "quantization disabled for every role of this layer"
 
+    weight_specs: dict[str, QuantSpec | None] = {}
+
     def visit(module: nn.Module, name: str) -> nn.Module:
         """The module to put at ``name``: its twin if an op claims it, else itself with its
         children visited."""
@@ -131,6 +133,7 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
                 not_quantized.append({"name": name, "type": type_name, "reason": reason})
                 return done(module, name)
             swapped[id(module)] = new
+            weight_specs[name] = specs.get("weight")
             quantized.append(
                 {
                     "name": name,
@@ -174,7 +177,7 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
     report = {"quantized": quantized, "not_quantized": not_quantized}
     if rewrites:
         report["rewrites"] = rewrites
-    report["coverage"] = weight_coverage(root, report)
+    report["coverage"] = weight_coverage(root, report, weight_specs)
     setattr(root, REPORT_ATTRIBUTE, report)
 
     observables = []
@@ -211,8 +214,51 @@ class CallSpecs:
 LARGEST_LISTED = 5
 
 
-def weight_coverage(twin: nn.Module, report: Mapping[str, Any]) -> dict[str, Any]:
-    """The share of the model's weight elements that run quantized.
+def storage_bits(spec: QuantSpec, shape: tuple[int, ...]) -> float | None:
+    """Bits per element of a tensor of ``shape`` stored in ``spec``: the element format's
+    bits plus each scale's bits shared by its group (a tensor, a channel, a chunk), and a
+    second-level scale's over the tensor. MXFP4 4 + 8/32 = 4.25; NVFP4 4 + 8/16 (+ 32 per
+    tensor); fp8 in chunks of 128 with fp32 scales 8.25. None when a format does not state
+    its ``bits``."""
+    from .plugins import get
+
+    def bits_of(name: str) -> float | None:
+        bits = getattr(get("format", name), "bits", None)
+        return float(bits) if isinstance(bits, (int, float)) else None
+
+    element, scale = bits_of(spec.format), bits_of(spec.scaling.scale_format)
+    if element is None or scale is None:
+        return None
+    elements = 1
+    for size in shape:
+        elements *= int(size)
+    if elements == 0:
+        return element
+    scaling = spec.scaling
+    if scaling.mode == "chunk" and scaling.chunk_size:
+        group = float(min(scaling.chunk_size, elements))
+    elif scaling.mode == "channel" and shape:
+        axis = scaling.axis if scaling.axis is not None else 0
+        group = elements / max(int(shape[axis % len(shape)]), 1)
+    else:
+        group = float(elements)
+    bits = element + scale / group
+    if scaling.second_level:
+        second = bits_of(scaling.second_level)
+        bits += (second or 0.0) / elements
+    return bits
+
+
+def weight_coverage(
+    twin: nn.Module,
+    report: Mapping[str, Any],
+    weight_specs: Mapping[str, QuantSpec | None] | None = None,
+) -> dict[str, Any]:
+    """The share of the model's weight elements that run quantized, and the bits they take.
+
+    ``weight_bits`` is the mean storage of a weight element in bits (:func:`storage_bits`,
+    scales counted; a weight left FP32 counts 32), ``weight_bits_quantized`` the same over
+    the quantized weights only: the effective bits a sweep plots accuracy against.
 
     Weight elements are the elements of every parameter except biases (which accelerators
     add in the accumulator, so QBench keeps them FP32 by design), each shared parameter once.
@@ -222,18 +268,19 @@ def weight_coverage(twin: nn.Module, report: Mapping[str, Any]) -> dict[str, Any
     left FP32 and why."""
 
     def weights(module: nn.Module, recurse: bool) -> dict[int, int]:
-        return {
-            id(p): p.numel()
-            for n, p in module.named_parameters(recurse=recurse)
-            if not n.rsplit(".", 1)[-1].startswith("bias")
-        }
+        return {id(p): p.numel() for p in _weights(module, recurse)}
 
     total = weights(twin, True)
     quantized: dict[int, int] = {}
+    stored: dict[int, float | None] = {}
     for entry in report["quantized"]:
         if "weight" in entry["roles"]:
             module = twin.get_submodule(entry["name"])
-            quantized.update(weights(module, not entry.get("own_forward", False)))
+            own = _weights(module, not entry.get("own_forward", False))
+            quantized.update({id(p): p.numel() for p in own})
+            spec = (weight_specs or {}).get(entry["name"])
+            for p in own:
+                stored[id(p)] = storage_bits(spec, tuple(p.shape)) if spec is not None else None
     reasons = {entry["name"]: entry["reason"] for entry in report["not_quantized"]}
     left: list[dict[str, Any]] = []
     counted = set(quantized)
@@ -247,12 +294,29 @@ def weight_coverage(twin: nn.Module, report: Mapping[str, Any]) -> dict[str, Any
     elements = sum(total.values())
     done = sum(quantized.values())
     left.sort(key=lambda row: -row["elements"])
-    return {
+    out: dict[str, Any] = {
         "weight_elements": elements,
         "weight_elements_quantized": done,
         "weight_share": done / elements if elements else 1.0,
         "largest_unquantized": left[:LARGEST_LISTED],
     }
+    if weight_specs is not None and all(stored.get(key) is not None for key in quantized):
+        quantized_bits = sum(quantized[key] * (stored[key] or 0.0) for key in quantized)
+        out["weight_bits"] = (
+            (quantized_bits + 32.0 * (elements - done)) / elements if elements else None
+        )
+        out["weight_bits_quantized"] = quantized_bits / done if done else None
+    return out
+
+
+def _weights(module: nn.Module, recurse: bool) -> list[nn.Parameter]:
+    """Weight tensors of ``module``: its parameters less biases (accelerators add biases in
+    the accumulator, so QBench keeps them FP32 by design)."""
+    return [
+        p
+        for n, p in module.named_parameters(recurse=recurse)
+        if not n.rsplit(".", 1)[-1].startswith("bias")
+    ]
 
 
 def preparation_report(model_q: nn.Module) -> dict[str, Any]:

@@ -26,11 +26,13 @@ def collect(
     config: Mapping[str, Any],
     config_dir: str,
     device: str,
-    model: Any,
-    batches: Any,
+    *,
+    weights: str,
+    data: str | None,
     started: datetime.datetime,
 ) -> dict[str, Any]:
-    """The provenance of a run (see the module docstring)."""
+    """The provenance of a run (see the module docstring); ``weights`` and ``data`` are the
+    fingerprints (:func:`weights_fingerprint`, :func:`data_fingerprint`)."""
     import torch
 
     from .plugins import host
@@ -51,8 +53,8 @@ def collect(
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "seed": config.get("seed", 0),
-        "weights_sha256": weights_fingerprint(model),
-        "data_sha256": data_fingerprint(batches),
+        "weights_sha256": weights,
+        "data_sha256": data,
     }
 
 

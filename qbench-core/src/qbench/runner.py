@@ -136,8 +136,72 @@ class _FanOut:
             observer.on_tensor(layer, role, result)
 
 
-@objects_frozen()  # full collections during a run skip what existed before it
-@full_fp32()  # the reference is IEEE FP32 on CUDA too, not TF32
+@dataclass
+class _Reference:
+    """The FP32 side a group of runs shares: one model on one device and layout, one dataset.
+    Twins of configs that agree on all of it (:func:`reference_key`) are run beside it in
+    lockstep, so each batch's FP32 forward is computed once for all of them."""
+
+    cfg: Config
+    dev: str
+    bundle: Any
+    model: Any
+    layout: str
+    requested_layout: str
+    dataset_options: dict[str, Any]
+    batches: Any
+    total: int | None
+    classes: int | None
+    key: str
+    built_s: float
+    probed: bool = False  # the channels-last probe ran (on the first pass)
+    _fingerprints: tuple[str, str | None] | None = None
+
+    def fingerprints(self) -> tuple[str, str | None]:
+        """(weights SHA-256, data SHA-256), computed once for every twin of the group."""
+        if self._fingerprints is None:
+            self._fingerprints = (
+                provenance.weights_fingerprint(self.bundle.model),
+                provenance.data_fingerprint(self.batches),
+            )
+        return self._fingerprints
+
+
+@dataclass
+class _Twin:
+    """One config's quantized model, its metrics and where its reports go."""
+
+    cfg: Config
+    location: Any
+    reporters: list[tuple[str, Any, str]]
+    quantization: dict[str, Any]
+    result_key: str
+    extra: dict[str, Any]
+    model: Any = None
+    prep: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rng: list[Any] = field(default_factory=list)
+    prepare_s: float = 0.0
+
+
+#: Top-level config keys a group of twins must agree on to share one FP32 reference (the
+#: call groups too: the FP32 model's call sites are recorded for the layer-wise comparison).
+SHARED_KEYS = ("model", "dataset", "device", "memory_format", "seed")
+
+
+def reference_key(cfg: Config, limit: int | None = None, device: str | None = None) -> str:
+    """What twins must agree on to share an FP32 reference (see :data:`SHARED_KEYS`)."""
+    import json
+
+    data = cfg.data
+    shared = {key: data.get(key) for key in SHARED_KEYS}
+    shared["device"] = device or data.get("device")
+    shared["limit"] = limit
+    shared["functions"] = (data.get("quantization") or {}).get("functions")
+    shared["config_dir"] = str(cfg.directory)
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
 def run(
     config: str | os.PathLike[str] | Mapping[str, Any] | Config,
     *,
@@ -152,122 +216,281 @@ def run(
     The output location is checked before the first batch (``overwrite`` allows replacing
     the report of another run there); the reports are written as one set (``qbench.output``).
     """
+    cfg = config if isinstance(config, Config) else load_config(config)
+    reference = build_reference(cfg, limit=limit, device=device)
+    twin = plan_twin(reference, cfg, output=output, overwrite=overwrite)
+    return run_twins(reference, [twin], progress=progress)[0]
+
+
+def build_reference(
+    cfg: Config, *, limit: int | None = None, device: str | None = None
+) -> _Reference:
+    """Build the FP32 model and the dataset of ``cfg`` (the shared side of a run)."""
     import torch
 
-    from .preparation import OBSERVABLES_ATTRIBUTE, observe, preparation_report, prepare
-
-    cfg = config if isinstance(config, Config) else load_config(config)
+    started = time.perf_counter()
     data = cfg.data
     dev = resolve_device(device or data.get("device"))
     torch.manual_seed(int(data.get("seed", 0)))
-    started = time.perf_counter()
-    started_at = provenance.now()
-
     model_options = dict(data["model"])
     bundle = get("adapter", model_options["adapter"]).build(model_options, device=dev)
-    reference = bundle.model.to(dev).eval()
+    model = bundle.model.to(dev).eval()
     requested_layout = data.get("memory_format") or "auto"
-    layout = resolve_memory_format(requested_layout, dev, reference)
+    layout = resolve_memory_format(requested_layout, dev, model)
     if layout == "channels_last":  # before prepare: the twin is a copy, quantizing these weights
-        reference = reference.to(memory_format=torch.channels_last)
-
+        model = model.to(memory_format=torch.channels_last)
     dataset_options = _dataset_options(data, limit)
     batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
-    total = _length(batches)
-    key = run_key(model_options, dataset_options)
-    location = check_location(
-        _output_root(data, output), bundle.name, cfg.name, key, overwrite=overwrite
+    return _Reference(
+        cfg=cfg,
+        dev=dev,
+        bundle=bundle,
+        model=model,
+        layout=layout,
+        requested_layout=requested_layout,
+        dataset_options=dataset_options,
+        batches=batches,
+        total=_length(batches),
+        classes=_dataset_classes(batches),
+        key=run_key(model_options, dataset_options),
+        built_s=time.perf_counter() - started,
     )
-    reporters = [(name, *_reporter(name)) for name in data["output"]["reporters"]]
-    classes = _dataset_classes(batches)
-    stream: Iterable[Any] = batches  # what the loop reads; ``batches`` keeps its attributes
-    if layout == "channels_last":
-        stream, runs = _runs_channels_last(reference, batches, dev, requested_layout)
-        if not runs:  # auto, and the model cannot: back to the contiguous layout
-            reference = reference.to(memory_format=torch.contiguous_format)
-            layout = "contiguous"
-    channels_last = layout == "channels_last"
 
-    quantization = dict(data.get("quantization") or {})
-    timings = {"build": time.perf_counter() - started}
-    quantized = prepare(reference, quantization).to(dev).eval()
-    timings["prepare"] = time.perf_counter() - started - timings["build"]
-    prep = preparation_report(quantized)
 
-    evaluation = data.get("evaluation") or {}
-    metrics: dict[str, Any] = {}
-    for name in evaluation.get("metrics", []):
-        metrics[name] = get("metric", name)(evaluation.get(name))
-    context = {
-        "config_dir": cfg.directory,
-        "device": dev,
-        "bundle": bundle,
-        "quantization": quantization,
-        "preparation": prep,
+def plan_twin(
+    reference: _Reference,
+    cfg: Config,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> _Twin:
+    """Check where ``cfg``'s reports go (before any batch) and identify its result: the
+    result key hashes the resolved config, the versions of QBench and its plugins, the
+    model's weights and the data (see :func:`result_key`)."""
+    location = check_location(
+        _output_root(cfg.data, output),
+        reference.bundle.name,
+        cfg.name,
+        reference.key,
+        overwrite=overwrite,
+    )
+    reporters = [(name, *_reporter(name)) for name in cfg.data["output"]["reporters"]]
+    return _Twin(
+        cfg=cfg,
+        location=location,
+        reporters=reporters,
+        quantization=dict(cfg.data.get("quantization") or {}),
+        result_key=result_key(reference, cfg),
+        extra=dict(extra or {}),
+    )
+
+
+def load_finished(twin: _Twin) -> RunResult | None:
+    """The finished result of ``twin`` when its report folder holds a report with its result
+    key (report sets are written whole, so a report there is complete); else None."""
+    import json
+
+    path = twin.location.out_dir / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("result_key") != twin.result_key:
+        return None
+    files = sorted(p for p in twin.location.out_dir.iterdir() if p.is_file())
+    return RunResult(report, twin.location.out_dir, files)
+
+
+def result_key(reference: _Reference, cfg: Config) -> str:
+    """SHA-256 naming one config's result: its resolved config (less its name and output),
+    the effective data options and device, QBench's and every plugin's version, torch's, and
+    the fingerprints of the weights and the data. A finished report carrying the same key
+    holds the numbers a rerun would compute (a sweep skips it)."""
+    import hashlib
+    import json
+
+    import torch
+
+    from .plugins import host
+
+    weights, samples = reference.fingerprints()
+    resolved = {
+        key: value for key, value in cfg.data.items() if key not in ("name", "output", "sweep")
     }
-    for metric in metrics.values():
-        metric.attach(reference, quantized, context)
+    resolved.update(dataset=reference.dataset_options, device=reference.dev)
+    text = json.dumps(
+        {
+            "config": resolved,
+            "config_dir": str(cfg.directory),
+            "qbench": __version__,
+            "torch": torch.__version__,
+            "plugins": sorted(
+                f"{p.distribution} {p.version}" for p in host().plugins if p.status == "ok"
+            ),
+            "weights": weights,
+            "data": samples,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    observers = [m for m in metrics.values() if hasattr(m, "on_tensor")]
+
+@objects_frozen()  # full collections during a run skip what existed before it
+@full_fp32()  # the reference is IEEE FP32 on CUDA too, not TF32
+def run_twins(
+    reference: _Reference,
+    twins: list[_Twin],
+    *,
+    progress: Callable[[Iterable[Any], int | None, str], Iterable[Any]] | None = None,
+    label: str | None = None,
+) -> list[RunResult]:
+    """Prepare ``twins`` and run them beside ``reference`` in lockstep: each batch goes
+    through the FP32 model once, then through every twin; each twin's metrics see the FP32
+    outputs of that one forward. Every twin draws its random numbers (stochastic rounding)
+    from a generator state of its own, seeded like a run of it alone, so a twin's numbers do
+    not depend on which twins ran beside it. Writes each twin's reports; returns the results
+    in order."""
+    import torch
+
+    from .preparation import observe, preparation_report, prepare
+
+    started = time.perf_counter()
+    started_at = provenance.now()
+    seed = int(reference.cfg.data.get("seed", 0))
+    model, dev, bundle = reference.model, reference.dev, reference.bundle
+    stream: Iterable[Any] = reference.batches
+    if reference.layout == "channels_last" and not reference.probed:
+        stream, runs = _runs_channels_last(
+            model, reference.batches, dev, reference.requested_layout
+        )
+        reference.probed = True
+        if not runs:  # auto, and the model cannot: back to the contiguous layout
+            reference.model = model = model.to(memory_format=torch.contiguous_format)
+            reference.layout = "contiguous"
+    for twin in twins:
+        begun = time.perf_counter()
+        torch.manual_seed(seed)
+        twin.model = prepare(model, twin.quantization).to(dev).eval()
+        twin.prep = preparation_report(twin.model)
+        twin.rng = _rng_state(dev)
+        twin.prepare_s = time.perf_counter() - begun
+    # metrics attach once every twin is prepared: a twin is a deep copy of the FP32 model,
+    # which would copy the hooks the metrics of the twins before it put there
+    for twin in twins:
+        evaluation = twin.cfg.data.get("evaluation") or {}
+        for name in evaluation.get("metrics", []):
+            twin.metrics[name] = get("metric", name)(evaluation.get(name))
+        context = {
+            "config_dir": twin.cfg.directory,
+            "device": dev,
+            "bundle": bundle,
+            "quantization": twin.quantization,
+            "preparation": twin.prep,
+        }
+        for metric in twin.metrics.values():
+            metric.attach(model, twin.model, context)
+
+    channels_last = reference.layout == "channels_last"
     images = 0
+    batches_started = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
-            # a short run keeps kernels it has not compiled yet eager (kernels.expecting)
-            stack.enter_context(expecting(total))
-            if observers:
-                stack.enter_context(observe(quantized, _FanOut(observers)))
+            # a short run keeps kernels it has not compiled yet eager (kernels.expecting);
+            # twins of other formats call other kernels: each kernel sees ``total`` batches
+            stack.enter_context(expecting(reference.total))
+            for twin in twins:
+                observers = [m for m in twin.metrics.values() if hasattr(m, "on_tensor")]
+                if observers:
+                    stack.enter_context(observe(twin.model, _FanOut(observers)))
             # no_grad, not inference_mode: inference tensors carry no version counter, which
             # the ops use to share one quantization of a tensor between consecutive layers.
             stack.enter_context(torch.no_grad())
-            iterator = progress(stream, total, cfg.name) if progress is not None else stream
+            name = label or twins[0].cfg.name
+            iterator = progress(stream, reference.total, name) if progress is not None else stream
             for index, (inputs, targets) in enumerate(iterator):
                 inputs = inputs.to(dev, non_blocking=True)
                 if channels_last and inputs.dim() == 4:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                reference_logits = reference(inputs)
+                reference_logits = model(inputs)
                 if index == 0:
-                    _check_output_width(reference_logits, targets, classes, bundle.name)
-                quantized_logits = quantized(inputs)
-                batch = BatchOutputs(targets.to(dev), reference_logits, quantized_logits, index)
-                for metric in metrics.values():
-                    metric.update(batch)
+                    _check_output_width(reference_logits, targets, reference.classes, bundle.name)
+                targets = targets.to(dev)
+                outer = _rng_state(dev)  # the data's stream, whatever the twins draw
+                for twin in twins:
+                    _set_rng_state(dev, twin.rng)
+                    quantized_logits = twin.model(inputs)
+                    twin.rng = _rng_state(dev)
+                    batch = BatchOutputs(targets, reference_logits, quantized_logits, index)
+                    for metric in twin.metrics.values():
+                        metric.update(batch)
+                _set_rng_state(dev, outer)
                 images += int(targets.shape[0])
     finally:
-        for metric in metrics.values():
-            close = getattr(metric, "close", None)
-            if close is not None:
-                close()
-    _merge_installed(quantized, prep, OBSERVABLES_ATTRIBUTE)
+        for twin in twins:
+            for metric in twin.metrics.values():
+                close = getattr(metric, "close", None)
+                if close is not None:
+                    close()
     if images == 0:
         raise QBenchError(
-            f"dataset {dataset_options['name']!r} yielded no images; check its root/split/limit"
+            f"dataset {reference.dataset_options['name']!r} yielded no images; "
+            "check its root/split/limit"
         )
+    batches_s = time.perf_counter() - batches_started
+    return [_finish(reference, twin, images, started_at, batches_s, started) for twin in twins]
 
+
+def _finish(
+    reference: _Reference,
+    twin: _Twin,
+    images: int,
+    started_at: Any,
+    batches_s: float,
+    started: float,
+) -> RunResult:
+    """One twin's results summarised into its report, and the report set written."""
+    from .preparation import OBSERVABLES_ATTRIBUTE
+
+    begun = time.perf_counter()
+    cfg, data, prep = twin.cfg, twin.cfg.data, twin.prep
+    assert prep is not None
+    _merge_installed(twin.model, prep, OBSERVABLES_ATTRIBUTE)
+    dataset_options = reference.dataset_options
     dataset_report: dict[str, Any] = {
         "name": dataset_options["name"],
         "split": dataset_options.get("split"),
         "images": images,
     }
-    skipped = list(getattr(batches, "skipped", None) or [])
+    skipped = list(getattr(reference.batches, "skipped", None) or [])
     if skipped:
         dataset_report["skipped_count"] = len(skipped)
         dataset_report["skipped"] = skipped[:MAX_SKIPPED_LISTED]
-    timings["batches"] = time.perf_counter() - started - timings["build"] - timings["prepare"]
-    results = {name: metric.result() for name, metric in metrics.items()}
-    timings["results"] = time.perf_counter() - started - sum(timings.values())
+    results = {name: metric.result() for name, metric in twin.metrics.items()}
+    evaluation = data.get("evaluation") or {}
+    weights, samples = reference.fingerprints()
+    timings = {
+        "build": reference.built_s,
+        "prepare": twin.prepare_s,
+        "batches": batches_s,
+        "results": time.perf_counter() - begun,
+    }
     report: dict[str, Any] = {
         "qbench_version": __version__,
         "name": cfg.name,
-        "model": bundle.name,
+        "model": reference.bundle.name,
         "config_file": str(cfg.path) if cfg.path is not None else None,
-        "run_key": key,
+        "run_key": reference.key,
+        "result_key": twin.result_key,
+        **twin.extra,
         "provenance": provenance.collect(
-            {**data, "dataset": dataset_options, "device": dev},
+            {**data, "dataset": dataset_options, "device": reference.dev},
             str(cfg.directory),
-            dev,
-            bundle.model,
-            batches,
-            started_at,
+            reference.dev,
+            weights=weights,
+            data=samples,
+            started=started_at,
         ),
         "warnings": _warnings(
             dataset_options["name"],
@@ -278,18 +501,38 @@ def run(
             results,
         ),
         "dataset": dataset_report,
-        "device": dev,
-        "memory_format": layout,
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        # where the time went: model and data built, twin prepared, batches run (forwards,
-        # quantization, metric updates), results summarised (the reports come after)
+        "device": reference.dev,
+        "memory_format": reference.layout,
+        "elapsed_s": round(reference.built_s + time.perf_counter() - started, 3),
+        # where the time went: model and data built, twin prepared, batches run (forwards of
+        # the FP32 model and of every twin beside it, quantization, metric updates), results
+        # summarised (the reports come after)
         "timings": {key: round(value, 3) for key, value in timings.items()},
-        "quantization": quantization,
+        "quantization": twin.quantization,
         "preparation": prep,
         "metrics": results,
     }
-    files = write_report_set(location, report, reporters)
-    return RunResult(report, location.out_dir, files)
+    files = write_report_set(twin.location, report, twin.reporters)
+    twin.model = None  # the twin's memory is free once its report is written
+    twin.metrics = {}
+    return RunResult(report, twin.location.out_dir, files)
+
+
+def _rng_state(device: str) -> list[Any]:
+    import torch
+
+    states = [torch.get_rng_state()]
+    if device == "cuda":
+        states.append(torch.cuda.get_rng_state())
+    return states
+
+
+def _set_rng_state(device: str, states: list[Any]) -> None:
+    import torch
+
+    torch.set_rng_state(states[0])
+    if device == "cuda" and len(states) > 1:
+        torch.cuda.set_rng_state(states[1])
 
 
 def check(

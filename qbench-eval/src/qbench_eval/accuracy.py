@@ -119,6 +119,26 @@ class AccuracyMetric:
             out["warnings"] = warnings
         return out
 
+    #: the sweep column a sweep's Pareto front maximises (qbench.sweep.summarize)
+    sweep_quality = "top1_delta"
+
+    @staticmethod
+    def sweep_columns(result: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+        """A sweep table's columns: the quantized model's top-1 and top-k, their change from
+        FP32 (percentage points) and the top-1 agreement (%)."""
+        quantized, delta = result.get("quantized") or {}, result.get("delta") or {}
+        k = result.get("top_k", 5)
+
+        def pct(value: Any) -> Any:
+            return 100.0 * value if isinstance(value, (int, float)) else None
+
+        return [
+            ("top1", "top-1 %", pct(quantized.get("top1"))),
+            ("top1_delta", "top-1 Δ pp", pct(delta.get("top1"))),
+            ("topk_delta", f"top-{k} Δ pp", pct(delta.get("topk"))),
+            ("agreement", "agreement %", pct(result.get("agreement"))),
+        ]
+
     @staticmethod
     def summary(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         """Rows of ``qbench run``'s summary table: top-1, top-k and certainty of both models,

@@ -392,13 +392,18 @@ class LayerwiseMetric:
             return
         from qbench import LayerSpecs
 
-        recorder = install(
-            reference,
-            interceptor.groups,
-            lambda site, module_name, module: LayerSpecs(),
-            owned=[entry["name"] for entry in entries],
-            record_only=True,
-        )
+        # In a sweep several twins' metrics watch one FP32 model: they share its recorder
+        # (one per model; the groups are the same, ``quantization.functions`` being part of
+        # what must match to share a reference), and the last one to close removes it.
+        recorder = interceptor_of(reference)
+        if recorder is None or not recorder.record_only:
+            recorder = install(
+                reference,
+                interceptor.groups,
+                lambda site, module_name, module: LayerSpecs(),
+                owned=[entry["name"] for entry in entries],
+                record_only=True,
+            )
         self._recorded = reference
         hooks: dict[str, dict[str, Any]] = {}
 
@@ -418,9 +423,9 @@ class LayerwiseMetric:
 
             return hook
 
-        recorder.call_hooks.append(on_call("reference"))
+        recorder.call_hooks.append(reference_hook := on_call("reference"))
         interceptor.call_hooks.append(quantized_hook := on_call("quantized"))
-        self._call_hooks = (interceptor, quantized_hook)
+        self._call_hooks = (interceptor, quantized_hook, recorder, reference_hook)
 
     def _selected(self, name: str) -> bool:
         included = any(fnmatch.fnmatchcase(name, p) for p in self.include)
@@ -479,15 +484,18 @@ class LayerwiseMetric:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        recorder = None
         if self._call_hooks is not None:
-            interceptor, hook = self._call_hooks
-            if hook in interceptor.call_hooks:
-                interceptor.call_hooks.remove(hook)
+            interceptor, hook, recorder, reference_hook = self._call_hooks
+            for owner, owned in ((interceptor, hook), (recorder, reference_hook)):
+                if owned in owner.call_hooks:
+                    owner.call_hooks.remove(owned)
             self._call_hooks = None
         if self._recorded is not None:
             from qbench_ops.calls import uninstall
 
-            uninstall(self._recorded)
+            if recorder is None or not recorder.call_hooks:  # the last watcher of the model
+                uninstall(self._recorded)
             self._recorded = None
         for stats in self.layers.values():
             stats._free.clear()
@@ -499,6 +507,31 @@ class LayerwiseMetric:
             "missing_in_reference": list(self.missing_in_reference),
             "unpaired_calls": self.unpaired_calls
             + sum(stats.lost_calls for stats in self.layers.values()),
+        }
+
+    @staticmethod
+    def sweep_columns(result: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+        """A sweep table's columns: mean and worst output cosine and SQNR over the layers
+        measured (an infinite SQNR, a layer left exact, is left out of the mean)."""
+        layers = result.get("layers") or ()
+        cosines = [_float(layer.get("cosine")) for layer in layers]
+        cosines = [c for c in cosines if c is not None and math.isfinite(c)]
+        sqnrs = [_float(layer.get("sqnr_db")) for layer in layers]
+        finite = [v for v in sqnrs if v is not None and math.isfinite(v)]
+        worst_sqnr = min((v for v in sqnrs if v is not None and not math.isnan(v)), default=None)
+        return [
+            ("mean_cosine", "mean cosine", sum(cosines) / len(cosines) if cosines else None),
+            ("worst_cosine", "worst cosine", min(cosines) if cosines else None),
+            ("mean_sqnr_db", "mean SQNR dB", sum(finite) / len(finite) if finite else None),
+            ("worst_sqnr_db", "worst SQNR dB", worst_sqnr),
+        ]
+
+    @staticmethod
+    def sweep_layers(result: Mapping[str, Any]) -> dict[str, Any]:
+        """Each layer's output cosine, for a sweep's layers x configs heat map."""
+        return {
+            str(layer.get("name")): _float(layer.get("cosine"))
+            for layer in result.get("layers") or ()
         }
 
     @staticmethod
@@ -514,6 +547,21 @@ class LayerwiseMetric:
             return []
         worst = min(measured, key=lambda layer: layer["cosine"])
         return [(f"min layer cosine ({worst.get('name')})", "", f"{worst['cosine']:.4f}")]
+
+
+def _float(value: Any) -> float | None:
+    """A number of a result, also as read back from report.json (NaN and infinities are
+    strings there)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _quantized_layers(quantized: nn.Module, context: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ recorded, unrounded (nested values flattened: ``input_max_abs``); ``accuracy.csv
 ``metric,FP32,quantized,delta`` in percent, the delta in percentage points. Both files are
 always written (header only when their metric did not run) so a run's file set is fixed.
 Non-finite values are written ``inf``, ``-inf``, ``nan`` (what ``float()``, pandas and R
-read back); a missing value is an empty cell.
+read back); a missing value is an empty cell. For a sweep, ``sweep.csv``: one row per
+config (see :meth:`CsvReporter.render_sweep`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text
+from . import _sweep
 from ._common import layer_csv_rows
 
 LAYERS_FILE = "layers.csv"
 ACCURACY_FILE = "accuracy.csv"
+SWEEP_FILE = "sweep.csv"
+#: The first columns of ``sweep.csv``, always present and in this order.
+SWEEP_KEYS = ("name", "status", "audit", "effective_bits", "weight_share", "pareto")
 
 
 def _cell(value: Any) -> Any:
@@ -89,6 +94,32 @@ class CsvReporter:
             # Agreement compares the two models: one value, in the quantized column.
             rows.append(["top1_agreement_pct", None, _percent(accuracy.get("agreement")), None])
         return _csv(("metric", "FP32", "quantized", "delta"), rows)
+
+    def render_sweep(self, summary: Mapping[str, Any]) -> str:
+        """``sweep.csv``: one row per config; the columns :data:`SWEEP_KEYS`, then each
+        metric column's key (``accuracy.top1_delta``), then ``variant.<grid key>``."""
+        keys = [key for key, _ in _sweep.columns(summary)]
+        variants = _sweep.variant_keys(summary)
+        rows = []
+        for row in _sweep.rows(summary):
+            values = _sweep.column_values(row)
+            variant = row.get("variant") if isinstance(row.get("variant"), Mapping) else {}
+            rows.append(
+                [
+                    row.get("name"),
+                    _sweep.status(row),
+                    row.get("audit"),
+                    row.get("effective_bits"),
+                    row.get("weight_share"),
+                    row.get("pareto") is True,
+                    *(values.get(key) for key in keys),
+                    *(variant.get(key) for key in variants),
+                ]
+            )
+        return _csv([*SWEEP_KEYS, *keys, *(f"variant.{key}" for key in variants)], rows)
+
+    def write_sweep(self, summary: Mapping[str, Any], folder: Path) -> list[Path]:
+        return [atomic_write_text(Path(folder) / SWEEP_FILE, self.render_sweep(summary))]
 
     def write(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         out_dir = Path(out_dir)

@@ -1,4 +1,6 @@
-"""The ``html`` reporter: ``report.html``, one self-contained page with inline SVG plots.
+"""The ``html`` reporter: ``report.html``, one self-contained page with inline SVG plots; for
+a sweep, ``sweep.html`` (the sweep table, quality against bits with the Pareto front, and a
+layers x configs heat map of output cosine).
 
 Nothing is fetched (no external scripts, stylesheets, fonts or images): the file opens
 offline and can be mailed or attached to a paper's supplementary material as is. The only
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text, json_safe
-from . import svg
+from . import _sweep, svg
 from ._common import (
     KNOWN_METRICS,
     LAYER_COLUMNS,
@@ -38,6 +40,7 @@ from ._common import (
 )
 
 FILE_NAME = "report.html"
+SWEEP_FILE = "sweep.html"
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:64em;color:#222;padding:0 1em}
@@ -53,7 +56,15 @@ th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after
 padding:.5em 1em;margin:1em 0}.warnings ul{margin:.3em 0;padding-left:1.2em}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
 figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+div.wide{overflow-x:auto}div.wide td.l{white-space:nowrap}tr.pareto td{background:#fff3e0}tr.pareto td.l{font-weight:bold}
+table.heat td{font-size:.8em;padding:.15em .4em}table.heat th.v{writing-mode:vertical-rl;
+transform:rotate(180deg);text-align:left;white-space:nowrap;font-weight:normal;font-size:.8em}
+.heat-legend td{font-size:.8em;text-align:center}
 """
+
+#: The heat map's colour scale: 1 - cosine from 1e-6 (green) to 1e-1 or worse (red), on a
+#: log scale (a cosine of 0.999 is a much worse layer than one of 0.99999).
+_HEAT_BEST, _HEAT_WORST = -6.0, -1.0
 
 # Click (or Enter/Space on) a column header to sort by it; again to reverse. Numbers sort
 # numerically ("5.121e-04" < "0.0026", "inf" last), empty cells ("-", "NaN") always last.
@@ -89,10 +100,12 @@ def _table(
     left: Sequence[bool] | None = None,
     groups: Sequence[tuple[str, int, int]] = (),
     sortable: bool = True,
+    row_classes: Sequence[str] | None = None,
 ) -> str:
     """An HTML table; left-aligned text columns, right-aligned numeric ones that never wrap
     (``5.121e-04`` split as ``5.121e-`` / ``04`` reads as a different number). ``groups`` are
-    (title, first column, last column) spanned by a header cell above the column names."""
+    (title, first column, last column) spanned by a header cell above the column names;
+    ``row_classes`` a class for each body row ("" for none)."""
     left = left or [i == 0 for i in range(len(header))]
     head = ""
     if groups:
@@ -114,13 +127,15 @@ def _table(
         + "</tr>"
     )
     body = []
-    for row in rows:
+    for index, row in enumerate(rows):
         cells = []
         for cell, lf in zip(row, left):
             status = cell.split()[0] if cell in ("PASS", "FAIL", "NOT RUN", "NOT AUDITED") else ""
             cls = " ".join(c for c in ("l" if lf else "n", status) if c)
             cells.append(f'<td class="{cls}">{escape(cell)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        row_class = row_classes[index] if row_classes and index < len(row_classes) else ""
+        opening = f'<tr class="{escape(row_class)}">' if row_class else "<tr>"
+        body.append(opening + "".join(cells) + "</tr>")
     kind = ' class="sortable"' if sortable else ""
     return f"<table{kind}><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -400,3 +415,154 @@ class HtmlReporter:
 
     def write(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         return [atomic_write_text(Path(out_dir) / self.file_name, self.render(report))]
+
+    # ------------------------------------------------------------------------- sweeps
+
+    def render_sweep(self, summary: Mapping[str, Any]) -> str:
+        """``sweep.html``: the INCOMPLETE banner while configs are pending, the sweep table
+        (sortable, Pareto rows highlighted), the quality against bits scatter plot with its
+        Pareto front, and the layers x configs heat map of output cosine."""
+        heading = _sweep.title(summary)
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{escape(heading)}</title><style>{_STYLE}</style></head><body>",
+        ]
+        incomplete = _sweep.incomplete_text(summary)
+        if incomplete:
+            parts.append(
+                f'<div class="warnings incomplete" role="alert"><strong>'
+                f"{escape(incomplete)}</strong><br>This page is rewritten as configs finish; "
+                "the table, the plot and the Pareto front cover the finished ones only.</div>"
+            )
+        parts.append(f"<h1>{escape(heading)}</h1>")
+        found = _sweep.quality(summary)
+        facts = [
+            "Effective bits: mean bits per weight element, scales included (FP32 weights count 32)."
+        ]
+        if found:
+            facts.append(f"Quality: {found[1]} ({found[0]}), higher is better.")
+        parts.append(f"<p>{escape(' '.join(facts))}</p>")
+        parts += self._sweep_table(summary)
+        parts += self._sweep_plot(summary)
+        parts += self._sweep_heat_map(summary)
+        parts.append(f"<script>{_SORT_SCRIPT}</script>")
+        parts.append("</body></html>")
+        return "\n".join(parts) + "\n"
+
+    def _sweep_table(self, summary: Mapping[str, Any]) -> list[str]:
+        out = ["<h2>Configs</h2>"]
+        header, rows, right = _sweep.table(summary)
+        if not rows:
+            return out + ["<p>(no configs)</p>"]
+        # The grid's keys as columns after the name: sort by format, by mode...
+        keys = _sweep.variant_keys(summary)
+        all_rows = _sweep.rows(summary)
+        for index, row in enumerate(rows):
+            variant = all_rows[index].get("variant")
+            variant = variant if isinstance(variant, Mapping) else {}
+            row[2:2] = [_sweep.one_line(variant.get(key, "-")) for key in keys]
+        header[2:2] = keys
+        right[2:2] = [False] * len(keys)
+        classes = ["pareto" if row.get("pareto") is True else "" for row in all_rows]
+        table = _table(header, rows, left=[not r for r in right], row_classes=classes)
+        out.append(f'<div class="wide">{table}</div>')
+        out.append(f"<p>{escape(_sweep.pareto_note(summary))}</p>")
+        return out
+
+    def _sweep_plot(self, summary: Mapping[str, Any]) -> list[str]:
+        out = ["<h2>Quality against bits</h2>"]
+        found = _sweep.quality(summary)
+        if found is None:
+            return out + [
+                "<p>(no quality column: no metric of these runs declares one, so there is no "
+                "Pareto front to plot)</p>"
+            ]
+        points, missing = _sweep.scatter_points(summary)
+        notes = []
+        if missing:
+            notes.append(
+                f"Not drawn ({plural(len(missing), 'config')} without a finite {found[1]} or "
+                f"effective bits): {', '.join(missing)}"
+            )
+        waiting = _sweep.pending(summary)
+        if waiting:
+            notes.append(f"{plural(len(waiting), 'config')} still pending: not drawn.")
+        if not points:
+            return (
+                out
+                + [
+                    f"<p>(no finished config has both a finite {escape(found[1])} and effective "
+                    "bits)</p>"
+                ]
+                + [f"<p>{escape(note)}</p>" for note in notes]
+            )
+        chart = svg.scatter(
+            points,
+            f"{found[1]} against effective bits per weight",
+            "bits per weight",
+            found[1],
+            notes=notes,
+        )
+        caption = (
+            "<figcaption>Each dot is a config (hover for its name and values). The Pareto "
+            "front, joined by the step line, holds the configs no other config beats: none "
+            "has at least their quality with at most their bits.</figcaption>"
+        )
+        return out + [f"<figure>{chart}{caption}</figure>"]
+
+    def _sweep_heat_map(self, summary: Mapping[str, Any]) -> list[str]:
+        names, more = _sweep.worst_layers(summary, _sweep.HTML_LAYERS)
+        if not names:
+            return []
+        all_rows = _sweep.rows(summary)
+        head = '<th class="l" scope="col">layer</th>' + "".join(
+            f'<th class="v" scope="col" title="{escape(_sweep.one_line(row.get("name", "-")))}">'
+            f"{i}. {escape(svg.short_label(_sweep.one_line(row.get('name', '-'))))}</th>"
+            for i, row in enumerate(all_rows, start=1)
+        )
+        grid = [[_sweep.layer_value(row, name) for row in all_rows] for name in names]
+        digits = _sweep.layer_decimals(grid)
+        body = []
+        for name, values in zip(names, grid):
+            cells = [f'<th class="l" scope="row">{escape(_sweep.one_line(name))}</th>']
+            for row, value, places in zip(all_rows, values, digits):
+                text = _sweep.value_text(value, places)
+                background, colour = _heat_colour(value)
+                tip = f"{name} in {_sweep.one_line(row.get('name', '-'))}: {text}"
+                cells.append(
+                    f'<td class="n" style="background:{background};color:{colour}" '
+                    f'title="{escape(tip)}">{escape(text)}</td>'
+                )
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        legend = "".join(
+            f'<td style="background:{_heat_colour(1 - 10.0**e)[0]}">{text}</td>'
+            for e, text in ((-6, "\u2264 1e-6"), (-5, "1e-5"), (-4, "1e-4"), (-3, "1e-3"))
+            + ((-2, "1e-2"), (-1, "\u2265 0.1"))
+        )
+        legend += f'<td style="background:{_heat_colour(math.nan)[0]};color:#fff">NaN</td>'
+        legend += f'<td style="background:{_heat_colour(None)[0]}">missing</td>'
+        return [
+            "<h2>Layers \u00d7 configs (output cosine)</h2>",
+            f'<div class="wide"><table class="heat"><thead><tr>{head}</tr></thead><tbody>'
+            f"{''.join(body)}</tbody></table></div>",
+            f"<p>{escape(_sweep.layer_note(len(names), more))}</p>",
+            '<table class="heat-legend"><tr><th class="l">1 \u2212 cosine</th>'
+            f"{legend}</tr></table>",
+        ]
+
+    def write_sweep(self, summary: Mapping[str, Any], folder: Path) -> list[Path]:
+        return [atomic_write_text(Path(folder) / SWEEP_FILE, self.render_sweep(summary))]
+
+
+def _heat_colour(value: Any) -> tuple[str, str]:
+    """(background, text colour) of a heat-map cell for an output cosine."""
+    cosine = _sweep.as_float(value)
+    if cosine is None:
+        return "#f4f4f4", "#777"
+    if not math.isfinite(cosine):
+        return "#333", "#fff"
+    gap = max(1.0 - cosine, 1e-12)
+    t = min(max((math.log10(gap) - _HEAT_BEST) / (_HEAT_WORST - _HEAT_BEST), 0.0), 1.0)
+    return f"hsl({120 * (1 - t):.0f},65%,{80 - 12 * t:.0f}%)", "#222"

@@ -1,4 +1,5 @@
-"""The ``json`` reporter: ``report.json``, the whole report in strict JSON."""
+"""The ``json`` reporter: ``report.json``, the whole report in strict JSON; for a sweep,
+``sweep.json``, the sweep mapping."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from .._io import atomic_write_text, json_safe
 
 FILE_NAME = "report.json"
+SWEEP_FILE = "sweep.json"
 
 
 class JsonReporter:
@@ -23,3 +25,7 @@ class JsonReporter:
 
     def write(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         return [atomic_write_text(Path(out_dir) / self.file_name, self.render(report))]
+
+    def write_sweep(self, summary: Mapping[str, Any], folder: Path) -> list[Path]:
+        """``sweep.json``: the sweep mapping (:func:`qbench.sweep.summarize`), strict JSON."""
+        return [atomic_write_text(Path(folder) / SWEEP_FILE, self.render(summary))]

@@ -2,7 +2,8 @@
 Markdown (GFM) tables, to paste into a pull request, an issue or a paper's draft.
 
 Only GFM that every common renderer shares is used (headings, pipe tables with alignment,
-lists, block quotes, fenced code), so it also renders outside GitHub.
+lists, block quotes, fenced code), so it also renders outside GitHub. For a sweep,
+``sweep.md``: the tables of ``sweep.txt``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text, json_safe
+from . import _sweep
 from ._common import (
     KNOWN_METRICS,
     LAYER_COLUMNS,
@@ -33,6 +35,7 @@ from ._common import (
 )
 
 FILE_NAME = "report.md"
+SWEEP_FILE = "sweep.md"
 
 # Characters that would end a table cell (|) or start emphasis, code, links or HTML. An
 # underscore inside a word (fp8_e4m3) never starts emphasis in GFM, so only those at a word's
@@ -162,3 +165,24 @@ class MarkdownReporter:
 
     def write(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         return [atomic_write_text(Path(out_dir) / self.file_name, self.render(report))]
+
+    def render_sweep(self, summary: Mapping[str, Any]) -> str:
+        """``sweep.md``: what ``sweep.txt`` shows, as GFM tables, the INCOMPLETE warning in
+        a block quote above everything else."""
+        lines = []
+        incomplete = _sweep.incomplete_text(summary)
+        if incomplete:
+            lines += [f"> **{escape(incomplete)}**", ""]
+        lines += [f"# {escape(_sweep.title(summary))}", ""]
+        header, rows, right = _sweep.table(summary)
+        lines += table(header, rows, right) if rows else ["(no configs)"]
+        lines += ["", escape(_sweep.pareto_note(summary))]
+        layer_header, layer_rows_, more = _sweep.layer_table(summary, _sweep.TEXT_LAYERS)
+        if layer_rows_:
+            lines += ["", "## Layers × configs (output cosine)", ""]
+            lines += table(layer_header, layer_rows_)
+            lines += ["", escape(_sweep.layer_note(len(layer_rows_), more))]
+        return "\n".join(lines) + "\n"
+
+    def write_sweep(self, summary: Mapping[str, Any], folder: Path) -> list[Path]:
+        return [atomic_write_text(Path(folder) / SWEEP_FILE, self.render_sweep(summary))]

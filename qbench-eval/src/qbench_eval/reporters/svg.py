@@ -352,3 +352,163 @@ def _legend(entries: Sequence[tuple[str, str, float]], y: float) -> list[str]:
         )
         x += 14 + text_width(name, 11) + 18
     return body
+
+
+def fit_text(text: str, font_size: float, room: float) -> str:
+    """``text`` cut at the end (``…``) so that its estimated width stays within ``room``."""
+    limit = max(int(room / (CHAR_EM * font_size)), 1)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def scatter(
+    points: Sequence[tuple[str, str, float, float, bool]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    highlight_name: str = "Pareto front",
+    other_name: str = "other configs",
+    notes: Sequence[str] = (),
+) -> str:
+    """One dot per (name, fallback label, x, y, highlighted) point; the highlighted points
+    (a Pareto front, maximising y while minimising x) are drawn larger and joined by a step
+    line in x order.
+
+    Each dot is labelled with its name (cut in the middle past 32 characters; its tooltip
+    has the whole name and both values). Labels are placed greedily: right of the dot, left,
+    above, below, then shifted up and down, keeping the first spot that stays inside the plot
+    and clear of the labels and dots placed so far; where none is free the fallback label
+    (a short number) is tried the same way, and as a last resort it is drawn right of the dot,
+    clamped inside the chart. So a label may overlap another, but never leaves the chart."""
+    label_font = 9.0
+    xs = [p[2] for p in points]
+    ys = [p[3] for p in points]
+
+    def padded(values: Sequence[float]) -> tuple[float, float]:
+        if not values:
+            return 0.0, 1.0
+        low, high = min(values), max(values)
+        span = high - low if high > low else max(abs(high) * 0.05, 0.5)
+        if high == low:
+            low, high = low - span / 2, high + span / 2
+        return low - span * 0.08, high + span * 0.08
+
+    x_low, x_high = padded(xs)
+    y_low, y_high = padded(ys)
+    y_ticks = _ticks(y_low, y_high)
+    x_ticks = _ticks(x_low, x_high, 8)
+    tick_width = max((text_width(compact_number(t), 11) for t in y_ticks), default=0.0)
+    left = max(float(_MARGIN_LEFT), 26 + tick_width + 6)
+    right = WIDTH - 24.0
+    top = float(_MARGIN_TOP + 8)
+    plot_h = 280.0
+    bottom = top + plot_h
+    height = bottom + 64 + 14 * len(notes)
+
+    def x_of(v: float) -> float:
+        return left + (right - left) * (v - x_low) / (x_high - x_low)
+
+    def y_of(v: float) -> float:
+        return top + plot_h * (1 - (v - y_low) / (y_high - y_low))
+
+    body = [
+        f'<line x1="{left:.1f}" y1="{top}" x2="{left:.1f}" y2="{bottom}" stroke="#333"/>',
+        f'<line x1="{left:.1f}" y1="{bottom}" x2="{right:.1f}" y2="{bottom}" stroke="#333"/>',
+    ]
+    y_text = fit_text(y_label, 11, plot_h)
+    body.append(
+        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_text)}</text>'
+    )
+    for tick in y_ticks:
+        y = y_of(tick)
+        body.append(
+            f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 4:.1f}" y="{y + 3:.1f}" text-anchor="end">'
+            f"{compact_number(tick)}</text>"
+        )
+    for tick in x_ticks:
+        x = x_of(tick)
+        body.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>'
+            f'<text x="{x:.1f}" y="{bottom + 14:.1f}" text-anchor="middle">'
+            f"{compact_number(tick)}</text>"
+        )
+    body.append(
+        f'<text x="{(left + right) / 2:.1f}" y="{bottom + 30:.1f}" text-anchor="middle">'
+        f"{escape(fit_text(x_label, 11, right - left))}</text>"
+    )
+    front = sorted((p for p in points if p[4]), key=lambda p: (p[2], p[3]))
+    steps: list[tuple[float, float]] = []
+    if len(front) > 1:
+        steps = [(x_of(front[0][2]), y_of(front[0][3]))]
+        for point in front[1:]:
+            steps += [(x_of(point[2]), steps[-1][1]), (x_of(point[2]), y_of(point[3]))]
+        body.append(
+            '<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>'.format(
+                PALETTE[1], " ".join(f"{x:.1f},{y:.1f}" for x, y in steps)
+            )
+        )
+    taken = [(x_of(p[2]) - 5, y_of(p[3]) - 5, x_of(p[2]) + 5, y_of(p[3]) + 5) for p in points]
+    taken += [  # the step line's segments, as thin boxes labels keep clear of
+        (min(a[0], b[0]) - 1, min(a[1], b[1]) - 1, max(a[0], b[0]) + 1, max(a[1], b[1]) + 1)
+        for a, b in zip(steps, steps[1:])
+    ]
+    labels = []
+    # Front points first: their labels get the free spots.
+    for name, fallback, x_value, y_value, on_front in sorted(points, key=lambda p: not p[4]):
+        px, py = x_of(x_value), y_of(y_value)
+        radius = 5.0 if on_front else 3.5
+        colour = PALETTE[1] if on_front else PALETTE[0]
+        tip = f"{name}: {compact_number(x_value)} {x_label}, {compact_number(y_value)} {y_label}"
+        body.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="{radius}" fill="{colour}" '
+            f'stroke="#fff" stroke-width="1"><title>{escape(tip)}</title></circle>'
+        )
+        placed = None
+        for text in (short_label(name, 32), fallback):
+            width = text_width(text, label_font)
+            for dx, dy, anchor in (
+                (7, 3, "start"),
+                (-7, 3, "end"),
+                (0, -8, "middle"),
+                (0, 14, "middle"),
+                *((7, 3 + k * s, "start") for k in (10, 20, 30) for s in (-1, 1)),
+                *((-7, 3 + k * s, "end") for k in (10, 20, 30) for s in (-1, 1)),
+            ):
+                x, y = px + dx, py + dy
+                x0 = x - {"start": 0.0, "middle": width / 2, "end": width}[anchor]
+                box = (x0, y - 0.8 * label_font, x0 + width, y + 0.25 * label_font)
+                inside = (
+                    left + 1 <= box[0] and box[2] <= right and top <= box[1] and box[3] <= bottom
+                )
+                if inside and not any(_overlaps(box, other) for other in taken):
+                    placed = (text, x, y, anchor, box)
+                    break
+            if placed:
+                break
+        if placed is None:
+            width = text_width(fallback, label_font)
+            x = min(max(px + 7, 2.0), WIDTH - 2 - width)
+            y = min(max(py + 3, top + label_font), bottom)
+            box = (x, y - 0.8 * label_font, x + width, y + 0.25 * label_font)
+            placed = (fallback, x, y, "start", box)
+        text, x, y, anchor, box = placed
+        taken.append(box)
+        front_fill = ' fill="#a0522d"' if on_front else ""  # not bold: wider than CHAR_EM allows
+        labels.append(
+            f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{label_font}"'
+            f"{front_fill}>{escape(text)}<title>{escape(name)}</title></text>"
+        )
+    body += labels
+    legend_y = bottom + 48
+    body += _legend([(highlight_name, PALETTE[1], 1.0), (other_name, PALETTE[0], 1.0)], legend_y)
+    for i, note in enumerate(notes):
+        body.append(
+            f'<text x="{_MARGIN_LEFT}" y="{legend_y + 16 + 14 * i:.1f}" font-size="10">'
+            f"{escape(fit_text(note, 10, WIDTH - _MARGIN_LEFT - 4))}</text>"
+        )
+    return _svg(WIDTH, height, fit_text(title, 13, WIDTH - 8), body)

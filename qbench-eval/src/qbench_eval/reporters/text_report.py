@@ -4,6 +4,9 @@ The run's warnings come first, right under the title. Then 1. accuracy metrics;
 2. compliance PASS/FAIL for weights and the other quantized parameters, inputs, activations
 and scales; 3. the layer-wise table (MSE, cosine, SQNR, input dynamic range); 4. detailed
 failures. Metrics from other plugins follow generically.
+
+For a sweep, ``sweep.txt``: one row per config and the layers x configs table of output
+cosine (see :meth:`TextReporter.render_sweep`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text
+from . import _sweep
 from ._common import (
     KNOWN_METRICS,
     LAYER_COLUMNS,
@@ -33,6 +37,7 @@ from ._common import (
 )
 
 FILE_NAME = "comparison_report.txt"
+SWEEP_FILE = "sweep.txt"
 
 
 def table(
@@ -173,3 +178,28 @@ class TextReporter:
 
     def write(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         return [atomic_write_text(Path(out_dir) / self.file_name, self.render(report))]
+
+    def render_sweep(self, summary: Mapping[str, Any]) -> str:
+        """``sweep.txt``: an INCOMPLETE line first while configs are pending, the title, one
+        row per config, then the layers x configs table of output cosine (worst layers)."""
+        lines = []
+        incomplete = _sweep.incomplete_text(summary)
+        if incomplete:
+            lines.append(incomplete)
+        heading = _sweep.title(summary)
+        lines += [heading, "=" * len(heading)]
+        header, rows, right = _sweep.table(summary)
+        if rows:
+            lines += table(header, rows, right)
+        else:
+            lines.append("(no configs)")
+        lines += ["", _sweep.pareto_note(summary)]
+        layer_header, layer_rows_, more = _sweep.layer_table(summary, _sweep.TEXT_LAYERS)
+        if layer_rows_:
+            lines += section("Layers × configs (output cosine)")
+            lines += table(layer_header, layer_rows_)
+            lines += ["", _sweep.layer_note(len(layer_rows_), more)]
+        return "\n".join(lines) + "\n"
+
+    def write_sweep(self, summary: Mapping[str, Any], folder: Path) -> list[Path]:
+        return [atomic_write_text(Path(folder) / SWEEP_FILE, self.render_sweep(summary))]

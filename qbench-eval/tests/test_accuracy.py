@@ -44,6 +44,17 @@ def test_accuracy_matches_numpy_over_batches() -> None:
         assert result["delta"][key] == pytest.approx(expected_q[key] - expected_ref[key], abs=1e-6)
     agreement = np.mean(reference.numpy().argmax(1) == quantized.numpy().argmax(1))
     assert result["agreement"] == pytest.approx(agreement)
+    # output fidelity per image: KL(softmax ref || softmax q) and the logit cosine
+    r64, q64 = reference.double().numpy(), quantized.double().numpy()
+    log_p = r64 - r64.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    log_q = q64 - q64.max(1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(1, keepdims=True))
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(1).mean()
+    cosine = ((r64 * q64).sum(1) / np.linalg.norm(r64, axis=1) / np.linalg.norm(q64, axis=1)).mean()
+    assert result["output"]["kl_divergence"] == pytest.approx(kl, rel=1e-9)
+    assert result["output"]["logit_cosine"] == pytest.approx(cosine, rel=1e-9)
+    assert kl > 0.05 and cosine < 0.99
     # The data are noisy enough that the two models really differ.
     assert result["agreement"] < 1.0
     assert result["reference"]["top1"] != result["quantized"]["top1"]

@@ -336,6 +336,174 @@ def compare(reports: tuple[Path, ...], output: Path | None, name: str) -> None:
             click.echo(f"  {path}")
 
 
+# ---------------------------------------------------------- sensitivity, mixed precision
+
+
+def _formats_option(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+@cli.command("sensitivity")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--formats",
+    default=None,
+    help="Comma-separated formats to measure each layer "
+    "in (default: the config's own quantization).",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images."
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report root (default: the config's output.dir).",
+)
+@click.option("--force", is_flag=True, help="Recompute layers whose results are saved.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Layers shown per format.",
+)
+@click.option("--progress/--no-progress", default=True)
+def sensitivity_command(
+    config: Path,
+    formats: str | None,
+    limit: int | None,
+    device: str | None,
+    output: Path | None,
+    force: bool,
+    top: int,
+    progress: bool,
+) -> None:
+    """Quantize one layer of CONFIG at a time (the rest FP32) and rank the layers by what
+    that alone does: top-1 change, output KL divergence, logit cosine. Results are saved
+    (sensitivity.json beside the sweep report) and reused by a rerun."""
+    from .config import load_config
+    from .memory import keep_freed_memory
+    from .sensitivity import sensitivity
+
+    cfg = load_config(config)
+    keep_freed_memory()
+    grid = (cfg.data.get("sweep") or {}).get("grid") or {}
+    chosen = _formats_option(formats) or grid.get("format")  # a sweep: its formats
+    result = sensitivity(
+        cfg,
+        formats=chosen or [None],
+        limit=limit,
+        device=device,
+        output=output,
+        force=force,
+        progress=_progress_bar if progress else None,
+    )
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result['name']}: most damaging first (ranked by {', '.join(result['rank'])})"
+    )
+    for column in ("format", "rank", "layer", "top-1 Δ pp", "output KL", "logit cosine"):
+        table.add_column(column, justify="left" if column in ("format", "layer") else "right")
+    for row in result["layers"]:
+        if row["rank"] > top:
+            continue
+        values = row["columns"]
+        table.add_row(
+            escape(str(row["format"])),
+            str(row["rank"]),
+            escape(row["layer"]),
+            _cell(values.get("top1_delta")),
+            _cell(values.get("output_kl")),
+            _cell(values.get("logit_cosine")),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    console.print(table)
+    click.echo(f"sensitivity: {result['path']}")
+
+
+@cli.command("mixed-precision")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0),
+    required=True,
+    help="Largest top-1 drop allowed, in percentage points (0.5: half a point).",
+)
+@click.option(
+    "--formats",
+    default=None,
+    help="Comma-separated formats to choose from (default: the config's sweep.grid.format).",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images."
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report root (default: the config's output.dir); the config is written there.",
+)
+@click.option("--force", is_flag=True, help="Recompute saved results.")
+@click.option("--progress/--no-progress", default=True)
+def mixed_precision_command(
+    config: Path,
+    budget: float,
+    formats: str | None,
+    limit: int | None,
+    device: str | None,
+    output: Path | None,
+    force: bool,
+    progress: bool,
+) -> None:
+    """Pick a format per layer of CONFIG from the formats it lists, cheapest first, with the
+    fewest effective bits per weight whose top-1 drop stays within --budget; write it as a
+    runnable config and verify it by running it (exit 3 if it misses the budget)."""
+    from .config import load_config
+    from .memory import keep_freed_memory
+    from .sensitivity import mixed_precision
+
+    cfg = load_config(config)
+    keep_freed_memory()
+    result = mixed_precision(
+        cfg,
+        budget=budget,
+        formats=_formats_option(formats),
+        limit=limit,
+        device=device,
+        output=output,
+        force=force,
+        progress=_progress_bar if progress else None,
+    )
+    counts: dict[str, int] = {}
+    for fmt in result["assignment"].values():
+        counts[fmt] = counts.get(fmt, 0) + 1
+    verified = result["verified"]
+    click.echo(
+        f"mixed precision: {len(result['assignment'])} layers "
+        f"({', '.join(f'{n} x {f}' for f, n in counts.items())}) chosen from "
+        f"{result['candidates']} candidates"
+    )
+    click.echo(
+        f"verified: top-1 {verified['top1_delta']:+.3f} pp (budget -{budget}), "
+        f"{verified['effective_bits']:.3f} bits per weight; config: {result['config']}"
+    )
+    if not verified["meets_budget"]:
+        click.echo(
+            f"qbench: FAIL: no assignment of {', '.join(result['formats'])} keeps top-1 within "
+            f"{budget} pp; the closest was written (exit {EXIT_CHECK_FAILED})",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+
+
 # ------------------------------------------------------------------------ validate
 
 

@@ -57,6 +57,10 @@ class AccuracyMetric:
         self.topk = {side: 0 for side in _SIDES}
         self.certainty = {side: 0.0 for side in _SIDES}
         self.classes: int | None = None
+        # output fidelity over the images whose logits are finite on both sides
+        self.kl_sum = 0.0
+        self.cosine_sum = 0.0
+        self.compared = 0
 
     def attach(self, reference: Any, quantized: Any, context: Mapping[str, Any]) -> None:
         """Nothing to hook: this metric only looks at the logits given to :meth:`update`."""
@@ -88,10 +92,28 @@ class AccuracyMetric:
             self.nonfinite_images[side] += int((~finite[side]).sum())
             predictions[side] = topk[:, 0]
         device = predictions["reference"].device
+        both = finite["reference"] & finite["quantized"].to(device)
         same = predictions["reference"] == predictions["quantized"].to(device)
-        same &= finite["reference"] & finite["quantized"].to(device)
-        self.agree += int(same.sum())
+        self.agree += int((same & both).sum())
+        self._add_fidelity(batch, both)
         self.images += int(targets.shape[0])
+
+    def _add_fidelity(self, batch: BatchOutputs, both: torch.Tensor) -> None:
+        """KL(FP32 softmax || quantized softmax) and the cosine of the two logit vectors,
+        summed (float64) over the images finite on both sides."""
+        if not bool(both.any()):
+            return
+        rows = both.nonzero().reshape(-1)
+        reference = batch.reference.reshape(batch.reference.shape[0], -1).double()[rows]
+        quantized = batch.quantized.reshape(batch.quantized.shape[0], -1).double()
+        quantized = quantized.to(reference.device)[rows]
+        log_p = torch.log_softmax(reference, dim=1)
+        log_q = torch.log_softmax(quantized, dim=1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+        cosine = torch.nn.functional.cosine_similarity(reference, quantized, dim=1, eps=1e-30)
+        self.kl_sum += float(kl.sum())
+        self.cosine_sum += float(cosine.sum())
+        self.compared += int(rows.numel())
 
     def result(self) -> dict[str, Any]:
         n = max(self.images, 1)
@@ -109,6 +131,12 @@ class AccuracyMetric:
             for key in ("top1", "topk", "certainty")
         }
         out["agreement"] = self.agree / n
+        # how far the quantized model's output moved, per image (mean over the images with
+        # finite logits on both sides): KL divergence in nats, cosine of the logit vectors
+        out["output"] = {
+            "kl_divergence": self.kl_sum / self.compared if self.compared else None,
+            "logit_cosine": self.cosine_sum / self.compared if self.compared else None,
+        }
         warnings = [
             f"{_LABELS[side]}: {self.nonfinite_images[side]} of {self.images} images had "
             f"NaN/inf logits; they count as wrong and never as agreement"
@@ -121,6 +149,9 @@ class AccuracyMetric:
 
     #: the sweep column a sweep's Pareto front maximises (qbench.sweep.summarize)
     sweep_quality = "top1_delta"
+    #: how ``qbench sensitivity`` ranks layers, most damaging first: by top-1 change
+    #: (ascending), then output KL divergence (descending, the ``-``), then logit cosine
+    sweep_rank = ("top1_delta", "-output_kl", "logit_cosine")
 
     @staticmethod
     def sweep_columns(result: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
@@ -137,6 +168,8 @@ class AccuracyMetric:
             ("top1_delta", "top-1 Δ pp", pct(delta.get("top1"))),
             ("topk_delta", f"top-{k} Δ pp", pct(delta.get("topk"))),
             ("agreement", "agreement %", pct(result.get("agreement"))),
+            ("output_kl", "output KL", (result.get("output") or {}).get("kl_divergence")),
+            ("logit_cosine", "logit cosine", (result.get("output") or {}).get("logit_cosine")),
         ]
 
     @staticmethod

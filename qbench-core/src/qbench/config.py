@@ -279,6 +279,16 @@ def base_schema(
                 "properties": eval_props,
                 "default": {},
             },
+            "calibration": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["batches"],
+                "description": "static input/activation scales from the amax of the first "
+                "`batches` batches of the dataset, which are then not evaluated (roles with "
+                "mode tensor or channel, absmax, saturate; others stay dynamic); without this "
+                "section every batch is scaled dynamically",
+                "properties": {"batches": {"type": "integer", "minimum": 1}},
+            },
             "sweep": SWEEP_SCHEMA,
             "output": {
                 "type": "object",

@@ -80,7 +80,7 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
         )
 
     rewrites: list[dict[str, Any]] = []
-    for op in _ops_with("rewrite"):  # deployment-shaped graphs first (BatchNorm folding)
+    for op in ops_with("rewrite"):  # deployment-shaped graphs first (BatchNorm folding)
         model, done = op.rewrite(model, q or {})
         rewrites.extend(done or ())
     ops = _ops_by_type()
@@ -182,7 +182,7 @@ def prepare(model: nn.Module, spec: Mapping[str, Any] | QuantSpec) -> nn.Module:
 
     observables = []
     specs_for_call = CallSpecs(q, uniform)
-    for op in _ops_with("install"):
+    for op in ops_with("install"):
         installed = op.install(
             root, q, specs_for_call, owned=[entry["name"] for entry in quantized]
         )
@@ -446,7 +446,7 @@ def _ops_by_type() -> dict[type, Any]:
     return by_type
 
 
-def _ops_with(method: str) -> list[Any]:
+def ops_with(method: str) -> list[Any]:
     """Registered ops that act on the whole model through ``method`` (``rewrite`` before
     modules are swapped, ``install`` after), in registration order."""
     from .plugins import registry

@@ -154,6 +154,7 @@ class _Reference:
     classes: int | None
     key: str
     built_s: float
+    calibration_batches: int = 0  # the first batches, which calibrate and are not evaluated
     probed: bool = False  # the channels-last probe ran (on the first pass)
     _fingerprints: tuple[str, str | None] | None = None
 
@@ -186,7 +187,7 @@ class _Twin:
 
 #: Top-level config keys a group of twins must agree on to share one FP32 reference (the
 #: call groups too: the FP32 model's call sites are recorded for the layer-wise comparison).
-SHARED_KEYS = ("model", "dataset", "device", "memory_format", "seed")
+SHARED_KEYS = ("model", "dataset", "device", "memory_format", "seed", "calibration")
 
 
 def reference_key(cfg: Config, limit: int | None = None, device: str | None = None) -> str:
@@ -240,6 +241,10 @@ def build_reference(
     if layout == "channels_last":  # before prepare: the twin is a copy, quantizing these weights
         model = model.to(memory_format=torch.channels_last)
     dataset_options = _dataset_options(data, limit)
+    calibration = int((data.get("calibration") or {}).get("batches", 0))
+    if calibration and dataset_options.get("limit") is not None:
+        # a limit counts evaluated images: the calibration images come on top of them
+        dataset_options["limit"] += calibration * int(dataset_options["batch_size"])
     batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
     return _Reference(
         cfg=cfg,
@@ -254,6 +259,7 @@ def build_reference(
         classes=_dataset_classes(batches),
         key=run_key(model_options, dataset_options),
         built_s=time.perf_counter() - started,
+        calibration_batches=calibration,
     )
 
 
@@ -376,6 +382,10 @@ def run_twins(
         twin.prep = preparation_report(twin.model)
         twin.rng = _rng_state(dev)
         twin.prepare_s = time.perf_counter() - begun
+    channels_last = reference.layout == "channels_last"
+    stream = iter(stream)
+    if reference.calibration_batches:  # before any metric watches: not evaluated
+        _calibrate(reference, twins, stream, channels_last)
     # metrics attach once every twin is prepared: a twin is a deep copy of the FP32 model,
     # which would copy the hooks the metrics of the twins before it put there
     for twin in twins:
@@ -392,14 +402,14 @@ def run_twins(
         for metric in twin.metrics.values():
             metric.attach(model, twin.model, context)
 
-    channels_last = reference.layout == "channels_last"
     images = 0
     batches_started = time.perf_counter()
+    evaluated = None if reference.total is None else reference.total - reference.calibration_batches
     try:
         with contextlib.ExitStack() as stack:
             # a short run keeps kernels it has not compiled yet eager (kernels.expecting);
             # twins of other formats call other kernels: each kernel sees ``total`` batches
-            stack.enter_context(expecting(reference.total))
+            stack.enter_context(expecting(evaluated))
             for twin in twins:
                 observers = [m for m in twin.metrics.values() if hasattr(m, "on_tensor")]
                 if observers:
@@ -408,7 +418,7 @@ def run_twins(
             # the ops use to share one quantization of a tensor between consecutive layers.
             stack.enter_context(torch.no_grad())
             name = label or twins[0].cfg.name
-            iterator = progress(stream, reference.total, name) if progress is not None else stream
+            iterator = progress(stream, evaluated, name) if progress is not None else stream
             for index, (inputs, targets) in enumerate(iterator):
                 inputs = inputs.to(dev, non_blocking=True)
                 if channels_last and inputs.dim() == 4:
@@ -434,12 +444,91 @@ def run_twins(
                 if close is not None:
                     close()
     if images == 0:
+        calibrated = reference.calibration_batches
         raise QBenchError(
-            f"dataset {reference.dataset_options['name']!r} yielded no images; "
-            "check its root/split/limit"
+            f"dataset {reference.dataset_options['name']!r} yielded no images"
+            + (
+                f" after the {calibrated} calibration batch(es); allowed: calibration.batches "
+                "below the dataset's number of batches"
+                if calibrated
+                else "; check its root/split/limit"
+            )
         )
     batches_s = time.perf_counter() - batches_started
     return [_finish(reference, twin, images, started_at, batches_s, started) for twin in twins]
+
+
+def _calibrate(
+    reference: _Reference, twins: list[_Twin], stream: Iterator[Any], channels_last: bool
+) -> None:
+    """Run every twin on the first ``calibration.batches`` batches inside the ops'
+    ``calibrating`` (each input/activation quantizer records its amax), then ``freeze``
+    (static scales from then on). Each twin's report states which images calibrated it."""
+    import torch
+
+    from .preparation import ops_with
+
+    ops = ops_with("calibrating")
+    if not ops:
+        raise QBenchError(
+            "calibration: no installed op calibrates static scales (qbench-ops provides "
+            "one); allowed: install qbench-ops, or remove the calibration section"
+        )
+    wanted, dev = reference.calibration_batches, reference.dev
+    images = 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        for twin in twins:
+            for op in ops:
+                stack.enter_context(op.calibrating(twin.model))
+        for _ in range(wanted):
+            batch = next(stream, None)
+            if batch is None:
+                break
+            inputs = batch[0].to(dev, non_blocking=True)
+            if channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            for twin in twins:
+                _set_rng_state(dev, twin.rng)
+                twin.model(inputs)
+                twin.rng = _rng_state(dev)
+            images += int(inputs.shape[0])
+    samples = getattr(reference.batches, "samples", None)
+    used = []
+    if samples is not None:
+        used = [_sample_id(sample) for sample in list(samples)[:images]]
+    for twin in twins:
+        frozen: dict[str, Any] = {"static": [], "dynamic": []}
+        for op in ops:
+            found = op.freeze(twin.model)
+            frozen["static"] += list(found.get("static") or ())
+            frozen["dynamic"] += list(found.get("dynamic") or ())
+        twin.extra["calibration"] = {
+            "batches": wanted,
+            "images": images,
+            # the first images of the dataset's order; the evaluation starts after them
+            "samples": used,
+            "samples_sha256": _digest(used) if used else None,
+            **frozen,
+        }
+    if images == 0:
+        raise QBenchError(
+            f"calibration: dataset {reference.dataset_options['name']!r} yielded no image to "
+            "calibrate on; check its root/split/limit"
+        )
+
+
+def _sample_id(sample: Any) -> Any:
+    """A dataset sample's id as a report states it: its path or index."""
+    item = sample[0] if isinstance(sample, tuple) else sample
+    return item if isinstance(item, (int, str)) else str(item)
+
+
+def _digest(items: list[Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(items, default=str).encode("utf-8")).hexdigest()
 
 
 def _finish(

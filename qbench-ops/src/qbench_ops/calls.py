@@ -226,6 +226,10 @@ class CallInterceptor:
     see the module docstring. Installed by :func:`install`; observed like a quantized module
     (``qbench_attach_observer``)."""
 
+    #: while ``qbench_ops.calibration.calibrating`` runs: called with each quantizer created
+    #: meanwhile (call sites are found as they run), so that it records too
+    calibration: Callable[[TensorQuantizer], None] | None = None
+
     def __init__(
         self,
         groups: Iterable[str],
@@ -342,6 +346,8 @@ class CallInterceptor:
                     flatten_weight=weight,
                 )
             self._quantizers[key] = quantizer
+            if quantizer is not None and self.calibration is not None:
+                self.calibration(quantizer)
             entry = self.sites.setdefault(
                 site,
                 {

@@ -6,11 +6,12 @@ from __future__ import annotations
 from qbench import Register, hookimpl
 
 from .attention import QuantMultiheadAttention
+from .calibration import Calibration
 from .calls import QuantCalls
 from .folding import FoldBatchNorm
 from .layers import LAYER_OPS
 
-ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention, QuantCalls, FoldBatchNorm)
+ALL_OPS = (*LAYER_OPS, QuantMultiheadAttention, QuantCalls, FoldBatchNorm, Calibration)
 
 
 @hookimpl

@@ -19,6 +19,14 @@ Every tensor a quantized op touches goes through a :class:`TensorQuantizer`, whi
   every in-place operation bumps, so a tensor modified after tagging is quantized afresh.
   Tensors created under ``torch.inference_mode`` have no version counter, so they are never
   shared (correct but slower: run the twin under ``torch.no_grad`` for full speed).
+  A quantizer with static scales (:mod:`qbench_ops.calibration`) adds its identity to the
+  tags: its output is on *its* grid only, so it is shared neither with a dynamic quantizer
+  nor with another static one (whose calibrated amax may differ), only with itself.
+
+Static scales: :func:`qbench_ops.calibration.calibrating` attaches a recorder
+(:attr:`TensorQuantizer.recorder`) that sees every tensor the quantizer is called with;
+:func:`qbench_ops.calibration.freeze` turns it into :attr:`TensorQuantizer.static`, which
+then quantizes every tensor with the scales of the calibrated amax.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ import torch
 from qbench import QuantResult, QuantSpec, get_format
 from qbench.kernels import without_function_modes
 
-#: Attribute on a tensor that a quantizer produced: ``(spec, version, result_without_tensor)``.
+#: Attribute on a tensor that a quantizer produced:
+#: ``(spec, version, result_without_tensor, static)`` (``static``: the producer's static scales,
+#: None for dynamic ones).
 _GRID_TAG = "_qbench_on_grid"
-#: Attribute on a tensor that a quantizer consumed: ``(spec, version, quantized, result)``.
+#: Attribute on a tensor that a quantizer consumed: ``(spec, version, quantized, result, static)``.
 _SOURCE_TAG = "_qbench_quantized_as"
 #: Attribute on a cached quantized parameter or buffer (:class:`CachedTensor`).
 _CACHED_TAG = "_qbench_cached"
@@ -68,7 +78,17 @@ class TensorQuantizer:
     chunks run along input channels x kernel of each output channel (the reduction axis) and
     channel scaling runs per output channel; the reported codes and scales are reshaped back
     to the tensor's own shape.
+
+    ``recorder`` (while :func:`qbench_ops.calibration.calibrating` runs) sees every tensor of
+    :meth:`__call__`; ``static`` (after :func:`qbench_ops.calibration.freeze`) replaces the
+    per-batch scales by calibrated ones. Both are None on a plain quantizer (class defaults,
+    so twins pickled before they existed load as dynamic).
     """
+
+    #: a :class:`qbench_ops.calibration.Recorder`, or None
+    recorder: Any = None
+    #: a :class:`qbench_ops.calibration.StaticScales`, or None (dynamic scales)
+    static: Any = None
 
     def __init__(
         self,
@@ -147,6 +167,9 @@ class TensorQuantizer:
 
     def quantize_fast(self, x: torch.Tensor) -> torch.Tensor:
         """The fake-quantized tensor, without codes (the path taken outside ``observe``)."""
+        static = self.static
+        if static is not None:
+            return static.quantize(self, x, self.spec_for(x))
         source = x.reshape(x.shape[0], -1) if self.flatten else x
         spec = self.spec_for(source)
         quantized = self.format.quantize(source, self._kernel_spec(source, spec))
@@ -154,6 +177,9 @@ class TensorQuantizer:
 
     def quantize_result(self, x: torch.Tensor) -> QuantResult:
         """The full QuantResult, shaped like ``x`` (codes and scales for the audit)."""
+        static = self.static
+        if static is not None:
+            return static.quantize(self, x, self.spec_for(x), return_codes=True)
         source = x.reshape(x.shape[0], -1) if self.flatten else x
         spec = self.spec_for(source)
         result = self.format.quantize(source, self._kernel_spec(source, spec), return_codes=True)
@@ -166,10 +192,18 @@ class TensorQuantizer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Quantize ``x`` once per spec, reporting to attached observers what was used."""
         observers = self.observers
+        if self.recorder is not None:  # calibrating: see every tensor, shared or not
+            self.recorder.record(self, x)
         spec = self.spec_for(x)
+        static = self.static  # part of the tags: static outputs are on this quantizer's grid
         version = _version(x)
         grid = getattr(x, _GRID_TAG, None) if version is not None else None
-        if grid is not None and grid[1] == version and _same_spec(grid[0], spec):
+        if (
+            grid is not None
+            and grid[1] == version
+            and grid[3] is static
+            and _same_spec(grid[0], spec)
+        ):
             stub = grid[2]
             if not observers:
                 return x
@@ -177,7 +211,12 @@ class TensorQuantizer:
                 self._notify(dataclasses.replace(stub, dequantized=x))
                 return x
         source = getattr(x, _SOURCE_TAG, None) if version is not None else None
-        if source is not None and source[1] == version and _same_spec(source[0], spec):
+        if (
+            source is not None
+            and source[1] == version
+            and source[4] is static
+            and _same_spec(source[0], spec)
+        ):
             quantized, stub = source[2], source[3]
             if not observers:
                 return quantized
@@ -193,9 +232,9 @@ class TensorQuantizer:
             quantized = self.quantize_fast(x)
             stub = None
         if version is not None:
-            _tag(quantized, _GRID_TAG, (spec, _version(quantized), stub))
+            _tag(quantized, _GRID_TAG, (spec, _version(quantized), stub, static))
             if quantized is not x:
-                _tag(x, _SOURCE_TAG, (spec, version, quantized, stub))
+                _tag(x, _SOURCE_TAG, (spec, version, quantized, stub, static))
         return quantized
 
     def _notify(self, result: QuantResult) -> None:

@@ -138,8 +138,24 @@ def header_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Elapsed", f"{number(report.get('elapsed_s'), 2)} s"),
         ("Quantization", quantization_summary(report.get("quantization") or {})),
         *([("Coverage", coverage)] if (coverage := coverage_text(report)) else []),
+        *([("Calibration", calibration)] if (calibration := calibration_text(report)) else []),
         ("QBench", str(report.get("qbench_version", "-"))),
     ]
+
+
+def calibration_text(report: Mapping[str, Any]) -> str | None:
+    """Which images calibrated the static scales and how many quantizers got one, or None
+    (dynamic scaling: no ``calibration`` section)."""
+    calibration = report.get("calibration")
+    if not isinstance(calibration, Mapping):
+        return None
+    static, dynamic = calibration.get("static") or [], calibration.get("dynamic") or []
+    batches = plural(calibration.get("batches", 0), "batch", "batches")
+    images = plural(calibration.get("images", 0), "image")
+    return (
+        f"static input/activation scales from {batches} ({images}, the dataset's first, not "
+        f"evaluated): {len(static)} static, {len(dynamic)} dynamic"
+    )
 
 
 def coverage_text(report: Mapping[str, Any]) -> str | None:

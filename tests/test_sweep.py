@@ -249,3 +249,32 @@ def test_compare_builds_the_table_from_finished_reports(tmp_path, capsys):
 def test_the_sweep_demo_config_is_a_grid_of_at_least_eight():
     configs = expand(load_config(REPO / "configs" / "sweep_demo.yaml"))
     assert len(configs) >= 8
+
+
+@pytest.mark.parametrize(
+    ("quantization", "bits"),
+    [
+        ({"format": "mxfp4_e2m1"}, 4.25),
+        ({"format": "mxfp6_e2m3"}, 6.25),
+        ({"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 128}, 8.25),
+        ({"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 32, "scale_format": "e8m0"}, 8.25),
+        ({"format": "nvfp4"}, 4.5 + 32 / (256 * 128)),  # + the per-tensor fp32 scale
+        ({"format": "int8", "weight_mode": "channel"}, 8 + 32 / 128),  # 128 inputs per channel
+        ({"format": "int8"}, 8 + 32 / (256 * 128)),
+    ],
+)
+def test_effective_bits_count_every_scale(quantization, bits):
+    twin = qbench.preparation.prepare(torch.nn.Sequential(torch.nn.Linear(128, 256)), quantization)
+    coverage = qbench.preparation.preparation_report(twin)["coverage"]
+    assert coverage["weight_bits"] == pytest.approx(bits, rel=1e-12)
+    assert coverage["weight_bits_quantized"] == pytest.approx(bits, rel=1e-12)
+
+
+def test_weights_left_fp32_count_32_bits():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    twin = qbench.preparation.prepare(
+        model, {"format": "mxfp4_e2m1", "layers": [{"match": "1", "enabled": False}]}
+    )
+    coverage = qbench.preparation.preparation_report(twin)["coverage"]
+    assert coverage["weight_bits"] == pytest.approx((4.25 + 32) / 2)
+    assert coverage["weight_bits_quantized"] == pytest.approx(4.25)

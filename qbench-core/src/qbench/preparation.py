@@ -219,11 +219,14 @@ def storage_bits(spec: QuantSpec, shape: tuple[int, ...]) -> float | None:
     bits plus each scale's bits shared by its group (a tensor, a channel, a chunk), and a
     second-level scale's over the tensor. MXFP4 4 + 8/32 = 4.25; NVFP4 4 + 8/16 (+ 32 per
     tensor); fp8 in chunks of 128 with fp32 scales 8.25. None when a format does not state
-    its ``bits``."""
+    its ``bits`` or is not installed."""
     from .plugins import get
 
     def bits_of(name: str) -> float | None:
-        bits = getattr(get("format", name), "bits", None)
+        try:
+            bits = getattr(get("format", name), "bits", None)
+        except QBenchError:  # a scale format no installed plugin provides: unknown size
+            return None
         return float(bits) if isinstance(bits, (int, float)) else None
 
     element, scale = bits_of(spec.format), bits_of(spec.scaling.scale_format)

@@ -8,6 +8,7 @@ only named in annotations.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -255,6 +256,20 @@ class Op(Protocol):
         ...
 
     @classmethod
+    def calibrating(cls, twin: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Optional: a context in which the runner runs ``twin`` on the calibration batches
+        (``calibration: {batches: N}``); the built-in ``calibration`` op records each
+        input/activation quantizer's amax there."""
+        ...
+
+    @classmethod
+    def freeze(cls, twin: nn.Module) -> dict[str, Any]:
+        """Optional: after :meth:`calibrating`, turn what was recorded into static scales;
+        returns ``{"static": [...], "dynamic": [{"name", "role", "reason"}...]}`` for the
+        report's ``calibration`` section."""
+        ...
+
+    @classmethod
     def install(
         cls,
         twin: nn.Module,
@@ -402,6 +417,25 @@ class Metric(Protocol):
         no FP32 side). Called on the registered class, so a staticmethod or classmethod."""
         ...
 
+    @staticmethod
+    def sweep_columns(result: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+        """Optional: this metric's columns of a sweep table, ``(key, label, value)`` with a
+        number (or None) as value (``qbench.sweep``). Called on the registered class."""
+        ...
+
+    @staticmethod
+    def sweep_layers(result: Mapping[str, Any]) -> dict[str, Any]:
+        """Optional: one number per layer (the layer-wise metric: output cosine), for a
+        sweep's layers x configs heat map."""
+        ...
+
+    #: Optional: the key of one of :meth:`sweep_columns` that a sweep's Pareto front
+    #: maximises against effective bits (the accuracy metric: ``top1_delta``).
+    sweep_quality: str
+    #: Optional: how ``qbench sensitivity`` ranks layers, most damaging first: keys of
+    #: :meth:`sweep_columns`, ascending, or descending with a leading ``-``.
+    sweep_rank: tuple[str, ...]
+
 
 class Reporter(Protocol):
     """Writes report artifacts into ``out_dir``; returns the paths written."""
@@ -409,6 +443,12 @@ class Reporter(Protocol):
     name: str
 
     def write(self, report: Mapping[str, Any], out_dir: Any) -> list[Any]: ...
+
+    def write_sweep(self, summary: Mapping[str, Any], out_dir: Any) -> list[Any]:
+        """Optional: write a sweep's table (``qbench.sweep.summarize``: ``rows``, ``columns``,
+        ``quality``, ``complete``...) into ``out_dir``; every reporter that has it writes
+        its file of the sweep report set."""
+        ...
 
 
 def iter_roles() -> Iterator[str]:

@@ -17,6 +17,7 @@ from xml.etree import ElementTree
 import pytest
 import qbench
 from eval_sample_reports import LONG_NAMES, WARNINGS, sample_report, with_long_names, with_news
+from eval_svg_checks import SVG, clipped_texts, svgs
 from qbench_eval.reporters import (
     CsvReporter,
     HtmlReporter,
@@ -25,7 +26,6 @@ from qbench_eval.reporters import (
     TextReporter,
 )
 
-SVG = "{http://www.w3.org/2000/svg}"
 # --------------------------------------------------------------------------------------
 # 1. Warnings, skipped files, non-finite counts
 # --------------------------------------------------------------------------------------
@@ -295,10 +295,6 @@ def test_all_reporters_write_atomically(tmp_path: Path, monkeypatch: pytest.Monk
 # --------------------------------------------------------------------------------------
 
 
-def _svgs(html: str) -> list[ElementTree.Element]:
-    return [ElementTree.fromstring(s) for s in re.findall(r"<svg.*?</svg>", html, flags=re.S)]
-
-
 def test_numeric_cells_never_wrap_and_tables_sort_offline() -> None:
     html = HtmlReporter().render(sample_report())
     assert re.search(r"td\.n\{[^}]*white-space:nowrap", html)
@@ -326,7 +322,7 @@ def _bar_heights(chart: ElementTree.Element) -> dict[str, float]:
 
 
 def test_accuracy_plot_shows_small_differences_and_labels_values() -> None:
-    chart = _svgs(HtmlReporter().render(sample_report()))[0]
+    chart = svgs(HtmlReporter().render(sample_report()))[0]
     heights = _bar_heights(chart)
     fp32, quantized = heights["FP32 Top-1 (-3.12 pt)"], heights["Quantized Top-1 (-3.12 pt)"]
     # 98.44 vs 95.31 on a 0-100 axis differ by 3 %; the zoomed axis makes it plain.
@@ -339,14 +335,14 @@ def test_accuracy_plot_shows_small_differences_and_labels_values() -> None:
 
     spread = sample_report()
     spread["metrics"]["accuracy"]["quantized"]["top1"] = 0.1  # a broken model: the full axis
-    texts = [t.text for t in _svgs(HtmlReporter().render(spread))[0].iter(f"{SVG}text")]
+    texts = [t.text for t in svgs(HtmlReporter().render(spread))[0].iter(f"{SVG}text")]
     assert "0" in texts and not any(t and t.startswith("Axis zoomed") for t in texts)
 
 
 def test_dynamic_range_plot_shades_the_formats_range(monkeypatch: pytest.MonkeyPatch) -> None:
     report = sample_report()  # fp4_e2m1: subnormal 0.5, normal 1, max 6
     html = HtmlReporter().render(report)
-    chart = _svgs(html)[3]
+    chart = svgs(html)[3]
     rects = [r for r in chart.iter(f"{SVG}rect") if r.get("fill") == "#f2a541"]
     legend = [r for r in rects if r.get("width") == "10"]
     bands = [r for r in rects if r.get("width") != "10"]
@@ -369,53 +365,12 @@ def test_dynamic_range_plot_shades_the_formats_range(monkeypatch: pytest.MonkeyP
         raise qbench.QBenchError(f"format {name!r} not found (qbench-formats not installed)")
 
     monkeypatch.setattr(qbench, "get_format", no_formats)
-    chart = _svgs(HtmlReporter().render(report))[3]
+    chart = svgs(HtmlReporter().render(report))[3]
     assert not [r for r in chart.iter(f"{SVG}rect") if r.get("fill") == "#f2a541"]
     # Facts the report itself carries are used without any lookup.
     report["formats"] = {"fp4_e2m1": {"max": 6.0, "min_normal": 1.0, "min_subnormal": 0.5}}
-    chart = _svgs(HtmlReporter().render(report))[3]
+    chart = svgs(HtmlReporter().render(report))[3]
     assert len([r for r in chart.iter(f"{SVG}rect") if r.get("fill") == "#f2a541"]) == 4
-
-
-def _text_box(text: ElementTree.Element, root_size: float) -> tuple[float, float, float, float]:
-    """Estimated extent of an SVG <text>, transform applied: 0.6 em a character (what sans
-    fonts average, DejaVu's digits reach 0.64), ascent 0.8 em, descent 0.25 em."""
-    size = float(text.get("font-size", root_size))
-    label = text.text or ""
-    width = len(label) * 0.6 * size
-    x, y = float(text.get("x", 0)), float(text.get("y", 0))
-    anchor = text.get("text-anchor", "start")
-    left = x - {"start": 0.0, "middle": width / 2, "end": width}[anchor]
-    corners = [(left, y - 0.8 * size), (left + width, y + 0.25 * size)]
-    corners += [(left, corners[1][1]), (left + width, corners[0][1])]
-    transform = text.get("transform")
-    if transform:
-        angle, cx, cy = map(
-            float, re.fullmatch(r"rotate\(([-\d.]+) ([-\d.]+) ([-\d.]+)\)", transform).groups()
-        )
-        a = math.radians(angle)
-        corners = [
-            (
-                cx + (px - cx) * math.cos(a) - (py - cy) * math.sin(a),
-                cy + (px - cx) * math.sin(a) + (py - cy) * math.cos(a),
-            )
-            for px, py in corners
-        ]
-    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def clipped_texts(html: str) -> list[str]:
-    """Every SVG text whose estimated extent leaves its chart's viewBox."""
-    clipped = []
-    for chart in _svgs(html):
-        vx, vy, vw, vh = map(float, chart.get("viewBox").split())
-        root_size = float(chart.get("font-size", 16))
-        for text in chart.iter(f"{SVG}text"):
-            x0, y0, x1, y1 = _text_box(text, root_size)
-            if x0 < vx - 0.5 or y0 < vy - 0.5 or x1 > vx + vw + 0.5 or y1 > vy + vh + 0.5:
-                clipped.append(f"{text.text!r} at ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f})")
-    return clipped
 
 
 @pytest.mark.parametrize("count", [2, 30, 120])
@@ -424,7 +379,7 @@ def test_long_layer_names_fit_their_charts(count: int) -> None:
     assert clipped_texts(html) == []
     labels = [
         t
-        for chart in _svgs(html)[1:]
+        for chart in svgs(html)[1:]
         for t in chart.iter(f"{SVG}text")
         if t.get("transform")
         and "rotate(-90" in t.get("transform")

@@ -15,6 +15,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+from eval_svg_checks import SVG, clipped_texts, svgs
 from qbench_eval.reporters import (
     CsvReporter,
     HtmlReporter,
@@ -24,7 +25,6 @@ from qbench_eval.reporters import (
     _sweep,
 )
 
-SVG = "{http://www.w3.org/2000/svg}"
 HOSTILE = '<script>alert("x")</script>'
 COLUMNS = [
     {"key": "accuracy.top1", "label": "top-1 %"},
@@ -358,12 +358,8 @@ def test_csv_nonfinite_pending_and_missing(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- html
 
 
-def _svgs(html: str) -> list[ElementTree.Element]:
-    return [ElementTree.fromstring(s) for s in re.findall(r"<svg.*?</svg>", html, flags=re.S)]
-
-
 def _scatter(html: str) -> ElementTree.Element:
-    (chart,) = _svgs(html)
+    (chart,) = svgs(html)
     return chart
 
 
@@ -461,7 +457,7 @@ def test_html_without_quality_has_no_plot(tmp_path: Path) -> None:
     mapping = finished()
     mapping["quality"] = None
     html = write(HtmlReporter(), mapping, tmp_path).read_text(encoding="utf-8")
-    assert _svgs(html) == []
+    assert svgs(html) == []
     assert "no quality column" in html
     assert '<table class="heat">' in html  # the rest is still there
 
@@ -527,41 +523,3 @@ def test_value_text_digits() -> None:
 
 
 # --------------------------------------------------------- labels inside their charts
-
-
-def _text_box(text: ElementTree.Element, root_size: float) -> tuple[float, float, float, float]:
-    """Estimated extent of an SVG <text>: 0.6 em a character (what sans fonts average),
-    ascent 0.8 em, descent 0.25 em, a rotate(...) transform applied."""
-    size = float(text.get("font-size", root_size))
-    width = len(text.text or "") * 0.6 * size
-    x, y = float(text.get("x", 0)), float(text.get("y", 0))
-    left = x - {"start": 0.0, "middle": width / 2, "end": width}[text.get("text-anchor", "start")]
-    corners = [(left, y - 0.8 * size), (left + width, y + 0.25 * size)]
-    corners += [(left, corners[1][1]), (left + width, corners[0][1])]
-    transform = text.get("transform")
-    if transform:
-        angle, cx, cy = map(
-            float, re.fullmatch(r"rotate\(([-\d.]+) ([-\d.]+) ([-\d.]+)\)", transform).groups()
-        )
-        a = math.radians(angle)
-        corners = [
-            (
-                cx + (px - cx) * math.cos(a) - (py - cy) * math.sin(a),
-                cy + (px - cx) * math.sin(a) + (py - cy) * math.cos(a),
-            )
-            for px, py in corners
-        ]
-    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def clipped_texts(html: str) -> list[str]:
-    """Every SVG text whose estimated extent leaves its chart's viewBox."""
-    clipped = []
-    for chart in _svgs(html):
-        vx, vy, vw, vh = map(float, chart.get("viewBox").split())
-        for text in chart.iter(f"{SVG}text"):
-            x0, y0, x1, y1 = _text_box(text, float(chart.get("font-size", 16)))
-            if x0 < vx - 0.5 or y0 < vy - 0.5 or x1 > vx + vw + 0.5 or y1 > vy + vh + 0.5:
-                clipped.append(f"{text.text!r} at ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f})")
-    return clipped

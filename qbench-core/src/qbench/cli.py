@@ -339,6 +339,35 @@ def compare(reports: tuple[Path, ...], output: Path | None, name: str) -> None:
 # ---------------------------------------------------------- sensitivity, mixed precision
 
 
+def _sweep_options(output_help: str) -> Any:
+    """--limit, --device, --output, --force and --progress of the commands that run sweeps."""
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(
+            [
+                click.option(
+                    "--limit",
+                    type=click.IntRange(min=1),
+                    default=None,
+                    help="Evaluate at most N images.",
+                ),
+                click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+                click.option(
+                    "--output",
+                    type=click.Path(file_okay=False, path_type=Path),
+                    default=None,
+                    help=output_help,
+                ),
+                click.option("--force", is_flag=True, help="Recompute saved results."),
+                click.option("--progress/--no-progress", default=True),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def _formats_option(value: str | None) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()] if value else None
 
@@ -351,17 +380,7 @@ def _formats_option(value: str | None) -> list[str] | None:
     help="Comma-separated formats to measure each layer "
     "in (default: the config's own quantization).",
 )
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images."
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Report root (default: the config's output.dir).",
-)
-@click.option("--force", is_flag=True, help="Recompute layers whose results are saved.")
+@_sweep_options("Report root (default: the config's output.dir).")
 @click.option(
     "--top",
     type=click.IntRange(min=1),
@@ -369,7 +388,6 @@ def _formats_option(value: str | None) -> list[str] | None:
     show_default=True,
     help="Layers shown per format.",
 )
-@click.option("--progress/--no-progress", default=True)
 def sensitivity_command(
     config: Path,
     formats: str | None,
@@ -441,18 +459,7 @@ def sensitivity_command(
     default=None,
     help="Comma-separated formats to choose from (default: the config's sweep.grid.format).",
 )
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate at most N images."
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Report root (default: the config's output.dir); the config is written there.",
-)
-@click.option("--force", is_flag=True, help="Recompute saved results.")
-@click.option("--progress/--no-progress", default=True)
+@_sweep_options("Report root (default: the config's output.dir); the config is written there.")
 def mixed_precision_command(
     config: Path,
     budget: float,

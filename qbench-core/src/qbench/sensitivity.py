@@ -191,15 +191,9 @@ def mixed_precision(
             f"{cfg.path or cfg.name}: mixed-precision needs at least two formats to choose "
             "from; allowed: sweep.grid.format in the config, or --formats a,b"
         )
+    running = {"limit": limit, "device": device, "output": output, "progress": progress}
     measured = sensitivity(
-        cfg,
-        formats=formats,
-        limit=limit,
-        device=device,
-        output=output,
-        force=force,
-        progress=progress,
-        name=f"{cfg.name}-mixed-sensitivity",
+        cfg, formats=formats, force=force, name=f"{cfg.name}-mixed-sensitivity", **running
     )
     bits = {fmt: _format_bits(cfg, fmt) for fmt in formats}
     cheapest_first = sorted(formats, key=lambda f: (bits[f], formats.index(f)))
@@ -231,15 +225,7 @@ def mixed_precision(
     candidates = []
     for index, assignment in enumerate(assignments):
         candidates.append(_assigned(cfg, base, assignment, f"{cfg.name}-mixed-{index:02d}"))
-    result = run_sweep(
-        candidates,
-        limit=limit,
-        device=device,
-        output=output,
-        force=force,
-        progress=progress,
-        name=f"{cfg.name}-mixed-candidates",
-    )
+    result = run_sweep(candidates, force=force, name=f"{cfg.name}-mixed-candidates", **running)
     scored = []
     for row, assignment, candidate in zip(
         result.summary["rows"], assignments, candidates, strict=True

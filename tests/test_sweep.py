@@ -194,6 +194,10 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_same_numbers(tmp_path):
         ({"grid": {"mode": ["tensor", "chunk"]}}, "the combination {mode: chunk} is not a valid"),
         ({"grid": {"output.dir": ["a"]}}, "'output' cannot be swept"),
         ({"grid": {"format": []}}, "sweep.grid.format"),
+        (
+            {"grid": {f"quantization.k{i}": list(range(10)) for i in range(10)}},
+            "10000000000 combinations; allowed: at most 1000",
+        ),
     ],
 )
 def test_an_empty_or_contradictory_sweep_is_refused_in_one_line(tmp_path, capsys, sweep, message):

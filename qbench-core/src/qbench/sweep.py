@@ -39,6 +39,9 @@ from .version import __version__
 _TOP_LEVEL = ("model", "dataset", "quantization", "evaluation", "device", "memory_format", "seed")
 #: Keys a sweep cannot vary: they name or place the results.
 _FIXED = ("name", "output", "sweep")
+#: Most configs one grid may expand to (before exclusions): each is validated and run, and a
+#: few lines of YAML can ask for 10^10.
+MAX_CONFIGS = 1000
 
 
 # ------------------------------------------------------------------------ expansion
@@ -84,6 +87,14 @@ def expand(cfg: Config) -> list[tuple[Config, dict[str, str]]]:
                 f"{where}.grid.{key}: {', '.join(repeated)} appears more than once; "
                 "allowed: distinct values"
             )
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    if size > MAX_CONFIGS:
+        raise QBenchError(
+            f"{where}.grid: {' x '.join(str(len(v)) for v in grid.values())} = {size} "
+            f"combinations; allowed: at most {MAX_CONFIGS} configs in one sweep (split it)"
+        )
     exclusions = [dict(e) for e in sweep.get("exclude") or ()]
     for index, exclusion in enumerate(exclusions):
         for key, value in exclusion.items():

@@ -70,6 +70,58 @@ def wide_quotient(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
     return (a.to(torch.float64) / wide).to(a.dtype)
 
 
+def copysign(magnitude: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """``magnitude`` with the sign bit of ``sign`` (float32; in place where eager).
+
+    Compiled, on the bits: inductor's C++ backend calls Sleef's copysign out of line once per
+    vector (spilling every live vector register around the call) where two ANDs and an OR
+    do (measured: see benchmarks/README.md). The same bits, NaN included."""
+    if not torch.compiler.is_compiling():
+        return magnitude.copysign_(sign)
+    bits = magnitude.view(torch.int32) & 0x7FFFFFFF
+    return (bits | (sign.view(torch.int32) & _SIGN_BIT)).view(torch.float32)
+
+
+#: the float32 sign bit as an int32 (0x80000000)
+_SIGN_BIT = -(1 << 31)
+
+
+def pow2_reciprocal(scale: torch.Tensor) -> torch.Tensor:
+    """``1 / scale`` for float32 powers of two 2^k, k in [-127, 127] (E8M0's range), or NaN,
+    from the exponent field: 2^-k exactly (2^-127 a subnormal), NaN for NaN.
+
+    ``x * pow2_reciprocal(s)`` gives the same bits as ``x / s``: both are the correctly
+    rounded float32 of the one real number x * 2^-k (an overflow or a subnormal result
+    included), and no division by a vector is left in the element loop."""
+    field = (scale.view(torch.int32) >> F32_FRACTION_BITS) & 0xFF
+    bits = (2 * F32_BIAS - field) << F32_FRACTION_BITS  # 2^(127 - (field - 127))
+    bits = torch.where(field == 2 * F32_BIAS, 1 << (F32_FRACTION_BITS - 1), bits)  # 2^-127
+    return torch.where(field == 0xFF, _QUIET_NAN, bits).view(torch.float32)
+
+
+#: float32 quiet NaN bits (what ``float("nan")`` stores)
+_QUIET_NAN = 0x7FC00000
+
+
+def e8m0_scale(amax: torch.Tensor, emax: int) -> torch.Tensor:
+    """OCP MX v1.0 §6.3's shared scale from the groups' amax, for an element ``emax`` >= 0:
+    2^clamp(floor(log2(amax)) - emax, -127, 127), 2^-127 for amax 0, NaN for inf/NaN.
+
+    The scale's exponent field is amax's field minus emax, clamped to [0, 254], with field 0
+    standing for 2^-127 (a subnormal): a subnormal amax (field 0) has floor(log2) <= -127, so
+    with emax >= 0 it clamps to -127 like amax 0. About ten integer ops where the general
+    form (:func:`~qbench_formats.bits.floor_log2_f32`, :func:`~qbench_formats.bits.pow2_f32`)
+    takes thirty, enough for inductor to keep the scale inside the block's loop instead of
+    storing it and reading every block of x twice (measured: see benchmarks/README.md)."""
+    assert emax >= 0, emax
+    field = (amax.view(torch.int32) >> F32_FRACTION_BITS) & 0xFF
+    scale_field = torch.clamp(field - emax, 0, 2 * F32_BIAS)
+    bits = torch.where(
+        scale_field == 0, 1 << (F32_FRACTION_BITS - 1), scale_field << F32_FRACTION_BITS
+    )
+    return torch.where(field == 0xFF, _QUIET_NAN, bits).view(torch.float32)
+
+
 def _round_magnitude_(
     scaled: torch.Tensor, rounding: str, noise: torch.Tensor | None
 ) -> torch.Tensor:
@@ -149,7 +201,7 @@ def round_float(
                 a.masked_fill_(torch.isinf(v), float("nan"))
         else:
             a.masked_fill_(too_big, float("inf") if special == "ieee" else float("nan"))
-    a.copysign_(v)
+    a = copysign(a, v)
     if special == "fnuz":
         a.add_(0.0)  # no negative zero in fnuz formats
     return a
@@ -174,7 +226,7 @@ def _round_no_mantissa_even(
     small = torch.round(a * 2.0**-emin) * min_normal
     out = torch.where(a < min_normal, small, rounded)
     out = torch.where(torch.isnan(a), a, out)
-    out = torch.copysign(out, v)
+    out = copysign(out, v)
     if special == "fnuz":
         out = out + 0.0
     return out
@@ -194,7 +246,7 @@ def round_int(
     if rounding in ("nearest_even", "toward_zero"):
         k = _round_magnitude_(k, rounding, None)  # both are symmetric about zero
     else:
-        k = _round_magnitude_(k.abs(), rounding, noise).copysign_(k)
+        k = copysign(_round_magnitude_(k.abs(), rounding, noise), k)
     if scale_exponent:
         k.mul_(2.0**scale_exponent)
     return k.add_(0.0)  # no -0 code in two's complement

@@ -347,7 +347,16 @@ def _finite_amax(xg: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         amax = _amax(xg, dims)
         if bool(torch.isfinite(amax).all()):
             return amax  # the common case: one read of x, same values as below
-    magnitude = torch.where(torch.isfinite(xg), xg.abs(), torch.zeros_like(xg))
+        magnitude = torch.where(torch.isfinite(xg), xg.abs(), torch.zeros_like(xg))
+        if not dims:
+            return magnitude
+        return torch.amax(magnitude, dim=dims, keepdim=True)
+    # Compiled: |x| and the finite test on the bits (inf and NaN are the patterns from
+    # 0x7F800000 up), three integer ops a vector instead of the float form's seven (two
+    # compares, mask conversions, a blend). The maximum stays a float one: inductor reduces
+    # an int32 vector across its lanes element by element.
+    bits = xg.view(torch.int32) & 0x7FFFFFFF
+    magnitude = torch.where(bits < 0x7F800000, bits, 0).view(torch.float32)
     if not dims:
         return magnitude
     return torch.amax(magnitude, dim=dims, keepdim=True)
@@ -407,13 +416,17 @@ def fused_scales(
     """The fast twin's scales from the groups' amax: (effective scale, block part, tensor
     part), the two parts only where the caller asked for codes (else None, so that a
     compiled kernel need not store them)."""
-    scale, block, tensor_scale = _scales(
-        amax,
-        plan,
-        lambda b: fused.round_values(plan.scale_arith, b, "nearest_even", "saturate", None),
-        floor_log2_f32,
-        tensor_amax,
-    )
+    if plan.scale_kind == "e8m0" and plan.element_facts.emax >= 0:
+        scale = block = fused.e8m0_scale(amax, plan.element_facts.emax)
+        tensor_scale = None
+    else:
+        scale, block, tensor_scale = _scales(
+            amax,
+            plan,
+            lambda b: fused.round_values(plan.scale_arith, b, "nearest_even", "saturate", None),
+            floor_log2_f32,
+            tensor_amax,
+        )
     if plan.want_elements:
         return scale, block, tensor_scale
     return scale, None, None
@@ -429,14 +442,16 @@ def fused_elements(
 ) -> tuple[Any, ...]:
     """The fast twin's element rounding of ``xg / scale`` and the multiplication back
     (``plan`` last: :func:`qbench.kernels.fused` appends the constants to the tensors)."""
+    if plan.scale_kind == "e8m0":  # a power of two: multiplying by 1/scale is exact
+        scaled = xg * fused.pow2_reciprocal(scale)
+    else:
+        scaled = fused.divide(xg, scale)
     if plan.element_arith is not None:
         elements = fused.round_values(
-            plan.element_arith, fused.divide(xg, scale), plan.rounding, plan.overflow, noise
+            plan.element_arith, scaled, plan.rounding, plan.overflow, noise
         )
     else:  # lookup tables: binary search in float64 (eager only)
-        elements = round_reference(
-            plan.element, fused.divide(xg, scale), plan.rounding, plan.overflow, noise
-        )
+        elements = round_reference(plan.element, scaled, plan.rounding, plan.overflow, noise)
     if plan.want_elements:
         dequantized = elements * scale
         if torch.compiler.is_compiling() and encodes_from_bits(plan.element):

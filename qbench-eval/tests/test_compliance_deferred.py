@@ -12,7 +12,8 @@ import qbench
 import torch
 from eval_helpers import kernels_on, quantize, spec
 from qbench.types import BatchOutputs, QuantResult
-from qbench_eval.compliance import DEFER_BYTES, ComplianceMetric
+from qbench_eval.compliance import DEFER_BYTES, ComplianceMetric, tables
+from qbench_eval.compliance import metric as compliance_metric
 
 BATCH = BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1))
 
@@ -144,3 +145,63 @@ def test_counts_wait_on_cuda_only_and_within_the_byte_budget() -> None:
         metric.update(BATCH)
         assert not metric._pending
         assert metric.result()["status"] == "PASS"
+
+
+# -- the eager audit of large tensors (a short run, or compilation off) counts slice by slice
+# (``EAGER_COUNT_ABOVE``, ``tables.SLICE_ELEMENTS``) instead of from whole-tensor masks, so its
+# intermediates stay a slice's size: the result is the very result of the masks.
+
+
+def _with_nonfinite() -> list[list[tuple[str, str, object]]]:
+    """The deferred tests' observations, and tensors whose values are NaN / ±inf."""
+    batches = _observations()
+    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(3))
+    x[1, 5], x[4, 60] = math.nan, math.inf
+    for batch in batches:
+        batch.append(("nan", "input", qbench.quantize(x, "fp8_e4m3", return_codes=True)))
+        batch.append(("mx", "input", qbench.quantize(x, "mxfp8_e4m3", return_codes=True)))
+    return batches
+
+
+def _audit(max_examples: int) -> dict:
+    metric = _metric(False, max_examples)
+    for batch in _with_nonfinite():
+        for layer, role, result in batch:
+            metric.on_tensor(layer, role, result)
+        metric.update(BATCH)
+    return metric.result()
+
+
+@pytest.mark.parametrize("max_examples", [5, 1])
+def test_sliced_eager_counts_give_the_result_of_the_masks(
+    max_examples: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with kernels_on("eager"):
+        monkeypatch.setattr(compliance_metric, "EAGER_COUNT_ABOVE", 1 << 62)
+        masks = _audit(max_examples)
+        sliced = []
+        for elements in (1, 7, 1 << 20):  # slices of one row, of a few rows, one slice
+            monkeypatch.setattr(compliance_metric, "EAGER_COUNT_ABOVE", 0)
+            monkeypatch.setattr(tables, "SLICE_ELEMENTS", elements)
+            sliced.append(_audit(max_examples))
+    with kernels_on("compiled"):
+        compiled = _audit(max_examples)
+    assert sliced == [masks] * 3 and compiled == masks
+    failures = {(f["layer"], f["role"]): f["failures"] for f in masks["failures"]}
+    assert failures[("head", "input")] == {"reconstruction": 4}
+    assert failures[("fc", "input")] == {"grid": 2}
+    nonfinite = [t for t in masks["tensors"] if t["layer"] in ("nan", "mx")]
+    assert nonfinite and all(sum(t["nonfinite"].values()) for t in nonfinite), nonfinite
+
+
+def test_slices_cut_the_first_dimension_and_keep_broadcast_tensors_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tables, "SLICE_ELEMENTS", 40)
+    codes, scales, whole = torch.zeros(10, 3, 8), torch.ones(10, 3, 1), torch.ones(1, 3, 8)
+    parts = tables._slices((codes, codes, scales, whole, torch.ones(8)))
+    assert [p[0].shape[0] for p in parts] == [1] * 10  # 24 elements a row: one row a slice
+    assert all(p[2].shape == (1, 3, 1) and p[3] is whole for p in parts)
+    monkeypatch.setattr(tables, "SLICE_ELEMENTS", 100)
+    assert [p[0].shape[0] for p in tables._slices((codes,))] == [4, 4, 2]
+    assert tables._slices((codes[:1],))[0][0] is not None

@@ -397,3 +397,100 @@ def test_functional_call_sites_are_layers_measured_against_the_fp32_models_calls
     assert rows["0:matmul#2"]["cosine"] == pytest.approx(cosine, rel=1e-6)
     assert metric.result()["unpaired_calls"] == 0
     assert interceptor_of(reference) is None  # the recorder is gone with close()
+
+
+class _ResidualInPlace(nn.Module):
+    """conv -> ReLU(inplace) -> conv, then ``out += x`` into the second conv's output: only
+    the first conv's output and the second's are changed in place after their hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.b = nn.Conv2d(3, 3, 3, padding=1)
+        self.c = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.b(self.relu(self.a(x)))
+        out += x
+        return self.c(out)
+
+
+def test_the_first_batch_copies_only_outputs_changed_in_place_later() -> None:
+    """Memory: the first call of a layer holds its FP32 output by reference, and copies it
+    only when an op is about to write into it (``_CopyOnWrite``); copying every output of the
+    first batch, to learn which are changed in place, doubled what that batch holds (issue 22:
+    tf_efficientnet_b0 at batch 32 held 4.3 GB instead of 1.9 GB). The results are those of
+    copying everything."""
+    from qbench_eval import layerwise
+
+    torch.manual_seed(0)
+    reference = _ResidualInPlace().eval()
+    quantized = copy.deepcopy(reference)
+    with torch.no_grad():
+        for p in quantized.parameters():
+            p.copy_(torch.round(p * 16) / 16)
+    names = ["a", "relu", "b", "c"]
+    preparation = {"quantized": [{"name": n, "type": "x", "roles": {"input": ""}} for n in names]}
+    generator = torch.Generator().manual_seed(4)
+    batches = [torch.randn(2, 3, 8, 8, generator=generator) for _ in range(3)]
+
+    def run(copy_first_calls: bool) -> tuple[LayerwiseMetric, list[int]]:
+        metric = LayerwiseMetric(None)
+        metric.attach(reference, quantized, {"preparation": preparation})
+        if copy_first_calls:  # as before: no watch, every first call copied
+            metric._learning = lambda: False  # type: ignore[method-assign]
+        copies = []
+        with torch.no_grad():
+            for i, x in enumerate(batches):
+                reference_logits = reference(x)
+                held = [k for s in metric.layers.values() for k in s.pending["reference"]]
+                copies.append(sum(k.copy is not None for k in held))
+                metric.update(BatchOutputs(torch.zeros(2), reference_logits, quantized(x), i))
+        metric.close()
+        assert torch._C._len_torch_dispatch_stack() == 0
+        return metric, copies
+
+    watched, copies = run(False)
+    everything, all_copies = run(True)
+    result = watched.result()
+    assert result == everything.result() and result["unpaired_calls"] == 0
+    assert all(layer["calls"] == 3 and layer["mse"] > 0 for layer in result["layers"])
+    # a's output (then the ReLU's, the same tensor, held after the write) and b's (out += x)
+    # are written into: copied on the first batch too, the others only then
+    assert copies == [2, 2, 2] and all_copies == [4, 2, 2]
+    learned = {name: stats.changed_in_place for name, stats in watched.layers.items()}
+    assert learned == {"a": True, "relu": False, "b": True, "c": False}
+    assert layerwise._COPY_ON_WRITE is not None and not layerwise._COPY_ON_WRITE.held
+
+
+def test_metrics_of_a_sweep_share_the_watch_of_one_fp32_model() -> None:
+    """Two twins' metrics on one FP32 model (a sweep): each learns as alone, and the watch
+    ends with the FP32 forward, whichever metric's hook runs last."""
+    torch.manual_seed(0)
+    reference = _ResidualInPlace().eval()
+    twins = [copy.deepcopy(reference) for _ in range(2)]
+    with torch.no_grad():
+        for scale, twin in zip((8, 32), twins, strict=True):
+            for p in twin.parameters():
+                p.copy_(torch.round(p * scale) / scale)
+    preparation = {"quantized": [{"name": n, "type": "x", "roles": {"input": ""}} for n in "abc"]}
+    x = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def results(models: list[nn.Module]) -> list[dict]:
+        metrics = [LayerwiseMetric(None) for _ in models]
+        for metric, twin in zip(metrics, models, strict=True):
+            metric.attach(reference, twin, {"preparation": preparation})
+        with torch.no_grad():
+            for i, batch in enumerate(x):
+                logits = reference(batch)
+                assert torch._C._len_torch_dispatch_stack() == 0
+                for metric, twin in zip(metrics, models, strict=True):
+                    metric.update(BatchOutputs(torch.zeros(2), logits, twin(batch), i))
+        for metric in metrics:
+            metric.close()
+        return [metric.result() for metric in metrics]
+
+    shared = results(twins)
+    assert shared == results(twins[:1]) + results(twins[1:])
+    assert all(r["unpaired_calls"] == 0 for r in shared)

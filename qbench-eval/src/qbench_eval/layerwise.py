@@ -7,6 +7,13 @@ float64 sums on the model's device (no host sync per layer).
 
 Each layer's error is measured *inside the full quantized model*: its input already carries
 the error of the layers before it, which is what a user of the quantized model experiences.
+
+Memory: the FP32 outputs of a batch are held, by reference, until the twin's arrive. An output
+that a later op changes in place (``ReLU(inplace=True)``, ``out += identity``) must be held as
+a copy instead; which ones are is learned on the first call of each layer without copying the
+others: while the FP32 model's forward runs, :class:`_CopyOnWrite` copies a held output just
+before an op writes into its storage. Copying every output of the first batch to find out
+would double what the first batch holds.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import fnmatch
 import math
 from collections import deque
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +32,16 @@ from qbench.errors import QBenchError
 from qbench.kernels import ONE_LOOP, fused, in_memory_order, use_compiled, without_function_modes
 from qbench.types import BatchOutputs
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from ._identity import Seen
 
 #: Copy buffers a layer keeps for reuse: one per call of the layer in a forward (a module
 #: called twice, like torchvision's shared ReLU in a residual block, needs two).
 _MAX_FREE_BUFFERS = 4
+
+#: FP32 forwards during which first calls are watched (:meth:`LayerwiseMetric._learning`).
+_WATCHED_BATCHES = 4
 
 # Slots of the per-layer output accumulator (float64, on the output's device).
 _SSE, _REF_SQ, _Q_SQ, _DOT, _NONFINITE_CALLS = range(5)
@@ -140,6 +152,99 @@ class _Kept:
     copy: torch.Tensor | None
 
 
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage to speak of (sparse, nested...)
+        return None
+
+
+_WRITTEN_ARGS: dict[Any, tuple[tuple[int, str], ...]] = {}
+
+
+def _written(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The tensors an aten op writes into (``self`` of ``relu_``, ``out=``...): its schema's
+    arguments marked as written."""
+    places = _WRITTEN_ARGS.get(func)
+    if places is None:
+        places = _WRITTEN_ARGS[func] = tuple(
+            (i, argument.name)
+            for i, argument in enumerate(func._schema.arguments)
+            if argument.alias_info is not None and argument.alias_info.is_write
+        )
+    tensors: list[torch.Tensor] = []
+    for i, name in places:
+        value = args[i] if i < len(args) else kwargs.get(name)
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+        elif isinstance(value, (list, tuple)):
+            tensors.extend(v for v in value if isinstance(v, torch.Tensor))
+    return tensors
+
+
+class _CopyOnWrite(TorchDispatchMode):
+    """While the FP32 model's forward runs, outputs held by reference whose layers have not
+    shown yet whether they are changed in place (:meth:`_LayerStats.keep`) are copied just
+    before an op writes into their storage: only those, not every output of the first batch.
+    What is not written during the forward is then known unchanged by it (the version counter
+    tells the rest, as for any output held by reference).
+
+    One per process, entered by the pre-hook of each watched FP32 model's top module (several
+    metrics of a sweep watching one model share it) and left by the last of their hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.held: dict[int, list[tuple[_LayerStats, _Kept]]] = {}
+
+    def watch(self, stats: _LayerStats, kept: _Kept) -> bool:
+        """Copy ``kept`` if an op writes into it before the watch ends; False if it cannot be
+        watched (it must then be copied now)."""
+        key = _storage_key(kept.tensor)
+        if key is None:
+            return False
+        self.held.setdefault(key, []).append((stats, kept))
+        return True
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.held:
+            for tensor in _written(func, args, kwargs):
+                key = _storage_key(tensor)
+                for stats, kept in self.held.pop(key, ()) if key is not None else ():
+                    if kept.copy is None and kept.tensor._version == kept.version:
+                        stats.save(kept)
+        return func(*args, **kwargs)
+
+    def begin(self) -> None:
+        if self.depth == 0:
+            self.__enter__()
+        self.depth += 1
+
+    def end(self) -> None:
+        if self.depth == 0:
+            return
+        self.depth -= 1
+        if self.depth == 0:
+            self.held.clear()
+            self.__exit__(None, None, None)
+
+
+_COPY_ON_WRITE: _CopyOnWrite | None = None
+
+
+def _no_dispatch_modes() -> Any:
+    """Torch dispatch modes (:class:`_CopyOnWrite`) off for the block; free when none is on."""
+    return _disable_current_modes() if torch._C._len_torch_dispatch_stack() else nullcontext()
+
+
+def _copy_on_write() -> _CopyOnWrite:
+    global _COPY_ON_WRITE
+    if _COPY_ON_WRITE is None:
+        _COPY_ON_WRITE = _CopyOnWrite()
+    return _COPY_ON_WRITE
+
+
 class _LayerStats:
     """Running sums for one layer, kept on the device of the layer's output (no host sync
     until :meth:`result`)."""
@@ -161,15 +266,25 @@ class _LayerStats:
         self.lost_calls = 0
         self._free: list[torch.Tensor] = []  # copy buffers of measured pairs, for reuse
 
-    def keep(self, tensor: torch.Tensor) -> _Kept:
+    def keep(self, tensor: torch.Tensor, watch: _CopyOnWrite | None = None) -> _Kept:
         """Hold an output until its twin arrives: by reference, with its version counter, if
-        the layer's output is not changed in place later; else (and on the first call, to
-        learn which) as a copy, into a buffer this layer reuses batch after batch."""
+        the layer's output is not changed in place later; else as a copy, into a buffer this
+        layer reuses batch after batch. Until that is known (the first call), by reference
+        under ``watch``, which copies it only if an op is about to write into it; without a
+        watch, as a copy."""
         version = None if tensor.is_inference() else tensor._version
-        copy = None
-        if version is None or self.changed_in_place is not False:
-            copy = self._buffer_like(tensor).copy_(tensor)
-        return _Kept(tensor, version, copy)
+        kept = _Kept(tensor, version, None)
+        if version is None or self.changed_in_place is True:
+            self.save(kept)
+        elif self.changed_in_place is None:
+            if watch is not None and watch.watch(self, kept):
+                return kept
+            self.save(kept)
+        return kept
+
+    def save(self, kept: _Kept) -> None:
+        """Copy the held output (as it is now) into a buffer of this layer."""
+        kept.copy = self._buffer_like(kept.tensor).copy_(kept.tensor)
 
     def _buffer_like(self, tensor: torch.Tensor) -> torch.Tensor:
         """A free buffer of ``tensor``'s shape, dtype and device: a fresh allocation of an
@@ -341,7 +456,9 @@ class LayerwiseMetric:
         self._handles: list[Any] = []
         self._inputs: Seen[Any] = Seen()
         self._recorded: nn.Module | None = None  # the FP32 model, while its calls are recorded
-        self._call_hooks: tuple[Any, Any] | None = None
+        self._call_hooks: tuple[Any, Any, Any, Any] | None = None
+        self._watch: Any = None  # the _CopyOnWrite, while the FP32 model's forward runs
+        self._watching = 0
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -377,6 +494,7 @@ class LayerwiseMetric:
             )
 
         self._watch_calls(reference, quantized, entries)
+        self._watch_writes(reference)
 
     def _watch_calls(
         self, reference: nn.Module, quantized: nn.Module, entries: list[dict[str, Any]]
@@ -431,8 +549,7 @@ class LayerwiseMetric:
         included = any(fnmatch.fnmatchcase(name, p) for p in self.include)
         return included and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
 
-    @staticmethod
-    def _output_hook(stats: _LayerStats, side: str, seen: Seen[Any] | None = None) -> Any:
+    def _output_hook(self, stats: _LayerStats, side: str, seen: Seen[Any] | None = None) -> Any:
         """The forward hook of one side; ``seen`` (the quantized side's) receives the input
         statistics of its output when the pair is measured as that output arrives."""
         other = "quantized" if side == "reference" else "reference"
@@ -442,21 +559,57 @@ class LayerwiseMetric:
             tensor = first_tensor(output)
             if tensor is None or not tensor.is_floating_point():
                 return
-            waiting = stats.pending[other]
-            if waiting:
-                kept = waiting.popleft()
-                partner = stats.take(kept)
-                if partner is None:  # changed in place after all: this call cannot be paired
-                    return
-                if side == "reference":
-                    stats.add_pair(tensor, partner)
-                else:  # the quantized output, fresh: likely the next layer's input
-                    stats.add_pair(partner, tensor, seen)
-                stats.release(kept)
-            else:
-                stats.pending[side].append(stats.keep(tensor.detach()))
+            with _no_dispatch_modes():  # nor is it an op writing into a held output
+                waiting = stats.pending[other]
+                if waiting:
+                    kept = waiting.popleft()
+                    partner = stats.take(kept)
+                    if partner is None:  # changed in place after all: cannot be paired
+                        return
+                    if side == "reference":
+                        stats.add_pair(tensor, partner)
+                    else:  # the quantized output, fresh: likely the next layer's input
+                        stats.add_pair(partner, tensor, seen)
+                    stats.release(kept)
+                else:
+                    watch = self._watch if side == "reference" and self._watching else None
+                    stats.pending[side].append(stats.keep(tensor.detach(), watch))
 
         return hook
+
+    def _learning(self) -> bool:
+        """Whether some layer has not shown yet if its FP32 output is changed in place (and
+        on the first batch, when the functional calls' layers are still being found). Not
+        past the first few batches: a layer never paired would keep the watch (a Python call
+        per op of the FP32 forward) on for good; a first call that late is copied."""
+        if self.batches >= _WATCHED_BATCHES:
+            return False
+        return self.batches == 0 or any(
+            stats.changed_in_place is None for stats in self.layers.values()
+        )
+
+    def _watch_writes(self, reference: nn.Module) -> None:
+        """Around each forward of the FP32 model while :meth:`_learning`: the process's
+        :class:`_CopyOnWrite` watches the outputs held by reference."""
+
+        def begin(module: nn.Module, inputs: Any) -> None:
+            if self._learning():
+                self._watch = _copy_on_write()
+                self._watch.begin()
+                self._watching += 1
+
+        def end(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self._watching:
+                self._watching -= 1
+                self._watch.end()
+
+        self._handles.append(reference.register_forward_pre_hook(begin))
+        self._handles.append(reference.register_forward_hook(end, always_call=True))
+
+    def _stop_watching(self) -> None:
+        while self._watching:
+            self._watching -= 1
+            self._watch.end()
 
     @staticmethod
     def _input_hook(stats: _LayerStats, seen: Seen[Any]) -> Any:
@@ -472,6 +625,7 @@ class LayerwiseMetric:
 
     def update(self, batch: BatchOutputs) -> None:
         """Both forwards of this batch are done: anything still unpaired cannot be paired."""
+        self._stop_watching()  # (a forward that never finished)
         for stats in self.layers.values():
             for side in ("reference", "quantized"):
                 self.unpaired_calls += len(stats.pending[side])
@@ -481,6 +635,7 @@ class LayerwiseMetric:
         self.batches += 1
 
     def close(self) -> None:
+        self._stop_watching()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -42,6 +42,12 @@ from .tables import FormatTables, _CodeTable
 #: nothing to overlap, and each tensor is settled at once.
 DEFER_BYTES: Mapping[str, int] = {"cuda": 1 << 30}
 
+#: Eager (a short run, or compilation off), tensors of more elements are counted slice by
+#: slice (:meth:`~.tables._CodeTable.counts`) rather than from whole-tensor masks: those
+#: masks, a decoded copy and 8-byte gather indices took ~30 bytes per element at once, a
+#: gigabyte for one of tf_efficientnet_b0's activations at batch 32.
+EAGER_COUNT_ABOVE = 1 << 20
+
 
 class ComplianceMetric:
     """The compliance audit (see :mod:`qbench_eval.compliance`). Observes quantizations through
@@ -170,9 +176,11 @@ class ComplianceMetric:
         table = self.tables.table(element_name, element, codes)
         counts = [check.illegal.sum().reshape(1) for check in scale_checks]
         counts += [check.nan.sum().reshape(1) for check in scale_checks]
-        if table is not None and use_compiled(codes.numel()):
+        compiled = use_compiled(codes.numel())
+        if table is not None and (compiled or codes.numel() > EAGER_COUNT_ABOVE):
             # Large tensors: the grid and reconstruction checks in one fused pass that only
-            # counts; the masks and examples are computed only if something failed.
+            # counts (eager: slice by slice); the masks and examples are computed only if
+            # something failed.
             grouped = _grouped(result) or in_memory_order(
                 codes, dequantized, result.expand_scales()
             )
@@ -184,7 +192,7 @@ class ComplianceMetric:
                 _versions(tensors),
                 scale_checks,
                 clean,
-                torch.cat([*counts, table.counts(*grouped)]),
+                torch.cat([*counts, table.counts(*grouped, sliced=not compiled)]),
             )
             self._pending.append(observation)
             self._pending_bytes += sum(t.numel() * t.element_size() for t in tensors or ())

@@ -87,9 +87,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Print the performance ratios (not pass/fail): quantize kernels, model and run overhead."""
+    """Print the performance ratios (not pass/fail): kernels, model, run and sweep overhead."""
     _install(session, *ALL)
-    for script in ("quantize.py", "model_overhead.py", "run_overhead.py"):
+    for script in ("quantize.py", "model_overhead.py", "run_overhead.py", "sweep_cost.py"):
         session.run("python", f"benchmarks/{script}", *session.posargs)
 
 

@@ -59,6 +59,8 @@ def test_calibration_batches_are_never_evaluated(tmp_path, monkeypatch):
     assert calibration["batches"] == CALIBRATION and calibration["images"] == CALIBRATION * BATCH
     assert calibration["samples"] == list(range(CALIBRATION * BATCH))  # ids: the split's first
     assert len(calibration["static"]) > 20 and report["dataset"]["images"] == EVALUATED
+    # the provenance keeps the evaluated limit: --reproduce reads the same images again
+    assert report["provenance"]["config"]["dataset"]["limit"] == EVALUATED
     assert report["metrics"]["compliance"]["status"] == "PASS"
     assert (
         "static input/activation scales from 2 batches (128 images"

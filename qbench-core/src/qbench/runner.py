@@ -242,10 +242,11 @@ def build_reference(
         model = model.to(memory_format=torch.channels_last)
     dataset_options = _dataset_options(data, limit)
     calibration = int((data.get("calibration") or {}).get("batches", 0))
-    if calibration and dataset_options.get("limit") is not None:
+    read = dict(dataset_options)  # what the dataset is asked for; the report keeps the limit
+    if calibration and read.get("limit") is not None:
         # a limit counts evaluated images: the calibration images come on top of them
-        dataset_options["limit"] += calibration * int(dataset_options["batch_size"])
-    batches = get("dataset", dataset_options["name"]).build(dataset_options, bundle=bundle)
+        read["limit"] += calibration * int(read["batch_size"])
+    batches = get("dataset", read["name"]).build(read, bundle=bundle)
     return _Reference(
         cfg=cfg,
         dev=dev,

@@ -282,3 +282,13 @@ def test_weights_left_fp32_count_32_bits():
     coverage = qbench.preparation.preparation_report(twin)["coverage"]
     assert coverage["weight_bits"] == pytest.approx((4.25 + 32) / 2)
     assert coverage["weight_bits_quantized"] == pytest.approx(4.25)
+
+
+def test_a_sweep_config_is_not_run_as_one_config(tmp_path, capsys):
+    path = sweep_config(tmp_path)
+    with pytest.raises(QBenchError, match="a config with a sweep section is many configs"):
+        qbench.runner.run(load_config(path))
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", str(path)])
+    assert info.value.code == 2
+    assert "allowed: qbench run" in capsys.readouterr().err

@@ -217,10 +217,23 @@ def run(
     The output location is checked before the first batch (``overwrite`` allows replacing
     the report of another run there); the reports are written as one set (``qbench.output``).
     """
-    cfg = config if isinstance(config, Config) else load_config(config)
+    cfg = _single(config, "run")
     reference = build_reference(cfg, limit=limit, device=device)
     twin = plan_twin(reference, cfg, output=output, overwrite=overwrite)
     return run_twins(reference, [twin], progress=progress)[0]
+
+
+def _single(config: str | os.PathLike[str] | Mapping[str, Any] | Config, what: str) -> Config:
+    """``config`` loaded, refused if it is a sweep (its own quantization may name no format:
+    the grid does)."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    if cfg.data.get("sweep"):
+        raise QBenchError(
+            f"{cfg.path or cfg.name}: a config with a sweep section is many configs; "
+            f"allowed: qbench run (or qbench.sweep.run_sweep), or {what} one config of its "
+            "grid (qbench.sweep.expand)"
+        )
+    return cfg
 
 
 def build_reference(
@@ -640,7 +653,7 @@ def check(
     raises :class:`QBenchError` on the first problem."""
     from .preparation import prepare
 
-    cfg = config if isinstance(config, Config) else load_config(config)
+    cfg = _single(config, "validate")
     data = cfg.data
     dev = resolve_device(device or data.get("device"))
     model_options = dict(data["model"])
@@ -686,7 +699,7 @@ def inspect(
 
     from .preparation import OBSERVABLES_ATTRIBUTE, preparation_report, prepare
 
-    cfg = config if isinstance(config, Config) else load_config(config)
+    cfg = _single(config, "inspect")
     data = cfg.data
     dev = resolve_device(device or data.get("device"))
     model_options = dict(data["model"])

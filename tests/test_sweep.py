@@ -222,6 +222,10 @@ def test_expand_names_and_merges_grid_values(tmp_path):
     q = cfg.data["quantization"]
     assert q["format"] == "int8" and q["weight_mode"] == "channel" and q["chunk_size"] == 32
     assert "sweep" not in cfg.data
+    data = yaml.safe_load(sweep_config(tmp_path).read_text())
+    data["sweep"] = {"grid": {"format": ["fp8_e4m3"], "model.weights": ["/data/a b", "/data/c"]}}
+    names = [cfg.name for cfg, _ in expand(load_config(data))]
+    assert names == ["grid-fp8_e4m3-data_a_b", "grid-fp8_e4m3-data_c"]
     with pytest.raises(QBenchError, match="cannot be swept"):
         data = yaml.safe_load(sweep_config(tmp_path).read_text())
         data["sweep"] = {"grid": {"name": ["x"]}}

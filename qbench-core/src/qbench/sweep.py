@@ -122,7 +122,8 @@ def expand(cfg: Config) -> list[tuple[Config, dict[str, str]]]:
         data = copy.deepcopy(base)
         for key, value in chosen.items():
             _put(data, paths[key], copy.deepcopy(value))
-        data["name"] = "-".join([cfg.name, *variant.values()])
+        # a value may hold characters a name may not (a path, a space): made safe for the name
+        data["name"] = "-".join([cfg.name, *(_safe(v) for v in variant.values())])
         try:
             variant_cfg = load_config(data, base=cfg.directory)
         except ConfigError as exc:

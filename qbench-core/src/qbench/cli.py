@@ -112,26 +112,28 @@ def run(
     if len(loaded) > 1 or any(cfg.data.get("sweep") for cfg in loaded):
         _sweep(loaded, limit, device, output, progress, overwrite, force, fail_on_audit)
         return
-    failed: list[str] = []
-    for cfg in loaded:
-        result = run_config(
-            cfg,
-            limit=limit,
-            device=device,
-            output=output,
-            progress=_progress_bar if progress else None,
-            overwrite=overwrite,
-        )
-        _print_summary(result)
-        if result.failed:
-            failed.append(f"{cfg.name} ({', '.join(result.failed)})")
-    if failed and fail_on_audit:
-        click.echo(
-            f"qbench: FAIL: {'; '.join(failed)} said FAIL; reports were written "
-            f"(exit {EXIT_CHECK_FAILED}; --no-fail-on-audit exits 0)",
-            err=True,
-        )
-        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+    (cfg,) = loaded
+    result = run_config(
+        cfg,
+        limit=limit,
+        device=device,
+        output=output,
+        progress=_progress_bar if progress else None,
+        overwrite=overwrite,
+    )
+    _print_summary(result)
+    if result.failed and fail_on_audit:
+        _exit_failed([f"{cfg.name} ({', '.join(result.failed)})"])
+
+
+def _exit_failed(failed: list[str]) -> None:
+    """Exit 3 naming what said FAIL (the reports were written)."""
+    click.echo(
+        f"qbench: FAIL: {'; '.join(failed)} said FAIL; reports were written "
+        f"(exit {EXIT_CHECK_FAILED}; --no-fail-on-audit exits 0)",
+        err=True,
+    )
+    raise click.exceptions.Exit(EXIT_CHECK_FAILED)
 
 
 def _sweep(
@@ -144,10 +146,7 @@ def _sweep(
     force: bool,
     fail_on_audit: bool,
 ) -> None:
-    from .sweep import expand, run_sweep
-
-    for cfg in loaded:  # refuse a bad grid before the first model is built
-        expand(cfg)
+    from .sweep import run_sweep
 
     def finished(result: Any, status: str) -> None:
         how = "skipped (finished before: same result key; --force recomputes)"
@@ -170,12 +169,7 @@ def _sweep(
     for path in result.files:
         click.echo(f"  {path}")
     if result.failed and fail_on_audit:
-        click.echo(
-            f"qbench: FAIL: {'; '.join(result.failed)} said FAIL; reports were written "
-            f"(exit {EXIT_CHECK_FAILED}; --no-fail-on-audit exits 0)",
-            err=True,
-        )
-        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+        _exit_failed(result.failed)
 
 
 def _print_sweep(summary: dict[str, Any]) -> None:
@@ -330,7 +324,7 @@ def compare(reports: tuple[Path, ...], output: Path | None, name: str) -> None:
     if output is not None:
         from .output import safe_part
 
-        files = write_summary(output / safe_part(name), name, summary["rows"], None)
+        _, files = write_summary(output / safe_part(name), name, summary["rows"], None)
         click.echo(f"comparison report: {output / safe_part(name)}")
         for path in files:
             click.echo(f"  {path}")

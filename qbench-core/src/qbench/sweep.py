@@ -33,6 +33,7 @@ from typing import Any
 
 from .config import Config, load_config
 from .errors import ConfigError, QBenchError
+from .output import safe_part
 from .version import __version__
 
 #: Top-level keys a grid key may start with (anything else is a ``quantization`` key).
@@ -123,7 +124,7 @@ def expand(cfg: Config) -> list[tuple[Config, dict[str, str]]]:
         for key, value in chosen.items():
             _put(data, paths[key], copy.deepcopy(value))
         # a value may hold characters a name may not (a path, a space): made safe for the name
-        data["name"] = "-".join([cfg.name, *(_safe(v) for v in variant.values())])
+        data["name"] = "-".join([cfg.name, *(safe_part(v) for v in variant.values())])
         try:
             variant_cfg = load_config(data, base=cfg.directory)
         except ConfigError as exc:
@@ -216,11 +217,13 @@ def run_sweep(
         for cfg, variant in entries
     }
     reports: dict[str, dict[str, Any]] = {}
-    summary_dir = root / _safe(sweep_name)
+    summary_dir = root / safe_part(sweep_name)
     passes = 0
-    files: list[Path] = []
+    written: tuple[dict[str, Any], list[Path]] | None = None  # the last sweep report set
 
     def record(result: Any, status: str) -> None:
+        nonlocal written
+        written = None
         reports[result.report["name"]] = result.report
         rows[result.report["name"]] = {
             **rows[result.report["name"]],
@@ -248,18 +251,13 @@ def run_sweep(
             for result in runner.run_twins(reference, chunk, progress=progress, label=label_text):
                 record(result, "done")
             passes += 1
-            files = write_summary(summary_dir, sweep_name, list(rows.values()), passes, entries)
+            written = write_summary(summary_dir, sweep_name, list(rows.values()), passes, entries)
         del reference
-    files = write_summary(summary_dir, sweep_name, list(rows.values()), passes, entries)
-    summary = json.loads((summary_dir / "sweep.json").read_text(encoding="utf-8"))
+    if written is None:  # configs skipped since the last write (or none ran)
+        written = write_summary(summary_dir, sweep_name, list(rows.values()), passes, entries)
+    summary, files = written
     ordered = [reports[cfg.name] for cfg, _ in entries if cfg.name in reports]
     return SweepResult(summary, ordered, summary_dir, files, passes)
-
-
-def _safe(text: str) -> str:
-    from .output import safe_part
-
-    return safe_part(text)
 
 
 # -------------------------------------------------------------------------- summary
@@ -373,9 +371,10 @@ def write_summary(
     rows: list[dict[str, Any]],
     passes: int | None,
     entries: Sequence[Any] | None = None,
-) -> list[Path]:
+) -> tuple[dict[str, Any], list[Path]]:
     """Write the sweep mapping with every installed reporter that writes sweeps
-    (``write_sweep``), as one set (``qbench.output.write_report_set``)."""
+    (``write_sweep``), as one set (``qbench.output.write_report_set``). Returns the mapping
+    and the files."""
     from .output import Location, write_report_set
     from .plugins import registry
 
@@ -390,7 +389,7 @@ def write_summary(
     if not writers:
         writers.append(("json", _SweepWriter(None), "qbench-core"))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return write_report_set(Location(out_dir), summary, writers)
+    return summary, write_report_set(Location(out_dir), summary, writers)
 
 
 class _SweepWriter:

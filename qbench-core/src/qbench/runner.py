@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from . import provenance
 from .config import DEFAULT_MIN_WEIGHT_COVERAGE, MEMORY_FORMATS, Config, load_config
 from .errors import QBenchError
 from .kernels import expecting
+from .lockstep import Lockstep
 from .memory import objects_frozen
 from .output import check_location, run_key, write_report_set
 from .plugins import get
@@ -419,6 +421,14 @@ def run_twins(
     images = 0
     batches_started = time.perf_counter()
     evaluated = None if reference.total is None else reference.total - reference.calibration_batches
+    # One twin: its forward and the FP32 model's run layer by layer in lockstep, so the FP32
+    # outputs the metrics hold wait one layer, not a whole forward (memory). Several twins
+    # all need every FP32 output of the batch: the FP32 forward runs once, before them.
+    lockstep = (
+        Lockstep(model, twins[0].model, (partial(_rng_state, dev), partial(_set_rng_state, dev)))
+        if len(twins) == 1
+        else None
+    )
     try:
         with contextlib.ExitStack() as stack:
             # a short run keeps kernels it has not compiled yet eager (kernels.expecting);
@@ -437,21 +447,30 @@ def run_twins(
                 inputs = inputs.to(dev, non_blocking=True)
                 if channels_last and inputs.dim() == 4:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                reference_logits = model(inputs)
+                if lockstep is not None:
+                    twin = twins[0]
+                    reference_logits, quantized_logits, twin.rng = lockstep.forward(
+                        inputs, twin.rng
+                    )
+                else:
+                    reference_logits = model(inputs)
                 if index == 0:
                     _check_output_width(reference_logits, targets, reference.classes, bundle.name)
                 targets = targets.to(dev)
                 outer = _rng_state(dev)  # the data's stream, whatever the twins draw
                 for twin in twins:
-                    _set_rng_state(dev, twin.rng)
-                    quantized_logits = twin.model(inputs)
-                    twin.rng = _rng_state(dev)
+                    if lockstep is None:
+                        _set_rng_state(dev, twin.rng)
+                        quantized_logits = twin.model(inputs)
+                        twin.rng = _rng_state(dev)
                     batch = BatchOutputs(targets, reference_logits, quantized_logits, index)
                     for metric in twin.metrics.values():
                         metric.update(batch)
                 _set_rng_state(dev, outer)
                 images += int(targets.shape[0])
     finally:
+        if lockstep is not None:
+            lockstep.close()
         for twin in twins:
             for metric in twin.metrics.values():
                 close = getattr(metric, "close", None)

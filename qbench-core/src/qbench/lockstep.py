@@ -1,0 +1,219 @@
+"""Run the FP32 model and its twin layer by layer, in lockstep.
+
+A metric that compares the two models layer by layer must hold one side's output of a layer
+until the other side's arrives. Run one whole forward after the other and it holds every
+layer's output of a batch at once: for a real-sized CNN at batch 32 that is gigabytes, many
+times what a plain FP32 evaluation needs. :class:`Lockstep` runs the FP32 forward in a worker
+thread that is at most one layer ahead of the twin's: before the twin computes a layer, the
+FP32 side computes the same layer and stops; so a layer's FP32 output waits only while its
+twin computes, and the two forwards' own activations are all the rest.
+
+The two threads never run at once (one holds the turn, the other waits for it), so the hooks
+metrics put on both models see their calls in one order, as before, and nothing is raced. A
+layer is a leaf module of the FP32 model whose name the twin also has; the twin waits for its
+``k``-th call of a layer until the FP32 side has finished its ``k``-th call of it. A layer the
+two sides do not call equally often (a module the twin no longer calls, folded away...) is no
+longer waited for from the next batch on: the FP32 side then runs ahead until the next layer
+both call, holding what it computes in between, which is only memory, never a wrong pairing.
+
+Each side keeps its own random number state (the twin's stochastic rounding draws from the
+twin's), switched with the turn. The worker thread runs under ``torch.no_grad()`` like the
+caller; an exception in either forward stops both and is raised in the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Lockstep"]
+
+_REFERENCE, _TWIN = "reference", "twin"
+
+
+class _Stopped(Exception):
+    """Raised inside the FP32 forward to end it when the twin's forward failed (an
+    ``Exception``: torch runs the hooks registered with ``always_call`` on the way out)."""
+
+
+class Lockstep:
+    """One FP32 model and one twin, run a batch at a time with :meth:`forward`.
+
+    ``rng`` is a pair of callables ``(get, set)`` for the random number state of the device
+    (see the runner); each side's state is switched in and out with its turn."""
+
+    def __init__(
+        self,
+        reference: Any,
+        twin: Any,
+        rng: tuple[Callable[[], Any], Callable[[Any], None]],
+    ) -> None:
+        self._reference, self._twin = reference, twin
+        self._get_rng, self._set_rng = rng
+        self._turn = threading.Condition()
+        self._holder = _TWIN
+        self._done: Counter[str] = Counter()  # calls of each layer the FP32 side finished
+        self._calls: Counter[str] = Counter()  # calls of each layer the twin began
+        self._wanted: tuple[str, int] | None = None
+        self._finished = True
+        self._stopping = False
+        self._skipped: set[str] = set()
+        self._states: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+        self._outcome: tuple[Any, BaseException | None] = (None, None)
+        twin_modules = dict(twin.named_modules())
+        self.layers: list[str] = []
+        self._handles: list[Any] = []
+        for name, module in reference.named_modules():
+            if not name or next(module.children(), None) is not None or name not in twin_modules:
+                continue
+            self.layers.append(name)
+            self._handles.append(module.register_forward_hook(self._finished_call(name)))
+            self._handles.append(twin_modules[name].register_forward_pre_hook(self._wait(name)))
+
+    # -- the hooks --------------------------------------------------------------------
+
+    def _finished_call(self, name: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if threading.current_thread() is not self._thread:
+                return  # the model run outside lockstep
+            self._done[name] += 1
+            wanted = self._wanted
+            if wanted is not None and self._done[wanted[0]] >= wanted[1]:
+                self._pass(_TWIN)
+
+        return hook
+
+    def _wait(self, name: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any) -> None:
+            if self._thread is None or threading.current_thread() is self._thread:
+                return
+            self._calls[name] += 1
+            if name in self._skipped or self._finished:
+                return
+            if self._done[name] < self._calls[name]:
+                self._wanted = (name, self._calls[name])
+                self._pass(_REFERENCE)
+                self._wanted = None
+
+        return hook
+
+    def _pass(self, to: str) -> None:
+        """Give the turn to ``to`` and wait until it comes back (from the side now running).
+        The FP32 side, woken to stop, raises :class:`_Stopped` instead."""
+        me = _TWIN if to == _REFERENCE else _REFERENCE
+        with self._turn:
+            self._states[me] = self._get_rng()
+            self._holder = to
+            self._turn.notify_all()
+            self._turn.wait_for(lambda: self._holder == me)
+            self._set_rng(self._states[me])
+            if me == _REFERENCE and self._stopping:
+                raise _Stopped
+
+    # -- a batch ----------------------------------------------------------------------
+
+    def forward(self, inputs: Any, twin_rng: Any) -> tuple[Any, Any, Any]:
+        """``(fp32_output, twin_output, twin_rng)`` of one batch: the twin's forward runs in
+        the calling thread from the random number state ``twin_rng`` (its state after is
+        returned), the FP32 model's in a worker thread one layer ahead of it from the state
+        current at the call, which is the current one again after it."""
+        import torch
+
+        self._done.clear()
+        self._calls.clear()
+        self._finished = self._stopping = False
+        self._outcome = (None, None)
+        self._states = {_REFERENCE: self._get_rng()}
+        self._holder = _TWIN
+        self._set_rng(twin_rng)
+        grad = torch.is_grad_enabled()
+        thread = threading.Thread(
+            target=self._run_reference, args=(inputs, grad), name="qbench-fp32", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        try:
+            twin_output = self._twin(inputs)
+            self._drain()
+        except BaseException:
+            self._stop()
+            raise
+        finally:
+            self._thread = None
+            twin_rng = self._get_rng()
+            self._set_rng(self._states[_REFERENCE])
+        output, error = self._outcome
+        self._outcome = (None, None)
+        if error is not None:
+            raise error
+        self._learn()
+        return output, twin_output, twin_rng
+
+    def _run_reference(self, inputs: Any, grad: bool) -> None:
+        import torch
+
+        output: Any = None
+        error: BaseException | None = None
+        try:
+            with self._turn:
+                self._turn.wait_for(lambda: self._holder == _REFERENCE)
+                self._set_rng(self._states[_REFERENCE])
+                if self._stopping:
+                    raise _Stopped
+            with torch.set_grad_enabled(grad):
+                output = self._reference(inputs)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # raised in the caller's thread
+            error = exc
+        with self._turn:
+            self._outcome = (output, error)
+            self._finished = True
+            self._states[_REFERENCE] = self._get_rng()
+            self._holder = _TWIN
+            self._turn.notify_all()
+
+    def _drain(self) -> None:
+        """The twin is done: let the FP32 side run to the end of its forward."""
+        if self._finished:
+            self._join()
+            return
+        with self._turn:
+            self._states[_TWIN] = self._get_rng()
+            self._holder = _REFERENCE
+            self._turn.notify_all()
+            self._turn.wait_for(lambda: self._finished)
+            self._set_rng(self._states[_TWIN])
+        self._join()
+
+    def _stop(self) -> None:
+        """The twin's forward failed (or was interrupted): end the FP32 side's."""
+        with self._turn:
+            self._stopping = True
+            if not self._finished:
+                state = self._get_rng()
+                self._holder = _REFERENCE
+                self._turn.notify_all()
+                self._turn.wait_for(lambda: self._finished)
+                self._set_rng(state)
+        self._join()
+
+    def _join(self) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _learn(self) -> None:
+        """Layers the two sides called unequally often this batch are not waited for again."""
+        for name in self.layers:
+            if name not in self._skipped and self._done[name] != self._calls[name]:
+                self._skipped.add(name)
+
+    def close(self) -> None:
+        """Remove the hooks (the models run on their own again)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

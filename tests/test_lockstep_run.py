@@ -1,0 +1,116 @@
+"""`qbench run` of one config runs the FP32 model one layer ahead of its twin (qbench.lockstep):
+the layerwise metric holds at most a couple of FP32 layer outputs at a time, not a whole
+forward's, and the metrics are those of the FP32 forward run whole before the twin's (the
+path a sweep group of several twins takes), stochastic rounding included."""
+
+from __future__ import annotations
+
+import math
+
+import qbench
+import qbench.runner
+import qbench_eval.layerwise as layerwise
+import yaml
+
+
+def _workers() -> list:
+    """Lockstep's FP32 worker threads still alive."""
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "qbench-fp32"]
+
+
+def _config(folder, rounding: str = "nearest_even") -> dict:
+    return {
+        "name": "lockstep",
+        "model": {"adapter": "zoo", "name": "tiny_resnet"},
+        "dataset": {"name": "digits", "split": "test", "batch_size": 32},
+        "memory_format": "contiguous",
+        "quantization": {
+            "format": "fp8_e4m3",
+            "mode": "chunk",
+            "chunk_size": 32,
+            "weight_mode": "channel",
+            "rounding": rounding,
+        },
+        "evaluation": {"metrics": ["accuracy", "layerwise", "compliance"]},
+        "output": {"dir": str(folder / "reports"), "reporters": ["json"]},
+    }
+
+
+def _held_most(monkeypatch) -> list[int]:
+    """Watch how many FP32 outputs the layerwise metrics hold, at their most."""
+    most = [0]
+    held: dict[int, int] = {}
+    keep, take = layerwise._LayerStats.keep, layerwise._LayerStats.take
+
+    def counting_keep(self, tensor, watch=None):
+        kept = keep(self, tensor, watch)
+        held[id(kept)] = 1
+        most[0] = max(most[0], len(held))
+        return kept
+
+    def counting_take(self, kept):
+        held.pop(id(kept), None)
+        return take(self, kept)
+
+    monkeypatch.setattr(layerwise._LayerStats, "keep", counting_keep)
+    monkeypatch.setattr(layerwise._LayerStats, "take", counting_take)
+    return most
+
+
+def _layers(report) -> dict[str, dict]:
+    return {layer["name"]: layer for layer in report["metrics"]["layerwise"]["layers"]}
+
+
+def test_one_run_holds_a_layer_not_a_forward_and_measures_the_same(tmp_path, monkeypatch):
+    for rounding in ("nearest_even", "stochastic"):
+        most = _held_most(monkeypatch)
+        alone = qbench.run(_config(tmp_path / rounding, rounding), limit=64)
+        layers = _layers(alone.report)
+        assert len(layers) > 12
+        assert 1 <= most[0] <= 3, most[0]  # the FP32 side is one layer ahead, no more
+
+        # the same config in a sweep group of two: the FP32 forward runs whole first
+        most = _held_most(monkeypatch)
+        data = _config(tmp_path / f"{rounding}-sweep", rounding)
+        data["sweep"] = {"grid": {"format": ["fp8_e4m3", "int8"]}}
+        path = tmp_path / f"{rounding}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        from qbench.config import load_config
+        from qbench.sweep import run_sweep
+
+        results = run_sweep([load_config(path)], limit=64)
+        assert most[0] >= len(layers)  # every layer's FP32 output waited for the twins'
+        assert results.reference_passes == 1  # one FP32 pass over the data for both twins
+        twin = next(r for r in results.reports if "fp8_e4m3" in r["name"])
+        assert twin["metrics"]["accuracy"] == alone.report["metrics"]["accuracy"]
+        for name, layer in _layers(twin).items():
+            for key in ("cosine", "sqnr_db", "mse"):
+                a, b = layer[key], layers[name][key]
+                assert a == b or math.isclose(a, b, rel_tol=1e-12), (rounding, name, key)
+        assert twin["metrics"]["compliance"]["status"] == "PASS"
+
+
+def test_a_twin_failing_mid_forward_ends_the_fp32_worker_too(tmp_path, monkeypatch):
+
+    import pytest
+    import qbench.lockstep
+
+    qbench.run(_config(tmp_path / "ok"), limit=32)
+    assert not _workers()
+    original = qbench.lockstep.Lockstep.__init__
+
+    def failing_twin(self, reference, twin, rng):
+        original(self, reference, twin, rng)
+        modules = dict(twin.named_modules())
+
+        def fail(module, inputs):
+            raise RuntimeError("twin layer failed")
+
+        modules[self.layers[len(self.layers) // 2]].register_forward_pre_hook(fail)
+
+    monkeypatch.setattr(qbench.lockstep.Lockstep, "__init__", failing_twin)
+    with pytest.raises(RuntimeError, match="twin layer failed"):
+        qbench.run(_config(tmp_path / "bad"), limit=32)
+    assert not _workers()

@@ -494,3 +494,39 @@ def test_metrics_of_a_sweep_share_the_watch_of_one_fp32_model() -> None:
     shared = results(twins)
     assert shared == results(twins[:1]) + results(twins[1:])
     assert all(r["unpaired_calls"] == 0 for r in shared)
+
+
+def test_eager_sums_and_statistics_read_large_outputs_in_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sliced (bounded memory), the eager pair sums match numpy's float64 sums and the eager
+    input statistics are exactly those of the whole tensor: zeros, NaN, infinities and
+    subnormals in different slices, a last slice shorter than the others."""
+    from qbench_eval import layerwise
+
+    monkeypatch.setattr(layerwise, "_EAGER_SLICE", 1000)
+    generator = torch.Generator().manual_seed(7)
+    r = torch.randn(7, 613, generator=generator)
+    q = torch.where(torch.rand(r.shape, generator=generator) < 0.2, 0.0, r * 1.01)
+    q[0, 5], q[3, 7], q[6, 600] = 1e-41, -math.inf, 2.5e-40
+    sums = layerwise._pair_sums_eager(r, q)
+    rd, qd = r.double().numpy().ravel(), q.double().numpy().ravel()
+    finite = np.where(np.isfinite(qd), qd, 0.0)  # inf - r: compare the finite part apart
+    q_finite = torch.tensor(finite).reshape(q.shape).float()
+    got = layerwise._pair_sums_eager(r, q_finite).numpy()
+    d = finite - rd
+    expected = [d @ d, rd @ rd, finite @ finite, rd @ finite]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert math.isinf(float(sums[0])) and math.isinf(float(sums[2]))
+    whole = layerwise._input_stats(q)
+    for x in (
+        q,
+        q.clone().index_put_((torch.tensor([4]), torch.tensor([100])), torch.tensor(math.nan)),
+    ):
+        sliced = layerwise._input_stats_eager(x)
+        reference = layerwise._input_stats(x)
+        assert int(sliced[0]) == int(reference[0]) and sliced[0].dtype == torch.int64
+        for got_value, want in zip(sliced[1:], reference[1:]):
+            assert torch.equal(got_value, want) or (got_value.isnan() and want.isnan())
+    assert float(whole[2]) == pytest.approx(1e-41, rel=1e-3)
+    assert math.isnan(float(layerwise._input_stats_eager(x)[1]))

@@ -68,15 +68,27 @@ def _pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor
 
 
 def _pair_sums_eager(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """:func:`_pair_sums` in three passes and one BLAS call: the Gram matrix of the rows
-    [r, q, q - r] (float64) holds every sum, without cancellation."""
-    n = reference.numel()
-    rows = torch.empty((3, n), dtype=torch.float64, device=reference.device)
-    rows[0].copy_(reference.reshape(-1))
-    rows[1].copy_(quantized.reshape(-1))
-    torch.sub(rows[1], rows[0], out=rows[2])
-    gram = (rows @ rows.T).reshape(-1)  # [rr rq rd; qr qq qd; dr dq dd]
+    """:func:`_pair_sums` by BLAS: the Gram matrix of the rows [r, q, q - r] (float64) holds
+    every sum, without cancellation. A slice of :data:`_EAGER_SLICE` elements at a time: the
+    rows of a whole output at once would take 24 bytes per element (600 MB for resnet's
+    first convolution at batch 32), several times the output itself."""
+    r, q = reference.reshape(-1), quantized.reshape(-1)
+    n = r.numel()
+    step = min(n, _EAGER_SLICE)
+    rows = torch.empty((3, step), dtype=torch.float64, device=reference.device)
+    gram = torch.zeros(9, dtype=torch.float64, device=reference.device)
+    for start in range(0, n, step):
+        width = min(step, n - start)
+        part = rows[:, :width]
+        part[0].copy_(r[start : start + width])
+        part[1].copy_(q[start : start + width])
+        torch.sub(part[1], part[0], out=part[2])
+        gram += (part @ part.T).reshape(-1)  # [rr rq rd; qr qq qd; dr dq dd]
     return gram[_GRAM_ORDER.to(gram.device)]
+
+
+#: Elements an eager pair sum or input statistic reads at a time (:func:`_pair_sums_eager`).
+_EAGER_SLICE = 1 << 20
 
 
 # _pair_sums' order (sse, r.r, q.q, r.q) read off the flattened 3x3 Gram matrix
@@ -113,6 +125,22 @@ def _pair_sums_and_stats(
     return (_pair_sums(reference, quantized), *_input_stats(quantized, narrow_count))
 
 
+def _input_stats_eager(
+    x: torch.Tensor, narrow_count: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_input_stats` a slice of :data:`_EAGER_SLICE` elements at a time (its
+    temporaries take 9 bytes per element); counts, maxima and minima combine exactly."""
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if n <= _EAGER_SLICE:
+        return _input_stats(flat, narrow_count)
+    parts = [_input_stats(flat[s : s + _EAGER_SLICE], True) for s in range(0, n, _EAGER_SLICE)]
+    zeros = torch.stack([p[0] for p in parts]).sum()
+    largest = torch.stack([p[1] for p in parts]).amax()  # a NaN stays NaN
+    smallest = torch.stack([p[2] for p in parts]).amin()
+    return zeros, largest, smallest
+
+
 def pair_sums(reference: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     """:func:`_pair_sums`, compiled as one loop for large outputs, else eager. Both outputs
     are read in the reference's memory order (a channels-last pair in one linear sweep)."""
@@ -142,7 +170,13 @@ def pair_sums_and_stats(
 
 def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_input_stats`, compiled as one loop for large inputs, else eager."""
-    return fused(_input_stats, in_memory_order(x), (_narrow_count(x),), options=ONE_LOOP)
+    return fused(
+        _input_stats,
+        in_memory_order(x),
+        (_narrow_count(x),),
+        eager=_input_stats_eager,
+        options=ONE_LOOP,
+    )
 
 
 @dataclass

@@ -757,7 +757,59 @@ def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tup
         return reference_kernel(xg, noise, plan)
     if compilable(plan) and kernels.use_compiled(numel, path):
         return compiled_kernel(plan)(xg, noise)
-    return fused_kernel(xg, noise, plan)
+    return sliced_kernel(xg, noise, plan)
+
+
+#: Elements the eager fast twin rounds at a time (:func:`sliced_kernel`).
+EAGER_SLICE = 1 << 20
+
+
+def sliced_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+    """:func:`fused_kernel`, eagerly, with the element rounding done a slice of about
+    :data:`EAGER_SLICE` elements (whole rows of ``xg``'s first dimension) at a time: op by op,
+    each of its dozen float32 temporaries would otherwise be as large as ``xg`` (a gigabyte
+    for one ImageNet activation at batch 32). Asked for codes, it encodes each slice's
+    elements (:func:`encode_codes`) and returns the codes in their place. The scales come
+    from the whole tensor first and rounding is elementwise, so the bits are those of
+    :func:`fused_kernel`."""
+    rows = xg.shape[0] if xg.dim() else 1
+    per_row = xg.numel() // max(rows, 1)
+    step = max(1, EAGER_SLICE // max(per_row, 1))
+    if rows <= step:
+        return fused_kernel(xg, noise, plan)
+    # the groups' amax slice by slice too (``abs`` makes a copy): a maximum is exact in any
+    # order, and NaN-propagating or finite-only as each slice's is
+    amax = torch.cat([group_amax(xg[s : s + step], plan) for s in range(0, rows, step)])
+    if 0 in plan.reduce_dims:
+        amax = amax.amax(0, keepdim=True)
+    scale, block, tensor_scale = fused_scales(amax, plan)
+
+    def rows_of(t: Any, start: int) -> Any:
+        if t is None or t.dim() == 0 or t.shape[0] == 1:
+            return t  # one value for every row (a tensor's scale)
+        return t[start : start + step]
+
+    outputs: list[torch.Tensor] = []
+    for start in range(0, rows, step):
+        piece = fused_elements(
+            xg[start : start + step],
+            rows_of(noise, start),
+            rows_of(scale, start),
+            rows_of(block, start),
+            tensor_scale,
+            plan,
+        )
+        kept = list(piece[:2] if plan.want_elements else piece[:1])
+        if plan.want_elements and kept[1].is_floating_point():
+            # the slice's codes, not a float32 copy of all the elements encoded afterwards
+            kept[1] = encode_codes(plan.element, kept[1], "eager")
+        if not outputs:
+            outputs = [torch.empty_like(xg, dtype=t.dtype) for t in kept]  # xg's strides
+        for whole, part in zip(outputs, kept):
+            whole[start : start + step].copy_(part)
+    if plan.want_elements:
+        return outputs[0], outputs[1], scale, block, tensor_scale
+    return (outputs[0],)
 
 
 def clipped_kernel(

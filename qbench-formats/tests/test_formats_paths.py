@@ -16,6 +16,7 @@ QUANTIZABLE = [f.name for f in ALL_FORMATS if f.kind != "scale"]
 #: The quantizer's kernel pieces (qbench.kernels compiles and caches them, keyed by function)
 PIECES = (
     quantizer.fused_kernel,
+    quantizer.amax_scales,
     quantizer.group_amax,
     quantizer.fused_scales,
     quantizer.fused_elements,
@@ -340,3 +341,63 @@ def test_split_nvfp4_kernel_matches_reference(rounding: str) -> None:
             kernel._torchdynamo_orig_callable.__code__
         )
         assert len(cache) <= 2, key
+
+
+def whole_tensor_edge_tensors() -> list[torch.Tensor]:
+    """Every float32 exponent field with its mantissa extremes, both signs (subnormals, +-0,
+    inf, NaN among them); the awkward tensor; all zeros (scale 1); float32 subnormals only
+    (amax / max underflows: scale 2^-149); and one finite value among infs and NaNs."""
+    fields = torch.arange(0, 256, dtype=torch.int32) << 23
+    mantissas = torch.tensor([0, 1, 0x400000, 0x7FFFFE, 0x7FFFFF], dtype=torch.int32)
+    every_field = (fields[:, None] | mantissas[None, :]).flatten().view(torch.float32)
+    every_field = torch.cat([every_field, -every_field]).reshape(40, 64)
+    gen = torch.Generator().manual_seed(5)
+    subnormals = torch.randn(8, 64, generator=gen) * 2.0**-140
+    specials = torch.full((4, 32), float("nan"))
+    specials[1] = float("inf")
+    specials[2, 3] = -float("inf")
+    specials[3, 17] = -2.5
+    return [every_field, awkward_tensor(6), torch.zeros(5, 48), subnormals, specials]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "kwargs", "codes"),
+    [
+        ("fp8_e5m2", {"overflow": "format"}, True),
+        ("fp4_e3m0", {"rounding": "stochastic"}, False),
+        ("int8", {"scale_format": "e8m0"}, False),
+    ],
+)
+def test_split_whole_tensor_kernel_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, name: str, kwargs: dict, codes: bool
+) -> None:
+    """A large tensor under mode tensor runs compiled as two kernels (the amax and its scale,
+    then the elements; :func:`quantizer.split_tensor_scale`): the reference's bits and codes
+    on every float32 exponent field, ties, subnormals, +-0, inf and NaN, all-zero and
+    underflowing tensors."""
+    monkeypatch.setattr(quantizer, "SPLIT_TENSOR_MIN_NUMEL", 0)  # every tensor is "large"
+    fmt = qbench.get_format(name)
+    spec = spec_from_arguments(name, mode="tensor", **kwargs)
+    for i, x in enumerate(whole_tensor_edge_tensors()):
+        results = {
+            path: fmt.quantize(
+                x,
+                spec,
+                return_codes=codes,
+                generator=torch.Generator().manual_seed(i),
+                path=path,
+            )
+            for path in ("compiled", "reference")
+        }
+        if quantize_kernel_failed(lambda p: p.whole_tensor):
+            pytest.skip("torch.compile is unavailable here; the eager twin was used")
+        compiled, reference = results["compiled"], results["reference"]
+        if codes:
+            assert bool(same_bits(compiled.dequantized, reference.dequantized).all()), i
+            assert torch.equal(compiled.codes, reference.codes), i
+            assert bool(same_bits(compiled.scales, reference.scales).all()), i
+        else:
+            assert bool(same_bits(compiled, reference).all()), i
+    pieces = {key[0] for key in quantize_kernels() if key[1][0].whole_tensor}
+    assert {quantizer.amax_scales, quantizer.fused_elements} <= pieces

@@ -181,9 +181,10 @@ def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 @dataclass
 class _Kept:
-    tensor: torch.Tensor
+    tensor: torch.Tensor | None  # None once measured (:meth:`_LayerStats.release`)
     version: int | None  # None: an inference tensor (no counter), always copied
     copy: torch.Tensor | None
+    measured: bool = False
 
 
 def _storage_key(tensor: torch.Tensor) -> int | None:
@@ -246,8 +247,9 @@ class _CopyOnWrite(TorchDispatchMode):
             for tensor in _written(func, args, kwargs):
                 key = _storage_key(tensor)
                 for stats, kept in self.held.pop(key, ()) if key is not None else ():
-                    if kept.copy is None and kept.tensor._version == kept.version:
-                        stats.save(kept)
+                    if kept.copy is None and kept.measured is False:
+                        if kept.tensor._version == kept.version:
+                            stats.save(kept)
         return func(*args, **kwargs)
 
     def begin(self) -> None:
@@ -340,9 +342,15 @@ class _LayerStats:
         return torch.empty_like(tensor)
 
     def release(self, kept: _Kept) -> None:
-        """The pair of ``kept`` was measured: its copy's buffer serves a later call."""
-        if kept.copy is not None and len(self._free) < _MAX_FREE_BUFFERS:
+        """The pair of ``kept`` was measured: it lets go of the output (a watch may still
+        list it until the forward ends), and its copy's buffer serves a later call of a
+        layer that is copied every call. (A copy made only while learning is dropped: with
+        the forwards in lockstep a pair is measured before a later op changes it, and a
+        buffer kept per layer for nothing would add up to gigabytes on a large model.)"""
+        if kept.copy is not None and self.changed_in_place and len(self._free) < _MAX_FREE_BUFFERS:
             self._free.append(kept.copy)
+        kept.tensor = kept.copy = None
+        kept.measured = True
 
     def take(self, kept: _Kept) -> torch.Tensor | None:
         """The held output as it was when kept (None if that can no longer be known)."""

@@ -114,3 +114,40 @@ def test_a_twin_failing_mid_forward_ends_the_fp32_worker_too(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="twin layer failed"):
         qbench.run(_config(tmp_path / "bad"), limit=32)
     assert not _workers()
+
+
+def test_fp32_outputs_are_let_go_once_measured_on_the_first_batch_too(tmp_path, monkeypatch):
+    """On the first batch the layerwise metric watches the FP32 outputs it keeps for
+    in-place writes (copy-on-write); a measured output is let go at once all the same, so
+    while the twin runs, the metric holds no more than a couple of FP32 outputs."""
+    import weakref
+
+    import qbench.lockstep
+
+    kept: list[weakref.ref] = []
+    holding_most = [0]
+    keep = layerwise._LayerStats.keep
+
+    def recording_keep(self, tensor, watch=None):
+        held = keep(self, tensor, watch)
+        kept.append(weakref.ref(held))
+        return held
+
+    original = qbench.lockstep.Lockstep.__init__
+
+    def watching(self, reference, twin, rng):
+        original(self, reference, twin, rng)
+        twins = dict(twin.named_modules())
+
+        def count(module, inputs):
+            holding = sum(k() is not None and k().tensor is not None for k in kept)
+            holding_most[0] = max(holding_most[0], holding)
+
+        for name in self.layers:
+            twins[name].register_forward_pre_hook(count)
+
+    monkeypatch.setattr(layerwise._LayerStats, "keep", recording_keep)
+    monkeypatch.setattr(qbench.lockstep.Lockstep, "__init__", watching)
+    result = qbench.run(_config(tmp_path), limit=32)
+    assert len(_layers(result.report)) > 12 and len(kept) > 12
+    assert holding_most[0] <= 2, holding_most[0]

@@ -205,3 +205,60 @@ def test_slices_cut_the_first_dimension_and_keep_broadcast_tensors_whole(
     monkeypatch.setattr(tables, "SLICE_ELEMENTS", 100)
     assert [p[0].shape[0] for p in tables._slices((codes,))] == [4, 4, 2]
     assert tables._slices((codes[:1],))[0][0] is not None
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int8", "fp4_e2m1", "int4"])
+def test_the_cpu_shortcut_counts_what_the_masks_count(name: str) -> None:
+    """``_CodeTable._cpu_counts`` (codes' range and NaN looked at first) against the general
+    masks, on clean slices, mismatches, ±inf, negative codes, NaN scales, and the cases
+    where it must step aside (codes out of the table, illegal codes, NaN values)."""
+    fmt = qbench.get_format(name)
+    x = torch.randn(8, 96, generator=torch.Generator().manual_seed(11)) * 3
+    result = qbench.quantize(x, name, mode="chunk", chunk_size=32, return_codes=True)
+    table = tables.FormatTables().table(name, fmt, result.codes)
+    assert table is not None
+    codes, dequantized = result.codes.clone(), result.dequantized.clone()
+    scales = result.expand_scales().clone()
+
+    def general(c, d, s):
+        decoded, legal = table.lookup(c)
+        illegal = (~legal & (s == s)).sum()
+        mismatch = tables._mismatch(decoded * s, d).sum()
+        nan, inf = tables._nonfinite(d)
+        return torch.stack([illegal, mismatch, nan.sum(), inf.sum()])
+
+    cases = {"clean": (codes, dequantized, scales)}
+    bad = dequantized.clone()
+    bad[0, :3] += 1.0
+    bad[2, 5] = math.inf
+    cases["mismatch and inf"] = (codes, bad, scales)
+    nan_scale = scales.clone()
+    nan_scale[3] = math.nan
+    cases["NaN scale"] = (codes, dequantized, nan_scale)
+    out_of_table = codes.clone()
+    out_of_table[1, 1] = 1 << 20
+    cases["code out of the table"] = (out_of_table, dequantized, scales)
+    nan_value = dequantized.clone()
+    nan_value[4, 4] = math.nan
+    cases["NaN value"] = (codes, nan_value, scales)
+    illegal = [
+        c for c in range(-table.offset + 1, table.offset - 1) if not table.legal[c + table.offset]
+    ]
+    if illegal:
+        with_illegal = codes.clone()
+        with_illegal[5, 0] = illegal[0]
+        cases["illegal code"] = (with_illegal, dequantized, scales)
+    stepped_aside = set()
+    for case, tensors in cases.items():
+        fast = table._cpu_counts(*tensors)
+        if fast is None:
+            stepped_aside.add(case)
+        else:
+            assert fast.tolist() == general(*tensors).tolist(), (name, case)
+        assert table._mask_counts(*tensors).tolist() == general(*tensors).tolist(), (name, case)
+    assert {"code out of the table", "NaN value"} <= stepped_aside
+    if name.startswith("fp"):  # every code legal: the shortcut serves the usual slices
+        assert {"clean", "mismatch and inf", "NaN scale"}.isdisjoint(stepped_aside)
+        assert table._cpu_counts(*cases["mismatch and inf"])[1:].tolist() == [3 + 1, 0, 1]
+    else:  # two's complement codes 0..255 span the illegal -128 (code 128): masks count
+        assert "clean" in stepped_aside

@@ -505,6 +505,7 @@ def test_eager_sums_and_statistics_read_large_outputs_in_slices(
     from qbench_eval import layerwise
 
     monkeypatch.setattr(layerwise, "_EAGER_SLICE", 1000)
+    monkeypatch.setattr(layerwise, "_EAGER_STATS_SLICE", 1000)
     generator = torch.Generator().manual_seed(7)
     r = torch.randn(7, 613, generator=generator)
     q = torch.where(torch.rand(r.shape, generator=generator) < 0.2, 0.0, r * 1.01)

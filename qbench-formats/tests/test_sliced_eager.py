@@ -73,13 +73,13 @@ def test_large_tensors_are_rounded_in_slices(monkeypatch):
     """The eager path calls the element rounding once per slice (so no temporary is the
     tensor's size), and not at all on the whole tensor."""
     calls: list[int] = []
-    original = quantizer.fused_elements
+    original = quantizer.round_elements
 
     def counting(xg, *args):
         calls.append(xg.shape[0])
         return original(xg, *args)
 
-    monkeypatch.setattr(quantizer, "fused_elements", counting)
+    monkeypatch.setattr(quantizer, "round_elements", counting)
     monkeypatch.setattr(quantizer, "EAGER_SLICE", 700)
     spec = spec_from_arguments("fp8_e4m3", mode="chunk", chunk_size=32)
     _quantize(qbench.get_format("fp8_e4m3"), _activation(0), spec, codes=True)

@@ -443,16 +443,7 @@ def fused_elements(
 ) -> tuple[Any, ...]:
     """The fast twin's element rounding of ``xg / scale`` and the multiplication back
     (``plan`` last: :func:`qbench.kernels.fused` appends the constants to the tensors)."""
-    if plan.scale_kind == "e8m0":  # a power of two: multiplying by 1/scale is exact
-        scaled = xg * fused.pow2_reciprocal(scale)
-    else:
-        scaled = fused.divide(xg, scale)
-    if plan.element_arith is not None:
-        elements = fused.round_values(
-            plan.element_arith, scaled, plan.rounding, plan.overflow, noise
-        )
-    else:  # lookup tables: binary search in float64 (eager only)
-        elements = round_reference(plan.element, scaled, plan.rounding, plan.overflow, noise)
+    elements = round_elements(xg, noise, scale, plan)
     if plan.want_elements:
         dequantized = elements * scale
         if torch.compiler.is_compiling() and encodes_from_bits(plan.element):
@@ -468,6 +459,21 @@ def fused_elements(
             )
         return dequantized, elements, scale, block, tensor_scale
     return (elements.mul_(scale),)  # the rounding returned a fresh buffer: reuse it
+
+
+def round_elements(
+    xg: torch.Tensor, noise: torch.Tensor | None, scale: torch.Tensor, plan: Plan
+) -> torch.Tensor:
+    """The element rounding of ``xg / scale`` (a fresh tensor): :func:`fused_elements` less
+    the multiplication back."""
+    if plan.scale_kind == "e8m0":  # a power of two: multiplying by 1/scale is exact
+        scaled = xg * fused.pow2_reciprocal(scale)
+    else:
+        scaled = fused.divide(xg, scale)
+    if plan.element_arith is not None:
+        return fused.round_values(plan.element_arith, scaled, plan.rounding, plan.overflow, noise)
+    # lookup tables: binary search in float64 (eager only)
+    return round_reference(plan.element, scaled, plan.rounding, plan.overflow, noise)
 
 
 def amax_scales(xg: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
@@ -817,9 +823,10 @@ def sliced_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> t
     """:func:`fused_kernel`, eagerly, with the element rounding done a slice of about
     :data:`EAGER_SLICE` elements (whole rows of ``xg``'s first dimension) at a time: op by op,
     each of its dozen float32 temporaries would otherwise be as large as ``xg`` (a gigabyte
-    for one ImageNet activation at batch 32). Asked for codes, it encodes each slice's
-    elements (:func:`encode_codes`) and returns the codes in their place. The scales come
-    from the whole tensor first and rounding is elementwise, so the bits are those of
+    for one ImageNet activation at batch 32), and each slice's results are written straight
+    into the outputs. Asked for codes, it encodes each slice's elements
+    (:func:`encode_codes`) and returns the codes in their place. The scales come from the
+    whole tensor first and rounding is elementwise, so the bits are those of
     :func:`fused_kernel`."""
     rows = xg.shape[0] if xg.dim() else 1
     per_row = xg.numel() // max(rows, 1)
@@ -838,27 +845,21 @@ def sliced_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> t
             return t  # one value for every row (a tensor's scale)
         return t[start : start + step]
 
-    outputs: list[torch.Tensor] = []
+    dequantized = torch.empty_like(xg)  # xg's strides
+    codes: torch.Tensor | None = None
     for start in range(0, rows, step):
-        piece = fused_elements(
-            xg[start : start + step],
-            rows_of(noise, start),
-            rows_of(scale, start),
-            rows_of(block, start),
-            tensor_scale,
-            plan,
-        )
-        kept = list(piece[:2] if plan.want_elements else piece[:1])
-        if plan.want_elements and kept[1].is_floating_point():
+        scale_rows = rows_of(scale, start)
+        elements = round_elements(xg[start : start + step], rows_of(noise, start), scale_rows, plan)
+        torch.mul(elements, scale_rows, out=dequantized[start : start + step])
+        if plan.want_elements:
             # the slice's codes, not a float32 copy of all the elements encoded afterwards
-            kept[1] = encode_codes(plan.element, kept[1], "eager")
-        if not outputs:
-            outputs = [torch.empty_like(xg, dtype=t.dtype) for t in kept]  # xg's strides
-        for whole, part in zip(outputs, kept):
-            whole[start : start + step].copy_(part)
+            part = encode_codes(plan.element, elements, "eager")
+            if codes is None:
+                codes = torch.empty_like(xg, dtype=part.dtype)
+            codes[start : start + step].copy_(part)
     if plan.want_elements:
-        return outputs[0], outputs[1], scale, block, tensor_scale
-    return (outputs[0],)
+        return dequantized, codes, scale, block, tensor_scale
+    return (dequantized,)
 
 
 def clipped_kernel(

@@ -151,7 +151,7 @@ def _imagenet_sized_config(
     config = root / f"{model}.yaml"
     config.write_text(
         f"name: {model}_fp8\n"
-        f"model: {{adapter: {adapter}, name: {model}, weights: none}}\n"
+        f"model: {{adapter: {adapter}, name: {model}, weights: none, num_classes: 4}}\n"
         f"dataset: {{name: imagefolder, root: {root / 'images'}, batch_size: {batch_size}, "
         f"num_workers: {workers}}}\n"
         "quantization: {format: fp8_e4m3, mode: chunk, chunk_size: 128, weight_mode: channel}\n"

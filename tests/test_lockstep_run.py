@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import qbench
+import qbench.lockstep
 import qbench.runner
 import qbench_eval.layerwise as layerwise
 import yaml
@@ -39,7 +40,10 @@ def _config(folder, rounding: str = "nearest_even") -> dict:
 
 
 def _held_most(monkeypatch) -> list[int]:
-    """Watch how many FP32 outputs the layerwise metrics hold, at their most."""
+    """Watch how many FP32 outputs the layerwise metrics hold, at their most (the FP32 side
+    handing the turn back after every layer: the demo's outputs are far below the default
+    budget of bytes it may run ahead by)."""
+    monkeypatch.setattr(qbench.lockstep, "AHEAD_BYTES", 0)
     most = [0]
     held: dict[int, int] = {}
     keep, take = layerwise._LayerStats.keep, layerwise._LayerStats.take
@@ -148,6 +152,27 @@ def test_fp32_outputs_are_let_go_once_measured_on_the_first_batch_too(tmp_path, 
 
     monkeypatch.setattr(layerwise._LayerStats, "keep", recording_keep)
     monkeypatch.setattr(qbench.lockstep.Lockstep, "__init__", watching)
+    monkeypatch.setattr(qbench.lockstep, "AHEAD_BYTES", 0)
     result = qbench.run(_config(tmp_path), limit=32)
     assert len(_layers(result.report)) > 12 and len(kept) > 12
     assert holding_most[0] <= 2, holding_most[0]
+
+
+def test_a_long_run_keeps_the_fp32_forward_first(tmp_path, monkeypatch):
+    """A run long enough to compile its kernels (``QBENCH_COMPILE_MIN_BATCHES``) does not
+    run in lockstep (see runner.run_twins); a short one does."""
+    import qbench.kernels
+
+    made: list[object] = []
+    original = qbench.lockstep.Lockstep.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(qbench.lockstep.Lockstep, "__init__", counting)
+    qbench.run(_config(tmp_path / "short"), limit=64)
+    assert len(made) == 1
+    monkeypatch.setattr(qbench.kernels, "COMPILE_MIN_BATCHES", 2)
+    qbench.run(_config(tmp_path / "long"), limit=64)
+    assert len(made) == 1

@@ -62,7 +62,7 @@ def _leaves(model: nn.Module) -> list[str]:
 
 def test_the_fp32_side_is_exactly_one_layer_ahead():
     reference, twin = _models()
-    lockstep = Lockstep(reference, twin, _rng())
+    lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0)
     assert lockstep.layers == _leaves(reference)
     finished: list[str] = []
     for name, module in reference.named_modules():
@@ -80,6 +80,8 @@ def test_the_fp32_side_is_exactly_one_layer_ahead():
     # when the twin begins its i-th layer, the FP32 side has finished layers 0..i, no more
     assert ahead == [layers[: i + 1] for i in range(len(layers))]
     assert finished == layers
+    assert len(_workers()) == 1  # one worker serves every batch, until closed
+    lockstep.close()
     assert not _workers()
 
 
@@ -96,41 +98,44 @@ def test_outputs_and_random_numbers_are_those_of_the_forwards_one_after_the_othe
         expected_twin = twin(x)
         twin_after = torch.get_rng_state()
 
-        lockstep = Lockstep(reference, twin, _rng())
+        lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0)
         torch.set_rng_state(start)
         got_reference, got_twin, got_twin_rng = lockstep.forward(x, twin_start)
     assert torch.equal(got_reference, expected_reference)
     assert torch.equal(got_twin, expected_twin)
     assert torch.equal(got_twin_rng, twin_after)
     assert torch.equal(torch.get_rng_state(), reference_after)  # the FP32 side's, after it
+    lockstep.close()
 
 
 def test_the_worker_runs_under_the_callers_grad_mode():
     reference, twin = _models()
-    lockstep = Lockstep(reference, twin, _rng())
+    lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0)
     seen: list[bool] = []
     reference[0][0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
     with torch.no_grad():
         lockstep.forward(torch.randn(2, 8), torch.get_rng_state())
     lockstep.forward(torch.randn(2, 8), torch.get_rng_state())
+    lockstep.close()
     assert seen == [False, True]
 
 
 @pytest.mark.parametrize("side", ["twin", "reference"])
 def test_a_failure_on_either_side_stops_both_and_is_raised(side):
     reference, twin = _models()
-    lockstep = Lockstep(reference, twin, _rng())
+    lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0)
     failing = (twin if side == "twin" else reference)[-1]
     failing.armed = True
     later: list[str] = []
     twin[-2].register_forward_hook(lambda m, i, o: later.append("twin"))
     with torch.no_grad(), pytest.raises(ValueError, match="layer failed"):
         lockstep.forward(torch.randn(2, 8), torch.get_rng_state())
-    assert not _workers()  # the worker thread ended
+    assert lockstep._finished  # the FP32 forward ended; its worker waits for the next batch
     failing.armed = False
     with torch.no_grad():
         out = lockstep.forward(torch.randn(2, 8), torch.get_rng_state())
     assert out[0].shape == out[1].shape == (2, 8)
+    lockstep.close()
     assert not _workers()
 
 
@@ -152,7 +157,7 @@ def test_a_layer_one_side_skips_is_not_waited_for_again():
 
     twin[2] = _Calls(twin[2], [twin.unused])  # a list: not a second name for it
     reference[2] = _Calls(reference[2], None)
-    lockstep = Lockstep(reference, twin, _rng())
+    lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0)
     assert "unused" in lockstep.layers
     x = torch.randn(3, 8)
     with torch.no_grad():
@@ -164,6 +169,7 @@ def test_a_layer_one_side_skips_is_not_waited_for_again():
         first = lockstep.forward(x, torch.get_rng_state())
         torch.manual_seed(0)
         second = lockstep.forward(x, torch.get_rng_state())
+    lockstep.close()
     assert lockstep._skipped == {"unused"}
     for got in (first, second):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
@@ -171,7 +177,7 @@ def test_a_layer_one_side_skips_is_not_waited_for_again():
 
 def test_outside_a_lockstep_forward_the_models_run_alone_and_close_removes_the_hooks():
     reference, twin = _models()
-    lockstep = Lockstep(reference, twin, _rng())
+    lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0)
     x = torch.randn(2, 8)
     with torch.no_grad():
         alone = twin(x)  # no worker: the twin's pre-hooks do not wait
@@ -180,3 +186,34 @@ def test_outside_a_lockstep_forward_the_models_run_alone_and_close_removes_the_h
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in reference.modules())
     assert not any(m._forward_pre_hooks for m in twin.modules())
     assert alone.shape == (2, 8)
+
+
+def test_with_a_byte_budget_the_fp32_side_runs_ahead_by_that_much_and_no_more():
+    """``ahead_bytes``: the turn comes back once the wanted layer is done and the outputs
+    since the turn began reach the budget (fewer hand-overs); outputs are unchanged."""
+    reference, twin = _models()
+    x = torch.randn(4, 8)
+    outputs = {}
+    for budget in (0, 3 * 4 * 8 * 4, 1 << 30):  # every layer, every ~3 layers, never
+        lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=budget)
+        passes = [0]
+        original = lockstep._pass
+
+        def counting(to, original=original, passes=passes):
+            passes[0] += 1
+            original(to)
+
+        lockstep._pass = counting
+        with torch.no_grad():
+            torch.manual_seed(0)
+            got = lockstep.forward(x, torch.get_rng_state())
+        lockstep.close()
+        outputs[budget] = (got[:2], passes[0])
+    layers = len(_leaves(reference))
+    counts = [outputs[b][1] for b in sorted(outputs)]
+    assert counts[0] == 2 * layers  # a hand-over each way per layer
+    assert 2 * layers // 3 - 2 <= counts[1] <= 2 * layers // 3 + 2
+    assert counts[2] == 1  # the twin asks once; the FP32 side runs to its end
+    first = outputs[0][0]
+    for budget, (got, _) in outputs.items():
+        assert torch.equal(got[0], first[0]) and torch.equal(got[1], first[1]), budget

@@ -157,6 +157,12 @@ def without_function_modes() -> Iterator[None]:
             torch._C._push_on_torch_function_stack(mode)
 
 
+def stays_eager(batches: int | None) -> bool:
+    """Whether a run of ``batches`` batches keeps the kernels it has not compiled yet eager
+    (:func:`expecting`), or compiling is off: nothing new compiles in it."""
+    return not COMPILE_ENABLED or (batches is not None and batches < COMPILE_MIN_BATCHES)
+
+
 def use_compiled(numel: int, path: str = "auto", key: Any = None) -> bool:
     """Would a kernel over ``numel`` elements run compiled on ``path``? (``key``: the
     kernel's, when it may already be compiled in this process.)"""

@@ -28,7 +28,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Lockstep"]
+__all__ = ["AHEAD_BYTES", "Lockstep"]
+
+#: The default :class:`Lockstep` ``ahead_bytes``.
+AHEAD_BYTES = 32 << 20
 
 _REFERENCE, _TWIN = "reference", "twin"
 
@@ -41,6 +44,12 @@ class _Stopped(Exception):
 class Lockstep:
     """One FP32 model and one twin, run a batch at a time with :meth:`forward`.
 
+    ``ahead_bytes``: the FP32 side hands the turn back once the layer the twin waits for is
+    done *and* its layers' outputs since it took the turn add up to this many bytes (else it
+    goes on to the next layer): late layers with small outputs then cost no hand-over each,
+    which takes about a millisecond on a busy 2-core machine (the two threads' OpenMP
+    teams). 0: hand back after every layer.
+
     ``rng`` is a pair of callables ``(get, set)`` for the random number state of the device
     (see the runner); each side's state is switched in and out with its turn."""
 
@@ -49,7 +58,9 @@ class Lockstep:
         reference: Any,
         twin: Any,
         rng: tuple[Callable[[], Any], Callable[[Any], None]],
+        ahead_bytes: int | None = None,
     ) -> None:
+        self.ahead_bytes = AHEAD_BYTES if ahead_bytes is None else ahead_bytes
         self._reference, self._twin = reference, twin
         self._get_rng, self._set_rng = rng
         self._turn = threading.Condition()
@@ -61,7 +72,11 @@ class Lockstep:
         self._stopping = False
         self._skipped: set[str] = set()
         self._states: dict[str, Any] = {}
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the worker, started on first use
+        self._ahead_bytes = 0  # outputs the FP32 side produced since it took the turn
+        self._job: tuple[Any, bool] | None = None
+        self._active = False  # within forward()
+        self._closing = False
         self._outcome: tuple[Any, BaseException | None] = (None, None)
         twin_modules = dict(twin.named_modules())
         self.layers: list[str] = []
@@ -77,18 +92,25 @@ class Lockstep:
 
     def _finished_call(self, name: str) -> Callable[..., None]:
         def hook(module: Any, inputs: Any, output: Any) -> None:
-            if threading.current_thread() is not self._thread:
+            if not self._active or threading.current_thread() is not self._thread:
                 return  # the model run outside lockstep
             self._done[name] += 1
+            if callable(getattr(output, "element_size", None)):  # a tensor
+                self._ahead_bytes += output.numel() * output.element_size()
             wanted = self._wanted
-            if wanted is not None and self._done[wanted[0]] >= wanted[1]:
+            if (
+                wanted is not None
+                and self._done[wanted[0]] >= wanted[1]
+                and self._ahead_bytes >= self.ahead_bytes
+            ):
+                self._ahead_bytes = 0
                 self._pass(_TWIN)
 
         return hook
 
     def _wait(self, name: str) -> Callable[..., None]:
         def hook(module: Any, inputs: Any) -> None:
-            if self._thread is None or threading.current_thread() is self._thread:
+            if not self._active or threading.current_thread() is self._thread:
                 return
             self._calls[name] += 1
             if name in self._skipped or self._finished:
@@ -125,16 +147,20 @@ class Lockstep:
         self._done.clear()
         self._calls.clear()
         self._finished = self._stopping = False
+        self._ahead_bytes = 0
         self._outcome = (None, None)
         self._states = {_REFERENCE: self._get_rng()}
         self._holder = _TWIN
         self._set_rng(twin_rng)
-        grad = torch.is_grad_enabled()
-        thread = threading.Thread(
-            target=self._run_reference, args=(inputs, grad), name="qbench-fp32", daemon=True
-        )
-        self._thread = thread
-        thread.start()
+        if self._thread is None:
+            # one worker for every batch: a new thread per batch would also get a new
+            # OpenMP team and new oneDNN scratch buffers, every batch (5x slower runs)
+            self._thread = threading.Thread(target=self._serve, name="qbench-fp32", daemon=True)
+            self._thread.start()
+        self._active = True
+        with self._turn:
+            self._job = (inputs, torch.is_grad_enabled())
+            self._turn.notify_all()
         try:
             twin_output = self._twin(inputs)
             self._drain()
@@ -142,7 +168,7 @@ class Lockstep:
             self._stop()
             raise
         finally:
-            self._thread = None
+            self._active = False
             twin_rng = self._get_rng()
             self._set_rng(self._states[_REFERENCE])
         output, error = self._outcome
@@ -151,6 +177,18 @@ class Lockstep:
             raise error
         self._learn()
         return output, twin_output, twin_rng
+
+    def _serve(self) -> None:
+        """The worker: one FP32 forward per :meth:`forward`, until :meth:`close`."""
+        while True:
+            with self._turn:
+                self._turn.wait_for(lambda: self._job is not None or self._closing)
+                if self._job is None:
+                    return
+                inputs, grad = self._job
+                self._job = None
+            self._run_reference(inputs, grad)
+            del inputs
 
     def _run_reference(self, inputs: Any, grad: bool) -> None:
         import torch
@@ -178,16 +216,14 @@ class Lockstep:
 
     def _drain(self) -> None:
         """The twin is done: let the FP32 side run to the end of its forward."""
-        if self._finished:
-            self._join()
-            return
         with self._turn:
+            if self._finished:
+                return
             self._states[_TWIN] = self._get_rng()
             self._holder = _REFERENCE
             self._turn.notify_all()
             self._turn.wait_for(lambda: self._finished)
             self._set_rng(self._states[_TWIN])
-        self._join()
 
     def _stop(self) -> None:
         """The twin's forward failed (or was interrupted): end the FP32 side's."""
@@ -199,12 +235,6 @@ class Lockstep:
                 self._turn.notify_all()
                 self._turn.wait_for(lambda: self._finished)
                 self._set_rng(state)
-        self._join()
-
-    def _join(self) -> None:
-        thread = self._thread
-        if thread is not None:
-            thread.join()
 
     def _learn(self) -> None:
         """Layers the two sides called unequally often this batch are not waited for again."""
@@ -213,7 +243,13 @@ class Lockstep:
                 self._skipped.add(name)
 
     def close(self) -> None:
-        """Remove the hooks (the models run on their own again)."""
+        """Remove the hooks (the models run on their own again) and end the worker."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            with self._turn:
+                self._closing = True
+                self._turn.notify_all()
+            thread.join()

@@ -8,12 +8,15 @@ float64 sums on the model's device (no host sync per layer).
 Each layer's error is measured *inside the full quantized model*: its input already carries
 the error of the layers before it, which is what a user of the quantized model experiences.
 
-Memory: the FP32 outputs of a batch are held, by reference, until the twin's arrive. An output
-that a later op changes in place (``ReLU(inplace=True)``, ``out += identity``) must be held as
-a copy instead; which ones are is learned on the first call of each layer without copying the
-others: while the FP32 model's forward runs, :class:`_CopyOnWrite` copies a held output just
-before an op writes into its storage. Copying every output of the first batch to find out
-would double what the first batch holds.
+Memory: an FP32 output is held, by reference, until the twin's arrives, and let go once the
+pair is measured. A run of one config runs the two forwards in lockstep (``qbench.lockstep``),
+so that is a layer or so of outputs; otherwise (a sweep's group, a long run) the FP32 forward
+runs first and its outputs of the batch are all held. An output that a later op changes in
+place (``ReLU(inplace=True)``, ``out += identity``) before its pair is measured must be held
+as a copy instead; which ones are is learned on the first call of each layer without copying
+the others: while the FP32 model's forward runs, :class:`_CopyOnWrite` copies a held output
+just before an op writes into its storage. Copying every output of the first batch to find
+out would double what the first batch holds.
 """
 
 from __future__ import annotations

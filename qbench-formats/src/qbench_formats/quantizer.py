@@ -600,27 +600,17 @@ def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]
 
         def tensor_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
             if xg.numel() < SPLIT_TENSOR_MIN_NUMEL:
-                return kernels.fused(
-                    fused_kernel, (xg, noise), (plan,), path="compiled", name="quantize_kernel"
-                )
+                return _whole_compiled(xg, noise, plan)
             scales = kernels.fused(
                 amax_scales, (xg,), (plan,), path="compiled", name="tensor_scale_kernel"
             )
-            return kernels.fused(
-                fused_elements,
-                (xg, noise, *scales),
-                (plan,),
-                path="compiled",
-                name="elements_kernel",
-            )
+            return _elements_compiled(xg, noise, scales, plan)
 
         return tensor_kernel
     if not split_scales(plan):
 
         def whole_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
-            return kernels.fused(
-                fused_kernel, (xg, noise), (plan,), path="compiled", name="quantize_kernel"
-            )
+            return _whole_compiled(xg, noise, plan)
 
         return whole_kernel
     one_thread = {"cpp.threads": 1} if kernels.thread_options() else None
@@ -635,15 +625,25 @@ def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]
             options=one_thread,
             name="scales_kernel",
         )
-        return kernels.fused(
-            fused_elements,
-            (xg, noise, *scales),
-            (plan,),
-            path="compiled",
-            name="elements_kernel",
-        )
+        return _elements_compiled(xg, noise, scales, plan)
 
     return split_kernel
+
+
+def _whole_compiled(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+    """:func:`fused_kernel` as one compiled kernel."""
+    return kernels.fused(
+        fused_kernel, (xg, noise), (plan,), path="compiled", name="quantize_kernel"
+    )
+
+
+def _elements_compiled(
+    xg: torch.Tensor, noise: torch.Tensor | None, scales: tuple[Any, ...], plan: Plan
+) -> tuple[Any, ...]:
+    """:func:`fused_elements` as one compiled kernel, from scales computed before."""
+    return kernels.fused(
+        fused_elements, (xg, noise, *scales), (plan,), path="compiled", name="elements_kernel"
+    )
 
 
 def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> torch.Tensor:

@@ -4,9 +4,11 @@ A metric that compares the two models layer by layer must hold one side's output
 until the other side's arrives. Run one whole forward after the other and it holds every
 layer's output of a batch at once: for a real-sized CNN at batch 32 that is gigabytes, many
 times what a plain FP32 evaluation needs. :class:`Lockstep` runs the FP32 forward in a worker
-thread that is at most one layer ahead of the twin's: before the twin computes a layer, the
-FP32 side computes the same layer and stops; so a layer's FP32 output waits only while its
-twin computes, and the two forwards' own activations are all the rest.
+thread a little ahead of the twin's: before the twin computes a layer, the FP32 side computes
+the same layer, goes on while its outputs since it last stopped are under ``ahead_bytes``
+(32 MiB; 0: one layer ahead, no more), and stops; so a layer's FP32 output waits only while
+the twin catches up, and the two forwards' own activations are all the rest. One worker
+thread serves every batch until :meth:`Lockstep.close`.
 
 The two threads never run at once (one holds the turn, the other waits for it), so the hooks
 metrics put on both models see their calls in one order, as before, and nothing is raced. A
@@ -17,8 +19,8 @@ longer waited for from the next batch on: the FP32 side then runs ahead until th
 both call, holding what it computes in between, which is only memory, never a wrong pairing.
 
 Each side keeps its own random number state (the twin's stochastic rounding draws from the
-twin's), switched with the turn. The worker thread runs under ``torch.no_grad()`` like the
-caller; an exception in either forward stops both and is raised in the caller.
+twin's), switched with the turn. The worker runs under the caller's grad mode; an exception
+in either forward stops both and is raised in the caller.
 """
 
 from __future__ import annotations

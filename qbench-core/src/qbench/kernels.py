@@ -181,7 +181,7 @@ def _decide(numel: int, path: str) -> bool | None:
         return True
     if numel < COMPILE_MIN_NUMEL:
         return False
-    if EXPECTED_BATCHES is not None and EXPECTED_BATCHES < COMPILE_MIN_BATCHES:
+    if stays_eager(EXPECTED_BATCHES):
         return None
     return True
 

@@ -48,9 +48,9 @@ class Lockstep:
 
     ``ahead_bytes``: the FP32 side hands the turn back once the layer the twin waits for is
     done *and* its layers' outputs since it took the turn add up to this many bytes (else it
-    goes on to the next layer): late layers with small outputs then cost no hand-over each,
-    which takes about a millisecond on a busy 2-core machine (the two threads' OpenMP
-    teams). 0: hand back after every layer.
+    goes on to the next layer): late layers with small outputs then cost no hand-over (a
+    thread switch each way; up to ~1 ms measured on a busy 2-core VM) each. 0: hand back
+    after every layer.
 
     ``rng`` is a pair of callables ``(get, set)`` for the random number state of the device
     (see the runner); each side's state is switched in and out with its turn."""

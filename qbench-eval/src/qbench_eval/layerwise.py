@@ -185,7 +185,6 @@ class _Kept:
     tensor: torch.Tensor | None  # None once measured (:meth:`_LayerStats.release`)
     version: int | None  # None: an inference tensor (no counter), always copied
     copy: torch.Tensor | None
-    measured: bool = False
 
 
 def _storage_key(tensor: torch.Tensor) -> int | None:
@@ -248,9 +247,9 @@ class _CopyOnWrite(TorchDispatchMode):
             for tensor in _written(func, args, kwargs):
                 key = _storage_key(tensor)
                 for stats, kept in self.held.pop(key, ()) if key is not None else ():
-                    if kept.copy is None and kept.measured is False:
-                        if kept.tensor._version == kept.version:
-                            stats.save(kept)
+                    unmeasured = kept.tensor is not None and kept.copy is None
+                    if unmeasured and kept.tensor._version == kept.version:
+                        stats.save(kept)
         return func(*args, **kwargs)
 
     def begin(self) -> None:
@@ -351,7 +350,6 @@ class _LayerStats:
         if kept.copy is not None and self.changed_in_place and len(self._free) < _MAX_FREE_BUFFERS:
             self._free.append(kept.copy)
         kept.tensor = kept.copy = None
-        kept.measured = True
 
     def take(self, kept: _Kept) -> torch.Tensor | None:
         """The held output as it was when kept (None if that can no longer be known)."""

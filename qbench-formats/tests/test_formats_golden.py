@@ -279,3 +279,77 @@ def test_specials() -> None:
     assert not torch.signbit(fnuz.round(torch.tensor([-0.0, -1e-9]))).any()
     assert bool(e5m2.is_representable(x).all())
     assert e4m3.is_representable(x).tolist() == [False, False, True, True]
+
+
+# --- the eager float8 cast ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_widening_float8_through_float16_gives_torchs_values(dtype: torch.dtype) -> None:
+    """Every bit pattern of both dtypes, in both signs, NaN included, in a channels-last
+    tensor: the same float32 bits as torch's own (scalar) conversion."""
+    from qbench_formats import fused
+
+    codes = torch.arange(256, dtype=torch.uint8).repeat(8).reshape(2, 4, 16, 16)
+    rounded = codes.contiguous(memory_format=torch.channels_last).view(dtype)
+    got = fused.widen_float8(rounded, torch.empty(rounded.shape, dtype=torch.float32))
+    want = rounded.to(torch.float32)
+    flat_x = codes.reshape(-1).to(torch.float32)
+    assert bool(same_bits(got, want).all()), mismatches(flat_x, got.reshape(-1), want.reshape(-1))
+    assert int(torch.isnan(got).sum()) == int(torch.isnan(want).sum()) > 0
+
+
+CAST = [("fp8_e4m3", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)]
+
+
+@pytest.mark.parametrize(("name", "dtype"), CAST)
+def test_the_eager_cast_and_the_bit_arithmetic_agree(name: str, dtype: torch.dtype) -> None:
+    """Eagerly, an fp8 format with saturation rounds by torch's float8 cast
+    (``fused.cast_dtype``); compiled, by the bit arithmetic (``fused.round_float``). Both on
+    every probe (code points, ties, their neighbours, beyond max, specials, subnormals)."""
+    from qbench_formats import fused
+
+    fmt = qbench.get_format(name)
+    arith = fmt.arith()
+    assert fused.cast_dtype(arith, "nearest_even", "saturate") == dtype
+    x = _probes(name)
+    by_cast = fused.round_values(arith, x, "nearest_even", "saturate", None)
+    by_bits = fused.round_float(
+        x,
+        mantissa_bits=arith.mantissa_bits,
+        emin=arith.emin,
+        bias=arith.bias,
+        max_value=arith.max_value,
+        special=arith.special,
+        rounding="nearest_even",
+        overflow="saturate",
+    )
+    assert bool(same_bits(by_cast, by_bits).all()), mismatches(x, by_cast, by_bits)
+
+
+def test_the_cast_is_only_used_where_it_rounds_like_the_format() -> None:
+    """No cast for other roundings, other overflow rules, grids the float8 dtypes do not
+    share (another emin, fewer mantissa bits, a larger max) or fnuz formats (no -0)."""
+    from qbench_formats import fused
+
+    e4m3 = qbench.get_format("fp8_e4m3").arith()
+    assert fused.cast_dtype(e4m3, "stochastic", "saturate") is None
+    assert fused.cast_dtype(e4m3, "nearest_away", "saturate") is None
+    assert fused.cast_dtype(e4m3, "nearest_even", "format") is None
+    for name in ("fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp6_e3m2", "fp4_e2m1", "int8"):
+        assert fused.cast_dtype(qbench.get_format(name).arith(), "nearest_even", "saturate") is None
+    import dataclasses
+
+    larger = dataclasses.replace(e4m3, max_value=480.0)
+    assert fused.cast_dtype(larger, "nearest_even", "saturate") is None
+    smaller = dataclasses.replace(e4m3, max_value=240.0)  # a grid cut short at 240: the cast
+    assert fused.cast_dtype(smaller, "nearest_even", "saturate") == torch.float8_e4m3fn
+    x = torch.tensor([230.0, 239.0, 250.0, 1e6, -1e6, float("inf")])
+    assert fused.round_values(smaller, x, "nearest_even", "saturate", None).tolist() == [
+        224.0,
+        240.0,
+        240.0,
+        240.0,
+        -240.0,
+        240.0,
+    ]

@@ -69,18 +69,72 @@ def test_sliced_eager_rounding_gives_the_whole_tensors_bits(name, monkeypatch):
                         assert bool(same_bits(part, sliced.scale_parts[level][0]).all()), context
 
 
-def test_large_tensors_are_rounded_in_slices(monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "rounder"), [("fp4_e2m1", "round_elements"), ("fp8_e4m3", "_cast_slice")]
+)
+def test_large_tensors_are_rounded_in_slices(monkeypatch, name, rounder):
     """The eager path calls the element rounding once per slice (so no temporary is the
-    tensor's size), and not at all on the whole tensor."""
+    tensor's size), and not at all on the whole tensor: the bit arithmetic, or for an fp8
+    format with saturation the float8 cast."""
     calls: list[int] = []
-    original = quantizer.round_elements
+    original = getattr(quantizer, rounder)
 
     def counting(xg, *args):
         calls.append(xg.shape[0])
         return original(xg, *args)
 
-    monkeypatch.setattr(quantizer, "round_elements", counting)
+    monkeypatch.setattr(quantizer, rounder, counting)
     monkeypatch.setattr(quantizer, "EAGER_SLICE", 700)
-    spec = spec_from_arguments("fp8_e4m3", mode="chunk", chunk_size=32)
-    _quantize(qbench.get_format("fp8_e4m3"), _activation(0), spec, codes=True)
+    spec = spec_from_arguments(name, mode="chunk", chunk_size=22)  # 44 = 2 blocks
+    _quantize(qbench.get_format(name), _activation(0), spec, codes=True)
     assert calls == [1] * 7
+
+
+PADDED = [
+    {"mode": "chunk", "chunk_size": 20},  # 44 = 2 x 20 + 4
+    {"mode": "chunk", "chunk_size": 32, "scale_format": "e8m0"},
+    {"mode": "chunk", "chunk_size": 2, "axis": 1},  # 3 channels = 2 + 1
+]
+
+
+@pytest.mark.parametrize("name", QUANTIZABLE)
+def test_a_short_last_block_is_quantized_without_padding(name, monkeypatch):
+    """A chunked axis whose last block is short runs as two views (the full blocks, the
+    short one) written into outputs laid out like x: the same bits, codes and scales as
+    the padded layout, a channels-last result, and no padded copy of x."""
+    fmt = qbench.get_format(name)
+    x = _activation(len(name) + 1)
+    for rounding in ("nearest_even", "stochastic"):
+        for kwargs in PADDED:
+            spec = spec_from_arguments(name, rounding=rounding, **kwargs)
+            for codes in (False, True):
+                context = f"{name} {rounding} {kwargs} codes={codes}"
+                monkeypatch.setattr(quantizer, "_unpadded", lambda *a: False)
+                padded = _quantize(fmt, x, spec, codes)
+                monkeypatch.undo()
+                calls = []
+                original = quantizer.unpadded_kernel
+
+                def counting(*args, original=original, calls=calls):
+                    calls.append(args[3:])
+                    return original(*args)
+
+                monkeypatch.setattr(quantizer, "unpadded_kernel", counting)
+                unpadded = _quantize(fmt, x, spec, codes)
+                monkeypatch.undo()
+                # a format that rounds itself keeps its own path; a second-level scale is
+                # the whole (padded) tensor's
+                own_round = quantizer.uses_own_round(getattr(fmt, "element_format", fmt))
+                second_level = quantizer._scale_plan(spec)[2]
+                assert len(calls) == (0 if own_round or second_level else 1), context
+                got, want = (
+                    (unpadded, padded) if not codes else (unpadded.dequantized, padded.dequantized)
+                )
+                assert bool(same_bits(got, want).all()), context
+                assert got.is_contiguous(memory_format=torch.channels_last), context
+                if codes:
+                    assert torch.equal(unpadded.codes, padded.codes), context
+                    assert bool(same_bits(unpadded.scales, padded.scales).all()), context
+                    for level, (part, _) in padded.scale_parts.items():
+                        other = unpadded.scale_parts[level][0]
+                        assert bool(same_bits(part, other).all()), context

@@ -260,6 +260,9 @@ def round_values(
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
     """Round float32 ``v`` onto the grid described by ``arith`` (a new tensor)."""
+    cast = None if noise is not None else cast_dtype(arith, rounding, overflow)
+    if cast is not None:
+        return widen_float8(round_by_cast(arith, v, cast), torch.empty_like(v))
     if arith.family == "float":
         return round_float(
             v,
@@ -279,6 +282,70 @@ def round_values(
         rounding=rounding,
         noise=noise,
     )
+
+
+#: torch's float8 dtypes whose float32 cast rounds to nearest even onto a float grid, by
+#: (mantissa bits, emin, largest finite value); the fnuz dtypes are left out (no -0).
+_CAST_GRIDS = {
+    name: grid
+    for name, grid in (("float8_e4m3fn", (3, -6, 448.0)), ("float8_e5m2", (2, -14, 57344.0)))
+    if hasattr(torch, name)
+}
+
+
+def cast_dtype(arith: Arith | None, rounding: str, overflow: str) -> torch.dtype | None:
+    """The float8 dtype whose cast rounds like :func:`round_float` on ``arith``'s grid, run
+    eagerly: round to nearest even with saturation, onto a grid with the dtype's mantissa
+    bits and smallest normal exponent and a largest value the dtype holds. None otherwise
+    (and always inside a compiled region: the bit arithmetic fuses, a cast would not).
+
+    The clamp to ±max first keeps every value the cast sees within the shared part of the
+    two grids (max is on both, rounding is monotone), NaN stays NaN and -0 stays -0, so the
+    bits are :func:`round_float`'s; eagerly it is three passes instead of a dozen
+    (benchmarks/README.md). ``test_formats_golden.py`` checks it on every code point, tie and
+    neighbour."""
+    if arith is None or arith.family != "float" or arith.special == "fnuz":
+        return None
+    if rounding != "nearest_even" or overflow != "saturate" or torch.compiler.is_compiling():
+        return None
+    for name, (mantissa_bits, emin, largest) in _CAST_GRIDS.items():
+        same_grid = arith.mantissa_bits == mantissa_bits and arith.emin == emin
+        if same_grid and arith.max_value <= largest:
+            return getattr(torch, name)
+    return None
+
+
+def round_by_cast(
+    arith: Arith, v: torch.Tensor, dtype: torch.dtype, *, in_place: bool = False
+) -> torch.Tensor:
+    """``v`` rounded onto ``arith``'s grid as a ``dtype`` tensor (:func:`cast_dtype`);
+    ``in_place``: ``v`` is a scratch buffer the clamp may overwrite."""
+    if in_place:
+        return v.clamp_(-arith.max_value, arith.max_value).to(dtype)
+    return torch.clamp(v, -arith.max_value, arith.max_value).to(dtype)
+
+
+def widen_float8(rounded: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The float32 values of a float8_e4m3fn or float8_e5m2 tensor, written into ``out``.
+
+    torch's own float8 -> float32 conversion runs a scalar loop on the CPU (measured ~8x the
+    time of the cast the other way); float16 -> float32 is vectorized. So the bits go through
+    float16: e5m2 is float16's top byte; e4m3's magnitude bits shifted into float16's
+    exponent and fraction fields give the value times 2^-8 (a subnormal e4m3 lands on a
+    float16 subnormal, exactly), the sign is float16's bit 15 (the sign-extended int8 puts
+    it there, along with a bit 14 that is cleared), and e4m3's NaN pattern (magnitude 0x7F)
+    is set to NaN. Every code of both dtypes is checked against torch's conversion."""
+    wide = rounded.view(torch.int8).to(torch.int16)
+    if rounded.dtype == torch.float8_e5m2:
+        wide <<= 8
+        return out.copy_(wide.view(torch.float16))
+    wide <<= 7
+    wide &= ~0x4000
+    out.copy_(wide.view(torch.float16)).mul_(256.0)
+    nan = rounded.view(torch.uint8) & 0x7F
+    if int(nan.amax()) == 0x7F:
+        out.masked_fill_(nan == 0x7F, math.nan)
+    return out
 
 
 # --------------------------------------------------------------------------------------

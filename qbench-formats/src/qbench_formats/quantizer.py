@@ -266,6 +266,8 @@ class Layout:
     restore: Callable[[torch.Tensor], torch.Tensor]
     compact: Callable[[torch.Tensor], torch.Tensor]
     expand: Callable[[torch.Tensor], torch.Tensor]
+    #: chunk mode with a short last block: (axis, block length, axis length), else None
+    padded: tuple[int, int, int] | None = None
 
 
 def _normalize_axis(axis: int, ndim: int, what: str) -> int:
@@ -327,6 +329,7 @@ def layout_for(shape: torch.Size, mode: str, axis: int | None, chunk_size: int |
         restore=restore,
         compact=lambda s: s.squeeze(a + 1),
         expand=lambda s: s.repeat_interleave(c, dim=a).narrow(a, 0, length),
+        padded=(a, c, length) if pad else None,
     )
 
 
@@ -466,10 +469,7 @@ def round_elements(
 ) -> torch.Tensor:
     """The element rounding of ``xg / scale`` (a fresh tensor): :func:`fused_elements` less
     the multiplication back."""
-    if plan.scale_kind == "e8m0":  # a power of two: multiplying by 1/scale is exact
-        scaled = xg * fused.pow2_reciprocal(scale)
-    else:
-        scaled = fused.divide(xg, scale)
+    scaled = _scaled(xg, scale, plan)
     if plan.element_arith is not None:
         return fused.round_values(plan.element_arith, scaled, plan.rounding, plan.overflow, noise)
     # lookup tables: binary search in float64 (eager only)
@@ -753,6 +753,7 @@ def quantize(
         want_elements=return_codes,
         whole_tensor=scaling.mode == "tensor",
     )
+    restore = layout.restore
     with torch.no_grad():
         x32 = x.detach().to(torch.float32)
         if x32.numel() == 0:  # nothing to scale: an empty result of the right shape
@@ -775,13 +776,18 @@ def quantize(
         else:
             noise = None
             if spec.rounding == "stochastic":
-                noise = layout.grouped(torch.rand(x.shape, generator=generator, device=x.device))
-            outputs = _run(plan, layout.grouped(x32), noise, path, x32.numel())
-        dequantized = layout.restore(outputs[0]).to(x.dtype)
+                noise = torch.rand(x.shape, generator=generator, device=x.device)
+            if _unpadded(layout, plan, path, x32.numel()):
+                outputs = unpadded_kernel(plan, x32, noise, *layout.padded)  # type: ignore[misc]
+                restore = _same
+            else:
+                noise = None if noise is None else layout.grouped(noise)
+                outputs = _run(plan, layout.grouped(x32), noise, path, x32.numel())
+        dequantized = restore(outputs[0]).to(x.dtype)
         if not return_codes:
             return dequantized
         _, elements, scale, block, tensor_scale = outputs
-        elements = layout.restore(elements)
+        elements = restore(elements)
         # a compiled kernel returns the codes themselves (see fused_elements)
         codes = (
             elements if not elements.is_floating_point() else encode_codes(element, elements, path)
@@ -815,11 +821,58 @@ def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tup
     return sliced_kernel(xg, noise, plan)
 
 
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _unpadded(layout: Layout, plan: Plan, path: str, numel: int) -> bool:
+    """Whether a chunked tensor with a short last block runs as :func:`unpadded_kernel`: on
+    the eager fast twin (a compiled kernel fuses the padding into its loop; the reference
+    twin keeps the plain layout), for block scales alone (a second-level scale is the whole
+    padded tensor's)."""
+    if layout.padded is None or path == "reference" or plan.second_level:
+        return False
+    return not (compilable(plan) and kernels.use_compiled(numel, path))
+
+
+def unpadded_kernel(
+    plan: Plan, x: torch.Tensor, noise: torch.Tensor | None, axis: int, chunk: int, length: int
+) -> tuple[Any, ...]:
+    """:func:`sliced_kernel` over a chunked axis whose last block is short, without padding:
+    the full blocks and the short one are two views of ``x``, each quantized straight into
+    its part of outputs laid out like ``x``. Padding would copy ``x`` into a buffer up to
+    twice its size (144 channels by 128: 256) and copy the result out again. Blocks are
+    independent and their scales are concatenated in block order, so the bits, codes and
+    scales are those of the padded layout (the padding's zeros never change an absmax).
+    Outputs: ``x``'s shape (no restore); scales in the padded layout's grouped shape."""
+    full = length // chunk
+    dequantized = torch.empty_like(x)  # x's layout: a channels-last activation stays so
+    codes = torch.empty_like(x, dtype=torch.int32) if plan.want_elements else None
+    parts = []
+    for start, blocks, size in ((0, full, chunk), (full * chunk, 1, length - full * chunk)):
+
+        def view(t: torch.Tensor, start: int = start, blocks: int = blocks, size: int = size):
+            return t.narrow(axis, start, blocks * size).unflatten(axis, (blocks, size))
+
+        into = (view(dequantized), None if codes is None else view(codes))
+        part_noise = None if noise is None else view(noise)
+        parts.append(sliced_kernel(view(x), part_noise, plan, into=into))
+    if not plan.want_elements:
+        return (dequantized,)
+    scale, block = (torch.cat([p[i] for p in parts], dim=axis) for i in (2, 3))
+    return dequantized, codes, scale, block, None
+
+
 #: Elements the eager fast twin rounds at a time (:func:`sliced_kernel`).
 EAGER_SLICE = 1 << 20
 
 
-def sliced_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+def sliced_kernel(
+    xg: torch.Tensor,
+    noise: torch.Tensor | None,
+    plan: Plan,
+    into: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> tuple[Any, ...]:
     """:func:`fused_kernel`, eagerly, with the element rounding done a slice of about
     :data:`EAGER_SLICE` elements (whole rows of ``xg``'s first dimension) at a time: op by op,
     each of its dozen float32 temporaries would otherwise be as large as ``xg`` (a gigabyte
@@ -827,11 +880,13 @@ def sliced_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> t
     into the outputs. Asked for codes, it encodes each slice's elements
     (:func:`encode_codes`) and returns the codes in their place. The scales come from the
     whole tensor first and rounding is elementwise, so the bits are those of
-    :func:`fused_kernel`."""
+    :func:`fused_kernel`. ``into``: views like ``xg`` the dequantized values and the codes
+    (int32; None without codes) are written into, in place of new tensors."""
     rows = xg.shape[0] if xg.dim() else 1
     per_row = xg.numel() // max(rows, 1)
     step = max(1, EAGER_SLICE // max(per_row, 1))
-    if rows <= step:
+    cast = fused.cast_dtype(plan.element_arith, plan.rounding, plan.overflow)
+    if rows <= step and cast is None and into is None:
         return fused_kernel(xg, noise, plan)
     # the groups' amax slice by slice too (``abs`` makes a copy): a maximum is exact in any
     # order, and NaN-propagating or finite-only as each slice's is
@@ -845,21 +900,65 @@ def sliced_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> t
             return t  # one value for every row (a tensor's scale)
         return t[start : start + step]
 
-    dequantized = torch.empty_like(xg)  # xg's strides
-    codes: torch.Tensor | None = None
+    dequantized, codes = (torch.empty_like(xg), None) if into is None else into  # xg's strides
+    # the cast's bits are the codes: widened straight into the codes
+    bit_codes = plan.want_elements and cast is not None and fused.float8_dtype(plan.element) == cast
+    if codes is None and bit_codes:
+        codes = torch.empty_like(xg, dtype=torch.int32)
     for start in range(0, rows, step):
         scale_rows = rows_of(scale, start)
-        elements = round_elements(xg[start : start + step], rows_of(noise, start), scale_rows, plan)
-        torch.mul(elements, scale_rows, out=dequantized[start : start + step])
-        if plan.want_elements:
+        out = dequantized[start : start + step]
+        if cast is not None:
+            codes_rows = codes[start : start + step] if bit_codes else None  # type: ignore[index]
+            part = _cast_slice(xg[start : start + step], scale_rows, plan, cast, out, codes_rows)
+        else:
+            elements = round_elements(
+                xg[start : start + step], rows_of(noise, start), scale_rows, plan
+            )
+            torch.mul(elements, scale_rows, out=out)
             # the slice's codes, not a float32 copy of all the elements encoded afterwards
-            part = encode_codes(plan.element, elements, "eager")
+            part = encode_codes(plan.element, elements, "eager") if plan.want_elements else None
+        if part is not None:
             if codes is None:
                 codes = torch.empty_like(xg, dtype=part.dtype)
             codes[start : start + step].copy_(part)
     if plan.want_elements:
         return dequantized, codes, scale, block, tensor_scale
     return (dequantized,)
+
+
+def _scaled(xg: torch.Tensor, scale: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """``xg / scale`` as the element rounding sees it (a fresh tensor)."""
+    if plan.scale_kind == "e8m0":  # a power of two: multiplying by 1/scale is exact
+        return xg * fused.pow2_reciprocal(scale)
+    return fused.divide(xg, scale)
+
+
+def _cast_slice(
+    rows: torch.Tensor,
+    scale: torch.Tensor,
+    plan: Plan,
+    cast: torch.dtype,
+    out: torch.Tensor,
+    codes: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """One slice of :func:`sliced_kernel` rounded by a float8 cast (:func:`fused.cast_dtype`):
+    the cast's result is widened straight into ``out`` and multiplied back there. Asked for
+    codes: with ``codes`` (the format's codes are that dtype's bit patterns,
+    :func:`fused.float8_dtype`) the bits are widened into it, the format's one NaN code for
+    every NaN; without, the format's encoding of the elements is returned."""
+    scaled = _scaled(rows, scale, plan)
+    rounded = fused.round_by_cast(plan.element_arith, scaled, cast, in_place=True)
+    fused.widen_float8(rounded, out)
+    part = None
+    if codes is not None:
+        codes.copy_(rounded.view(torch.uint8))
+        if plan.element.has_nan and bool(torch.isnan(out.amax())):  # amax keeps a NaN
+            codes.masked_fill_(torch.isnan(out), plan.element.nan_code)
+    elif plan.want_elements:
+        part = encode_codes(plan.element, out.clone(), "eager")
+    out.mul_(scale)
+    return part
 
 
 def clipped_kernel(

@@ -12,7 +12,7 @@ import qbench
 import torch
 from eval_helpers import kernels_on, quantize, spec
 from qbench.types import BatchOutputs, QuantResult
-from qbench_eval.compliance import DEFER_BYTES, ComplianceMetric, tables
+from qbench_eval.compliance import DEFER_BYTES, ComplianceMetric, counting, tables
 from qbench_eval.compliance import metric as compliance_metric
 
 BATCH = BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1))
@@ -207,6 +207,18 @@ def test_slices_cut_the_first_dimension_and_keep_broadcast_tensors_whole(
     assert tables._slices((codes[:1],))[0][0] is not None
 
 
+def _masks_count(
+    table: tables._CodeTable, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
+) -> list[int]:
+    """[illegal, mismatches, NaN, ±inf] from the general masks (``_CodeTable._mask_counts``
+    without its CPU shortcut): the reference every shortcut is held to."""
+    decoded, legal = table.lookup(codes)
+    illegal = (~legal & (scales == scales)).sum()
+    mismatch = tables._mismatch(decoded * scales, dequantized).sum()
+    nan, inf = tables._nonfinite(dequantized)
+    return [int(illegal), int(mismatch), int(nan.sum()), int(inf.sum())]
+
+
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int8", "fp4_e2m1", "int4"])
 def test_the_cpu_shortcut_counts_what_the_masks_count(name: str) -> None:
     """``_CodeTable._cpu_counts`` (codes' range and NaN looked at first) against the general
@@ -219,13 +231,6 @@ def test_the_cpu_shortcut_counts_what_the_masks_count(name: str) -> None:
     assert table is not None
     codes, dequantized = result.codes.clone(), result.dequantized.clone()
     scales = result.expand_scales().clone()
-
-    def general(c, d, s):
-        decoded, legal = table.lookup(c)
-        illegal = (~legal & (s == s)).sum()
-        mismatch = tables._mismatch(decoded * s, d).sum()
-        nan, inf = tables._nonfinite(d)
-        return torch.stack([illegal, mismatch, nan.sum(), inf.sum()])
 
     cases = {"clean": (codes, dequantized, scales)}
     bad = dequantized.clone()
@@ -254,11 +259,189 @@ def test_the_cpu_shortcut_counts_what_the_masks_count(name: str) -> None:
         if fast is None:
             stepped_aside.add(case)
         else:
-            assert fast.tolist() == general(*tensors).tolist(), (name, case)
-        assert table._mask_counts(*tensors).tolist() == general(*tensors).tolist(), (name, case)
+            assert fast.tolist() == _masks_count(table, *tensors), (name, case)
+        assert table._mask_counts(*tensors).tolist() == _masks_count(table, *tensors), (name, case)
     assert {"code out of the table", "NaN value"} <= stepped_aside
     if name.startswith("fp"):  # every code legal: the shortcut serves the usual slices
         assert {"clean", "mismatch and inf", "NaN scale"}.isdisjoint(stepped_aside)
         assert table._cpu_counts(*cases["mismatch and inf"])[1:].tolist() == [3 + 1, 0, 1]
     else:  # two's complement codes 0..255 span the illegal -128 (code 128): masks count
         assert "clean" in stepped_aside
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _shortcut_cases(
+    table: tables._CodeTable, codes: torch.Tensor, scales: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(codes, dequantized, scales) of a clean slice and of slices changed one way each:
+    the values the layer used are ``decode(codes) * scales`` unless the case says otherwise.
+    ``codes`` are contiguous (5-D: a channels-last activation chunked along its channels)."""
+    spot, other, block = (1, 2, 3, 0, 5), (2, 5, 7, 1, 31), (1, 2, 3, 1, 0)
+
+    def exact(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return table.lookup(c)[0] * s
+
+    def value(c: torch.Tensor, s: torch.Tensor, changes: dict[tuple[int, ...], float]) -> tuple:
+        d = exact(c, s)
+        for index, v in changes.items():
+            d[index] = v
+        return c, d, s
+
+    def recoded(changes: dict[tuple[int, ...], int]) -> tuple:
+        c = codes.clone()
+        for index, v in changes.items():
+            c[index] = v
+        return c, exact(c, scales), scales
+
+    cases = {"clean": (codes, exact(codes, scales), scales)}
+    d = exact(codes, scales)
+    d[spot] = torch.nextafter(d[spot], torch.tensor(math.inf))
+    cases["an ulp off"] = (codes, d, scales)
+    cases["+inf"] = value(codes, scales, {spot: math.inf})
+    cases["-inf"] = value(codes, scales, {other: -math.inf})
+    cases["-inf and +inf"] = value(codes, scales, {spot: -math.inf, other: math.inf})
+    cases["NaN value"] = value(codes, scales, {other: math.nan})
+    nan_scale = scales.clone()
+    nan_scale[block] = math.nan
+    cases["NaN scale"] = (codes, exact(codes, scales), nan_scale)
+    huge = scales.clone()
+    huge[block] = 3e38  # decoded values above ~1.1 overflow to ±inf, and so did the layer's
+    cases["overflowing scale"] = (codes, exact(codes, huge), huge)
+    cases["code out of the table"] = recoded({spot: 1 << 20})
+    cases["code under the table"] = recoded({spot: -(1 << 20)})
+    below_zero = recoded({spot: -1})
+    cases["code -1, its value what it decodes to"] = below_zero
+    cases["code -1 (fp8: a legal NaN), its value finite"] = value(
+        below_zero[0], scales, {spot: 1.0}
+    )
+    codes_of = {
+        kind: [
+            c - table.offset
+            for c in range(1, 2 * table.offset - 1)
+            if bool(table.legal[c]) and test(float(table.values[c]))
+        ]
+        for kind, test in {
+            "zero": lambda v: v == 0,
+            "inf": math.isinf,
+            "finite": math.isfinite,
+        }.items()
+    }
+    illegal = [c for c in range(table.offset - 1) if not table.legal[c + table.offset]]
+    if illegal:
+        cases["illegal code"] = recoded({spot: illegal[0]})
+    zeros = codes_of["zero"]  # +0 (and -0 where the format has it), the layer's the other
+    c, d, s = recoded({spot: zeros[0], other: zeros[-1]})
+    for index in (spot, other):
+        d[index] = -0.0 if math.copysign(1.0, float(d[index])) > 0 else 0.0
+    cases["signed zeros"] = (c, d, s)
+    if codes_of["inf"]:  # fp8_e5m2: ±inf codes, and the layer used ±inf
+        cases["inf codes"] = recoded({spot: codes_of["inf"][0], other: codes_of["inf"][-1]})
+    narrow = max(codes_of["finite"], key=lambda c: abs(float(table.values[c + table.offset])))
+    cases["largest finite code"] = recoded({spot: narrow})
+    unit = torch.ones_like(scales)
+    for dtype in HALF_DTYPES:  # the layer's values in half precision
+        cases[f"{dtype} values, unit scales"] = (codes, exact(codes, unit).to(dtype), unit)
+        cases[f"{dtype} values"] = (codes, exact(codes, scales).to(dtype), scales)
+    return cases
+
+
+def _shortcut_layouts(
+    codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One slice in the layouts the shortcut may meet: per-block scales broadcasting, the
+    scales expanded (zero strides), every tensor transposed (non-contiguous codes), the values
+    in another memory layout than the codes, scales of a higher rank (the product broadcasts
+    to more dimensions) and float64 scales (the product in float64)."""
+    other_layout = dequantized.transpose(0, 1).contiguous().transpose(0, 1)
+    return {
+        "block scales": (codes, dequantized, scales),
+        "expanded scales": (codes, dequantized, scales.expand(codes.shape)),
+        "transposed": (codes.transpose(0, 2), dequantized.transpose(0, 2), scales.transpose(0, 2)),
+        "values in another layout": (codes, other_layout, scales),
+        "scales of a higher rank": (codes, dequantized, scales.unsqueeze(0)),
+        "float64 scales": (codes, dequantized, scales.double()),
+    }
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "int8", "fp4_e2m1", "test_int4"])
+@pytest.mark.parametrize("sign", ["mixed", "positive", "negative"])
+def test_the_cpu_shortcut_counts_what_the_masks_count_in_every_branch(name: str, sign: str) -> None:
+    """Every branch of ``_CodeTable._cpu_counts`` against the general masks: codes from 0 up
+    and codes below 0 (fp8's legal NaN codes, test_int4's signed codes), finite values and
+    ±inf (found by the values' range), exact reconstructions (``torch.equal``: -0.0 matches
+    0.0) and mismatches, half-precision values, and each layout of a slice. It steps aside
+    exactly where a code is outside the table, the codes' range spans an illegal code, or a
+    value is NaN."""
+    x = torch.randn(4, 64, 6, 8, generator=torch.Generator().manual_seed(5)) * 3
+    x = {"mixed": x, "positive": x.abs() + 1, "negative": -x.abs() - 1}[sign]  # no zero
+    result = qbench.quantize(
+        x.contiguous(memory_format=torch.channels_last),
+        name,
+        mode="chunk",
+        chunk_size=32,
+        axis=1,
+        return_codes=True,
+    )
+    table = tables.FormatTables().table(name, qbench.get_format(name), result.codes)
+    assert table is not None
+    grouped = counting._grouped(result)
+    assert grouped is not None
+    codes, dequantized, scales = grouped
+    if scales.shape != (4, 6, 8, 2, 1):  # test_int4 chunks the flattened tensor: a 5-D view
+        codes = result.codes.reshape(4, 6, 8, 2, 32)
+        scales = result.scales.reshape(4, 6, 8, 2, 1)
+        dequantized = result.dequantized.reshape(codes.shape)
+    assert codes.is_contiguous() and scales.shape[-1] == 1
+    assert _masks_count(table, codes, dequantized, scales) == [0, 0, 0, 0]
+    served = set()
+    cases = _shortcut_cases(table, codes, scales)
+    for case, (c, d, s) in cases.items():
+        expected = _masks_count(table, c, d, s)
+        low, high = int(c.min()), int(c.max())
+        in_table = -table.offset < low and high < table.offset - 1
+        legal = in_table and bool(table.legal[table.offset + low : table.offset + high + 1].all())
+        steps_aside = not legal or bool(d.isnan().any())
+        for layout, tensors in _shortcut_layouts(c, d, s).items():
+            where = (name, sign, case, layout)
+            if layout != "float64 scales":  # the product in float64 may round otherwise
+                assert _masks_count(table, *tensors) == expected, where
+            fast = table._cpu_counts(*tensors)
+            assert (fast is None) == steps_aside, where
+            if fast is not None:
+                served.add(case)
+                assert fast.dtype == torch.int64, where
+                assert fast.tolist() == _masks_count(table, *tensors), where
+            assert table._mask_counts(*tensors).tolist() == _masks_count(table, *tensors), where
+    served_always = {"clean", "an ulp off", "+inf", "-inf", "signed zeros", "overflowing scale"}
+    if name == "int8":  # codes 0..255 (two's complement) span its illegal -128 (code 128)
+        # unless all of a sign (a zero's code 0 with negative codes spans it too)
+        served_always = {"positive": served_always, "negative": served_always - {"signed zeros"}}
+        served_always = served_always.get(sign, set())
+    assert served_always <= served
+    exact_counts = {  # the counts themselves, not only their agreement with the masks
+        "clean": [0, 0, 0, 0],
+        "an ulp off": [0, 1, 0, 0],
+        "+inf": [0, 1, 0, 1],
+        "-inf": [0, 1, 0, 1],
+        "-inf and +inf": [0, 2, 0, 2],
+        "signed zeros": [0, 0, 0, 0],
+        "code -1 (fp8: a legal NaN), its value finite": [0, 1, 0, 0],
+        "inf codes": [0, 0, 0, 2],
+        **{f"{dtype} values, unit scales": [0, 0, 0, 0] for dtype in HALF_DTYPES},
+    }
+    for case, counts in exact_counts.items():
+        if case in served:
+            assert table._cpu_counts(*cases[case]).tolist() == counts, (name, sign, case)
+    if "overflowing scale" in served:
+        huge = table._cpu_counts(*cases["overflowing scale"]).tolist()
+        assert huge[:3] == [0, 0, 0] and huge[3] > 0
+    if name.startswith("fp8"):  # the legal NaN code -1: the shifted gather
+        assert "code -1 (fp8: a legal NaN), its value finite" in served
+    if name == "test_int4" and sign != "positive":  # signed codes: the shifted gather
+        assert int(codes.min()) < 0 and "clean" in served
+    if name.startswith("fp8") and sign == "negative":  # codes from 128 up: gathered as they are
+        assert int(codes.min()) >= 128 and "clean" in served
+    if "inf codes" in cases:
+        assert table._cpu_counts(*cases["inf codes"]).tolist() == [0, 0, 0, 2]

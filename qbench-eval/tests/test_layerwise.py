@@ -531,3 +531,51 @@ def test_eager_sums_and_statistics_read_large_outputs_in_slices(
             assert torch.equal(got_value, want) or (got_value.isnan() and want.isnan())
     assert float(whole[2]) == pytest.approx(1e-41, rel=1e-3)
     assert math.isnan(float(layerwise._input_stats_eager(x)[1]))
+
+
+def test_eager_statistics_of_slices_without_zeros_take_the_short_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slice with no zero and no NaN is read for its range alone (two passes); the
+    statistics equal the full ones whichever slices hold the zeros, the NaN, an infinity
+    or the smallest (subnormal) magnitude."""
+    from qbench_eval import layerwise
+
+    monkeypatch.setattr(layerwise, "_EAGER_STATS_SLICE", 1000)
+    full_passes = []
+    original = layerwise._input_stats
+
+    def counting(x, narrow_count=False):
+        full_passes.append(x.numel())
+        return original(x, narrow_count)
+
+    generator = torch.Generator().manual_seed(11)
+    base = torch.randn(6000, generator=generator) + 0.01  # no zero (almost surely)
+    base[base == 0] = 1.0
+    cases = []
+    for zero_at, nan_at, inf_at, tiny_at in [
+        (None, None, None, 4321),
+        (2500, None, 5999, 10),
+        (None, 3000, 0, 5500),
+        (10, 1500, None, 1999),
+    ]:
+        x = base.clone()
+        for at, value in ((zero_at, 0.0), (nan_at, math.nan), (inf_at, -math.inf)):
+            if at is not None:
+                x[at] = value
+        x[tiny_at] = -3e-42
+        cases.append((x, zero_at, nan_at))
+    for x, zero_at, nan_at in cases:
+        monkeypatch.setattr(layerwise, "_input_stats", original)
+        want = original(x)
+        full_passes.clear()
+        monkeypatch.setattr(layerwise, "_input_stats", counting)
+        got = layerwise._input_stats_eager(x.reshape(60, 100))
+        # only the slices holding a zero or a NaN take the full passes
+        assert len(full_passes) == len({at // 1000 for at in (zero_at, nan_at) if at is not None})
+        assert int(got[0]) == int(want[0]) and got[0].dtype == torch.int64
+        for got_value, want_value in zip(got[1:], want[1:]):
+            same = torch.equal(got_value, want_value)
+            assert same or (got_value.isnan() and want_value.isnan())
+        if nan_at is None:
+            assert float(got[2]) == pytest.approx(3e-42, rel=1e-2)

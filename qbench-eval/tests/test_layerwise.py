@@ -533,24 +533,24 @@ def test_eager_sums_and_statistics_read_large_outputs_in_slices(
     assert math.isnan(float(layerwise._input_stats_eager(x)[1]))
 
 
-def test_eager_statistics_of_slices_without_zeros_take_the_short_way(
+def test_eager_statistics_per_slice_equal_the_full_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A slice with no zero and no NaN is read for its range alone (two passes); the
-    statistics equal the full ones whichever slices hold the zeros, the NaN, an infinity
-    or the smallest (subnormal) magnitude."""
+    """The eager statistics read float32 slices on the CPU without the general masks (the
+    range alone where a slice has no zero and no NaN, else the magnitudes' bits): equal to
+    the general statistics whichever slices hold the zeros, the NaN, an infinity or the
+    smallest (subnormal) magnitude, and for slices of zeros only, of NaN and zeros, of
+    infinities and zeros; other dtypes take the general statistics."""
     from qbench_eval import layerwise
 
     monkeypatch.setattr(layerwise, "_EAGER_STATS_SLICE", 1000)
-    full_passes = []
-    original = layerwise._input_stats
-
-    def counting(x, narrow_count=False):
-        full_passes.append(x.numel())
-        return original(x, narrow_count)
-
+    general = layerwise._input_stats
+    general_calls = []
+    monkeypatch.setattr(
+        layerwise, "_input_stats", lambda x, n=False: general_calls.append(x.dtype) or general(x, n)
+    )
     generator = torch.Generator().manual_seed(11)
-    base = torch.randn(6000, generator=generator) + 0.01  # no zero (almost surely)
+    base = torch.randn(6000, generator=generator) + 0.01
     base[base == 0] = 1.0
     cases = []
     for zero_at, nan_at, inf_at, tiny_at in [
@@ -558,24 +558,29 @@ def test_eager_statistics_of_slices_without_zeros_take_the_short_way(
         (2500, None, 5999, 10),
         (None, 3000, 0, 5500),
         (10, 1500, None, 1999),
+        (range(1000, 2000), None, None, 10),  # a slice of zeros only
+        (range(0, 999), 999, None, 4000),  # a slice of zeros and one NaN
+        (range(2000, 2999), None, 2999, 10),  # a slice of zeros and one inf
     ]:
         x = base.clone()
+        x[tiny_at] = -3e-42
         for at, value in ((zero_at, 0.0), (nan_at, math.nan), (inf_at, -math.inf)):
             if at is not None:
-                x[at] = value
-        x[tiny_at] = -3e-42
-        cases.append((x, zero_at, nan_at))
-    for x, zero_at, nan_at in cases:
-        monkeypatch.setattr(layerwise, "_input_stats", original)
-        want = original(x)
-        full_passes.clear()
-        monkeypatch.setattr(layerwise, "_input_stats", counting)
-        got = layerwise._input_stats_eager(x.reshape(60, 100))
-        # only the slices holding a zero or a NaN take the full passes
-        assert len(full_passes) == len({at // 1000 for at in (zero_at, nan_at) if at is not None})
+                x[list(at) if isinstance(at, range) else at] = value
+        cases.append(x)
+    cases.append(torch.zeros(3000))
+    cases.append(torch.full((3000,), math.nan))
+    for x in cases:
+        want = general(x)
+        general_calls.clear()
+        got = layerwise._input_stats_eager(x.reshape(-1, 100))
+        assert general_calls == []
         assert int(got[0]) == int(want[0]) and got[0].dtype == torch.int64
         for got_value, want_value in zip(got[1:], want[1:]):
             same = torch.equal(got_value, want_value)
-            assert same or (got_value.isnan() and want_value.isnan())
-        if nan_at is None:
-            assert float(got[2]) == pytest.approx(3e-42, rel=1e-2)
+            assert same or (got_value.isnan() and want_value.isnan()), (got, want)
+    half = cases[1].to(torch.float16)
+    got = layerwise._input_stats_eager(half.reshape(-1, 100))
+    assert general_calls and set(general_calls) == {torch.float16}
+    want = general(half)
+    assert int(got[0]) == int(want[0]) and torch.equal(got[1], want[1])

@@ -126,15 +126,33 @@ def _pair_sums_and_stats(
 
 
 def _input_stats_slice(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_input_stats` of one eager slice, in two passes where it holds no zero and no
-    NaN (the host reads the range, a CPU costs no sync for that): then the smallest
-    magnitude is the smallest non-zero one and nothing is zero. Else the five passes of
-    :func:`_input_stats`."""
-    if x.device.type == "cpu":
-        smallest, largest = torch.aminmax(x.abs())  # NaN in both if any NaN
-        if bool(smallest > 0):
-            return torch.zeros((), dtype=torch.int64), largest, smallest
-    return _input_stats(x, True)
+    """:func:`_input_stats` of one eager slice in fewer passes on the CPU (where the host
+    reads a value without a device sync): ``abs`` and its range first; with no zero and no
+    NaN the smallest magnitude is the smallest non-zero one and nothing else is read. Else,
+    for float32, on the magnitudes' bits (integers ordered like the values, NaN above inf):
+    the zeros are the elements less the ``count_nonzero``, and ``bits - 1`` masked to 31
+    bits turns a zero into the largest integer, so its minimum plus one is the smallest
+    non-zero magnitude (a NaN is above every number: only a slice of NaN and zeros
+    reaches it, and has no non-zero magnitude, +inf). Four passes and no temporary beyond
+    ``abs``'s, where the general statistics take seven and three."""
+    if x.device.type != "cpu":
+        return _input_stats(x, True)
+    magnitude = x.abs()
+    smallest, largest = torch.aminmax(magnitude)  # NaN in both if any NaN
+    if bool(smallest > 0):
+        return torch.zeros((), dtype=torch.int64), largest, smallest
+    if magnitude.dtype != torch.float32:
+        return _input_stats(x, True)
+    bits = magnitude.view(torch.int32)
+    zeros = torch.tensor(bits.numel() - int(torch.count_nonzero(bits)), dtype=torch.int64)
+    lowest = int(bits.sub_(1).bitwise_and_(0x7FFFFFFF).amin()) + 1
+    if lowest > _F32_INF_BITS:  # no non-zero number
+        lowest = _F32_INF_BITS
+    return zeros, largest, torch.tensor(lowest, dtype=torch.int32).view(torch.float32)
+
+
+#: The float32 bits of +inf.
+_F32_INF_BITS = 0x7F800000
 
 
 def _input_stats_eager(

@@ -584,3 +584,39 @@ def test_eager_statistics_per_slice_equal_the_full_ones(
     assert general_calls and set(general_calls) == {torch.float16}
     want = general(half)
     assert int(got[0]) == int(want[0]) and torch.equal(got[1], want[1])
+
+
+def test_the_copy_on_write_watch_in_one_thread_lets_another_compile() -> None:
+    """Dynamo skips every frame it has not compiled yet while a dispatch mode that does not
+    ignore compile internals is entered, in any thread (one process-wide flag). The watch,
+    on in the FP32 worker of a lockstep run, must not make the twin's kernels in the main
+    thread run their eager bodies."""
+    import threading
+
+    import torch
+    from qbench_eval import layerwise
+
+    bodies: list[str] = []
+
+    def kernel(x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            bodies.append("eager body")
+        return x * 2 + 1
+
+    compiled = torch.compile(kernel, backend="eager", dynamic=True)
+    entered, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with layerwise._CopyOnWrite():
+            entered.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert entered.wait(30)
+        assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 3.0))
+    finally:
+        release.set()
+        thread.join()
+    assert bodies == []

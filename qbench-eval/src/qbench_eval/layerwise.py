@@ -262,6 +262,16 @@ class _CopyOnWrite(TorchDispatchMode):
         self.depth = 0
         self.held: dict[int, list[tuple[_LayerStats, _Kept]]] = {}
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """True: torch.compile goes on compiling while the watch is on. Dynamo skips every
+        frame it has not compiled yet while a dispatch mode without this is entered, and it
+        keeps that state in one flag for the whole process, not per thread: with the FP32
+        forward in a worker thread beside the twin's (:mod:`qbench.lockstep`), the twin's
+        kernels would run their eager bodies for as long as the watch is on. The watch needs
+        no compiled kernel's inner ops: a kernel writes into its own outputs only."""
+        return True
+
     def watch(self, stats: _LayerStats, kept: _Kept) -> bool:
         """Copy ``kept`` if an op writes into it before the watch ends; False if it cannot be
         watched (it must then be copied now)."""

@@ -565,3 +565,48 @@ def test_a_channels_last_chunked_activation_becomes_a_last_axis_layout() -> None
     codes, dequantized, scales = grouped
     assert codes.shape == (2, 6, 5, 2, 128) and codes.is_contiguous()
     assert dequantized.is_contiguous() and scales.shape == (2, 6, 5, 2, 1)
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp4_e2m1", "int8", "mxfp8_e4m3"])
+def test_a_short_last_block_is_audited_in_two_parts_without_expanded_scales(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked axis with a short last block (144 channels by 128) is counted as two views
+    (the full blocks, the short block against its scale) whose counts equal those of the
+    full-size expanded scales, clean and with a reconstruction failure and a NaN in each
+    part; the expanded scales are never made."""
+    import qbench
+    from qbench_eval.compliance.counting import _grouped_parts
+    from qbench_eval.compliance.tables import FormatTables
+
+    chunk = 32 if name.startswith("mx") else 128
+    x = torch.randn(
+        3, 144 if chunk == 128 else 80, 5, 4, generator=torch.Generator().manual_seed(2)
+    )
+    result = qbench.quantize(
+        x.contiguous(memory_format=torch.channels_last),
+        name,
+        mode="chunk",
+        chunk_size=chunk,
+        axis=1,
+        return_codes=True,
+    )
+    element = getattr(qbench.get_format(name), "element", None) or name
+    table = FormatTables().table(element, qbench.get_format(element), result.codes)
+    assert table is not None
+    tampered = result.dequantized.clone()
+    tampered[0, 3, 1, 1] += 1.0  # a full block
+    tampered[1, -1, 2, 0] += 1.0  # the short block
+    tampered[2, -2, 0, 0] = float("nan")
+    for dequantized in (result.dequantized, tampered):
+        case = dataclasses.replace(result, dequantized=dequantized)
+        with monkeypatch.context() as patch:
+            patch.setattr(QuantResult, "expand_scales", lambda self: pytest.fail("expanded"))
+            parts = _grouped_parts(case)
+        assert parts is not None and len(parts) == 2
+        whole = (case.codes, case.dequantized, case.expand_scales())
+        for sliced in (False, True):
+            got = torch.stack([table.counts(*p, sliced=sliced) for p in parts]).sum(0)
+            want = table.counts(*whole, sliced=sliced)
+            assert got.tolist() == want.tolist(), (sliced, got, want)
+    assert got.tolist() == [0, 3, 1, 0]  # two values off and a NaN; one NaN value

@@ -191,36 +191,64 @@ def _tally(illegal: torch.Tensor, mismatch: torch.Tensor, row_dims: int) -> torc
 
 def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(codes, dequantized, scales) as views whose shapes broadcast, without materializing
-    ``expand_scales()`` (a full-size tensor), or None where the layout is not plain.
+    ``expand_scales()`` (a full-size tensor), or None where the layout is not plain (see
+    :func:`_grouped_parts`, which also serves a short last block)."""
+    parts = _grouped_parts(result)
+    return parts[0] if parts is not None and len(parts) == 1 else None
+
+
+def _grouped_parts(
+    result: QuantResult,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """(codes, dequantized, scales) views whose shapes broadcast, in one part or two whose
+    counts add up, without materializing ``expand_scales()`` (a full-size tensor, and a
+    gather to multiply by); None where the layout is not plain.
 
     Scales of another rank (tensor and channel modes) go through ``expand_scales()``, a
     reshaped view there; scales of the codes' rank whose sizes are 1 or the codes' broadcast
     as they are (chunk mode with one block per row). Chunks of ``c`` along an axis of length
-    ``L = blocks * c`` become a (blocks, c) split of that axis against scales of (blocks, 1).
+    ``L = blocks * c`` become a (blocks, c) split of that axis against scales of (blocks, 1);
+    with a short last block (144 channels by 128), the full blocks are that split of the
+    axis's first ``(blocks - 1) * c`` elements and the short block a second part against its
+    one scale.
     """
     codes, dequantized = result.codes, result.dequantized
     scales = result.scales
     if scales.dim() != codes.dim():  # tensor and channel modes: expanded is a reshaped view
-        return in_memory_order(codes, dequantized, result.expand_scales())
+        return [in_memory_order(codes, dequantized, result.expand_scales())]
     # Counts do not depend on the order of elements: all three are read in the codes' memory
     # order, so a channels-last activation chunked along its channels is a last-axis layout.
     codes, dequantized, scales = in_memory_order(codes, dequantized, scales)
     differing = [a for a in range(codes.dim()) if scales.shape[a] not in (1, codes.shape[a])]
     if not differing:
-        return codes, dequantized, scales
+        return [(codes, dequantized, scales)]
     scaling = result.spec.scaling
     if len(differing) != 1 or scaling.mode != "chunk" or scaling.chunk_size is None:
         return None
     axis = differing[0]
     length, blocks = codes.shape[axis], scales.shape[axis]
     chunk = min(int(scaling.chunk_size), length)
-    if blocks * chunk != length:  # a shorter last block: use the expanded scales
-        return None
-    return (
-        codes.unflatten(axis, (blocks, chunk)),
-        dequantized.unflatten(axis, (blocks, chunk)),
-        scales.unsqueeze(axis + 1),
-    )
+    full = length // chunk
+    covered = full * chunk == length
+    if (full, covered) not in ((blocks, True), (blocks - 1, False)):
+        return None  # not blocks of ``chunk`` and at most one short one
+    parts = [
+        (
+            codes.narrow(axis, 0, full * chunk).unflatten(axis, (full, chunk)),
+            dequantized.narrow(axis, 0, full * chunk).unflatten(axis, (full, chunk)),
+            scales.narrow(axis, 0, full).unsqueeze(axis + 1),
+        )
+    ]
+    if full < blocks:  # the short last block, against its one scale
+        rest = length - full * chunk
+        parts.append(
+            (
+                codes.narrow(axis, full * chunk, rest),
+                dequantized.narrow(axis, full * chunk, rest),
+                scales.narrow(axis, full, 1),
+            )
+        )
+    return parts
 
 
 def _audit_rows(

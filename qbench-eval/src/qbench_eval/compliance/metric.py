@@ -19,7 +19,7 @@ from qbench.types import BatchOutputs, QuantResult
 
 from .._identity import Seen
 from .config import OPTIONS_SCHEMA, ComplianceConfig, load_config
-from .counting import _grouped
+from .counting import _grouped_parts
 from .records import (
     TensorAudit,
     _Clean,
@@ -181,9 +181,10 @@ class ComplianceMetric:
             # Large tensors: the grid and reconstruction checks in one fused pass that only
             # counts (eager: slice by slice); the masks and examples are computed only if
             # something failed.
-            grouped = _grouped(result) or in_memory_order(
-                codes, dequantized, result.expand_scales()
-            )
+            parts = _grouped_parts(result) or [
+                in_memory_order(codes, dequantized, result.expand_scales())
+            ]
+            found = [table.counts(*part, sliced=not compiled) for part in parts]
             observation = _Observation(
                 audit,
                 result,
@@ -192,7 +193,7 @@ class ComplianceMetric:
                 _versions(tensors),
                 scale_checks,
                 clean,
-                torch.cat([*counts, table.counts(*grouped, sliced=not compiled)]),
+                torch.cat([*counts, found[0] if len(found) == 1 else torch.stack(found).sum(0)]),
             )
             self._pending.append(observation)
             self._pending_bytes += sum(t.numel() * t.element_size() for t in tensors or ())

@@ -431,3 +431,59 @@ def test_short_axis_chunk_is_the_whole_axis_bit_for_bit():
     assert torch.equal(result.dequantized, padded.dequantized)
     assert torch.equal(result.codes, padded.codes)
     assert torch.equal(result.expand_scales(), padded.expand_scales())
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int8"])
+def test_a_shared_tensor_keeps_its_codes_narrow_and_reports_them_whole(name):
+    """The second consumer of one tensor is told the first one's QuantResult (shared, not
+    quantized again); what waits on the tensor for it holds the codes in the narrowest
+    integer dtype of their range (uint8 for 8-bit codes), and what the observer gets has
+    int32 codes equal to the first's."""
+    from qbench_ops import quantizer as ops_quantizer
+
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 4), nn.Linear(16, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.a(x) + self.b(x)
+
+    model_q = qbench.prepare(Fork(), {"format": name, "weight_enabled": False})
+    recorder = Recorder()
+    x = torch.randn(8, 16) * 5
+    with torch.no_grad(), observe(model_q, recorder):
+        model_q(x)
+    inputs = [result for _, role, result in recorder.seen if role == "input"]
+    assert len(inputs) == 2
+    first, second = inputs
+    assert first.codes.dtype == second.codes.dtype == torch.int32
+    assert torch.equal(first.codes, second.codes) and int(first.codes.max()) > 127
+    stub = getattr(x, ops_quantizer._SOURCE_TAG)[3]
+    assert stub.base.codes.dtype == torch.uint8 and stub.base.dequantized is None
+    assert torch.equal(stub.result(first.dequantized).codes, first.codes)
+
+
+def test_stub_codes_take_the_narrowest_dtype_of_their_range_and_come_back_as_they_were():
+    from qbench_ops.quantizer import _Stub
+
+    base = qbench.quantize(torch.randn(4, 8), "fp8_e4m3", return_codes=True)
+    for low, high, dtype, narrow in [
+        (0, 255, torch.int32, torch.uint8),
+        (-5, 100, torch.int32, torch.int8),
+        (-200, 100, torch.int64, torch.int16),
+        (0, 300, torch.int32, torch.int16),
+        (0, 70000, torch.int32, torch.int32),  # nothing narrower holds it
+        (-3, 3, torch.int16, torch.int8),
+        (0, 3, torch.uint8, torch.uint8),
+    ]:
+        codes = torch.randint(low, high + 1, (4, 8), dtype=dtype)
+        codes[0, 0], codes[0, 1] = low, high
+        result = dataclasses.replace(base, codes=codes)
+        stub = _Stub.of(result)
+        assert stub.base.codes.dtype == narrow, (low, high, dtype)
+        back = stub.result(result.dequantized)
+        assert back.codes.dtype == dtype and torch.equal(back.codes, codes)
+        assert back.dequantized is result.dequantized and back.scales is result.scales
+    empty = dataclasses.replace(base, codes=torch.zeros(0, dtype=torch.int32))
+    assert _Stub.of(empty).result(base.dequantized).codes.dtype == torch.int32

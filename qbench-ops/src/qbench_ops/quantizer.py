@@ -208,7 +208,7 @@ class TensorQuantizer:
             if not observers:
                 return x
             if stub is not None:
-                self._notify(dataclasses.replace(stub, dequantized=x))
+                self._notify(stub.result(x))
                 return x
         source = getattr(x, _SOURCE_TAG, None) if version is not None else None
         if (
@@ -221,12 +221,12 @@ class TensorQuantizer:
             if not observers:
                 return quantized
             if stub is not None:
-                self._notify(dataclasses.replace(stub, dequantized=quantized))
+                self._notify(stub.result(quantized))
                 return quantized
         if observers:
             result = self.quantize_result(x)
             quantized = result.dequantized
-            stub = dataclasses.replace(result, dequantized=None)  # no cycle tensor -> tag -> tensor
+            stub = _Stub.of(result)
             self._notify(result)
         else:
             quantized = self.quantize_fast(x)
@@ -241,6 +241,44 @@ class TensorQuantizer:
         with without_function_modes():  # an observer's math (the audit's) is not the model's
             for observer in list(self.observers):
                 observer.on_tensor(self.layer, self.role, result)
+
+
+#: Integer dtypes a stub's codes may be narrowed to, narrowest first, with their ranges.
+_NARROW_CODES = (
+    (torch.uint8, 0, 255),
+    (torch.int8, -128, 127),
+    (torch.int16, -(1 << 15), (1 << 15) - 1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stub:
+    """What re-notifies the observers when a tensor quantized once is met again (a shared
+    input, an output already on the grid): its QuantResult less the dequantized tensor (no
+    cycle tensor -> tag -> tensor), with the codes narrowed to the smallest integer dtype
+    holding their range. It lives as long as the tensors it is tagged on, so int32 codes
+    of an 8-bit format kept 4 bytes an element where 1 holds them: on tf_efficientnet_b0 at
+    batch 32, two activations' codes, 290 MB at the run's peak memory."""
+
+    base: QuantResult  # the codes there are ``codes`` as narrowed
+    dtype: torch.dtype  # the codes' own
+
+    @classmethod
+    def of(cls, result: QuantResult) -> _Stub:
+        codes = result.codes
+        if codes.numel() and not codes.is_floating_point() and codes.element_size() > 1:
+            low, high = (int(v) for v in torch.aminmax(codes))
+            for dtype, smallest, largest in _NARROW_CODES:
+                if smallest <= low and high <= largest:
+                    if torch.empty((), dtype=dtype).element_size() < codes.element_size():
+                        codes = codes.to(dtype)
+                    break
+        return cls(dataclasses.replace(result, dequantized=None, codes=codes), result.codes.dtype)
+
+    def result(self, dequantized: torch.Tensor) -> QuantResult:
+        """The QuantResult as it was, with ``dequantized`` (the tensor it is tagged on)."""
+        codes = self.base.codes
+        return dataclasses.replace(self.base, dequantized=dequantized, codes=codes.to(self.dtype))
 
 
 def _version(tensor: torch.Tensor) -> int | None:

@@ -323,16 +323,19 @@ def test_in_place_change_after_quantization_is_detected(passthrough):
     assert len(passthrough.calls) == 2  # the ReLU output, then the modified tensor again
 
 
+class _Fork(nn.Module):
+    """Two consumers of one input."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(width, 4), nn.Linear(width, 4)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.a(x) + self.b(x)
+
+
 def test_two_consumers_of_one_tensor_share_its_quantization(passthrough):
-    class Fork(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-
-        def forward(self, x):  # type: ignore[no-untyped-def]
-            return self.a(x) + self.b(x)
-
-    model_q = qbench.prepare(Fork(), {"format": passthrough.name, "weight_enabled": False})
+    model_q = qbench.prepare(_Fork(), {"format": passthrough.name, "weight_enabled": False})
     with torch.no_grad():
         model_q(torch.randn(2, 4))
     assert len(passthrough.calls) == 1
@@ -441,15 +444,7 @@ def test_a_shared_tensor_keeps_its_codes_narrow_and_reports_them_whole(name):
     int32 codes equal to the first's."""
     from qbench_ops import quantizer as ops_quantizer
 
-    class Fork(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(16, 4), nn.Linear(16, 4)
-
-        def forward(self, x):  # type: ignore[no-untyped-def]
-            return self.a(x) + self.b(x)
-
-    model_q = qbench.prepare(Fork(), {"format": name, "weight_enabled": False})
+    model_q = qbench.prepare(_Fork(16), {"format": name, "weight_enabled": False})
     recorder = Recorder()
     x = torch.randn(8, 16) * 5
     with torch.no_grad(), observe(model_q, recorder):

@@ -258,7 +258,9 @@ class _Stub:
     cycle tensor -> tag -> tensor), with the codes narrowed to the smallest integer dtype
     holding their range. It lives as long as the tensors it is tagged on, so int32 codes
     of an 8-bit format kept 4 bytes an element where 1 holds them: on tf_efficientnet_b0 at
-    batch 32, two activations' codes, 290 MB at the run's peak memory."""
+    batch 32, two activations' codes, 290 MB at the run's peak memory. On the CPU only: the
+    range is read on the host, which on a GPU would be a sync per quantized tensor (the
+    audit reads its counts in one sync per many tensors)."""
 
     base: QuantResult  # the codes there are ``codes`` as narrowed
     dtype: torch.dtype  # the codes' own
@@ -266,7 +268,8 @@ class _Stub:
     @classmethod
     def of(cls, result: QuantResult) -> _Stub:
         codes = result.codes
-        if codes.numel() and not codes.is_floating_point() and codes.element_size() > 1:
+        narrow = codes.device.type == "cpu" and codes.element_size() > 1
+        if narrow and codes.numel() and not codes.is_floating_point():
             low, high = (int(v) for v in torch.aminmax(codes))
             for dtype, smallest, largest in _NARROW_CODES:
                 if smallest <= low and high <= largest:

@@ -556,13 +556,13 @@ def test_a_channels_last_chunked_activation_becomes_a_last_axis_layout() -> None
     """The audit's views of a channels-last activation chunked along C are contiguous with
     the chunk last (one linear sweep), not a gather C elements apart."""
     import qbench
-    from qbench_eval.compliance.counting import _grouped
+    from qbench_eval.compliance.counting import _grouped_parts
 
     x = torch.randn(2, 256, 6, 5).contiguous(memory_format=torch.channels_last)
     result = qbench.quantize(x, "fp8_e4m3", mode="chunk", chunk_size=128, axis=1, return_codes=True)
-    grouped = _grouped(result)
-    assert grouped is not None
-    codes, dequantized, scales = grouped
+    parts = _grouped_parts(result)
+    assert parts is not None and len(parts) == 1
+    codes, dequantized, scales = parts[0]
     assert codes.shape == (2, 6, 5, 2, 128) and codes.is_contiguous()
     assert dequantized.is_contiguous() and scales.shape == (2, 6, 5, 2, 1)
 

@@ -386,9 +386,9 @@ def test_the_cpu_shortcut_counts_what_the_masks_count_in_every_branch(name: str,
     )
     table = tables.FormatTables().table(name, qbench.get_format(name), result.codes)
     assert table is not None
-    grouped = counting._grouped(result)
-    assert grouped is not None
-    codes, dequantized, scales = grouped
+    parts = counting._grouped_parts(result)
+    assert parts is not None and len(parts) == 1
+    codes, dequantized, scales = parts[0]
     if scales.shape != (4, 6, 8, 2, 1):  # test_int4 chunks the flattened tensor: a 5-D view
         codes = result.codes.reshape(4, 6, 8, 2, 32)
         scales = result.scales.reshape(4, 6, 8, 2, 1)

@@ -4,7 +4,7 @@ from their reconstruction, how many values used are NaN or ±inf, over a whole t
 Each kernel is one elementwise pass that only counts, run through :func:`qbench.kernels.fused`
 (compiled as one loop for large tensors, eager otherwise, with identical counts). Tensors are
 viewed without copies: coalesced dimensions (:func:`_rows`), chunks split against their
-scales (:func:`_grouped`), and per-row counts packed two to an int32 (:func:`_tally`).
+scales (:func:`_grouped_parts`), and per-row counts packed two to an int32 (:func:`_tally`).
 """
 
 from __future__ import annotations
@@ -187,14 +187,6 @@ def _tally(illegal: torch.Tensor, mismatch: torch.Tensor, row_dims: int) -> torc
         both = illegal.to(torch.int32) + (mismatch.to(torch.int32) << _PACK_SHIFT)
         return both.sum(dim=tuple(range(-row_dims, 0)), dtype=torch.int32)
     return torch.stack([illegal.sum(), mismatch.sum()])
-
-
-def _grouped(result: QuantResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(codes, dequantized, scales) as views whose shapes broadcast, without materializing
-    ``expand_scales()`` (a full-size tensor), or None where the layout is not plain (see
-    :func:`_grouped_parts`, which also serves a short last block)."""
-    parts = _grouped_parts(result)
-    return parts[0] if parts is not None and len(parts) == 1 else None
 
 
 def _grouped_parts(

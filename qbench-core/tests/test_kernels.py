@@ -66,10 +66,10 @@ def test_inductor_options_compile_a_kernel_of_their_own(compiled_options: list[o
     plain = kernels.fused(_stats, (x,), (0.25,), path="compiled")
     one_loop = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=kernels.ONE_LOOP)
     again = kernels.fused(_stats, (x,), (0.25,), path="compiled", options=dict(kernels.ONE_LOOP))
-    threads = kernels.thread_options()
-    assert threads == {"cpp.threads": torch.get_num_threads()}
+    cpu = kernels.cpu_options()
+    assert cpu["cpp.threads"] == torch.get_num_threads()
     # one compile per distinct options
-    assert seen == [threads, {**threads, **kernels.ONE_LOOP}]
+    assert seen == [cpu, {**cpu, **kernels.ONE_LOOP}]
     assert torch.equal(plain, one_loop) and torch.equal(one_loop, again)
 
 
@@ -89,7 +89,9 @@ def test_a_kernel_is_compiled_for_the_thread_count_it_runs_with(
             torch.testing.assert_close(out, _stats(x, 0.75), rtol=1e-6, atol=0)
     finally:
         torch.set_num_threads(before)
-    assert seen == [{"cpp.threads": 1}, {"cpp.threads": 2}]  # the third call reused the first
+    # the third call reused the first
+    assert seen == [kernels.cpu_options(1), kernels.cpu_options(2)]
+    assert [options["cpp.threads"] for options in seen] == [1, 2]
 
 
 def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
@@ -253,3 +255,97 @@ def test_a_second_process_loads_the_kernels_a_first_one_compiled(tmp_path) -> No
     assert runs[0].get("fxgraph_cache_miss", 0) >= 1
     assert runs[1].get("fxgraph_cache_hit", 0) >= 1 and runs[1].get("fxgraph_cache_miss", 0) == 0
     assert list((tmp_path / "cache" / "inductor").iterdir())  # one folder per torch version
+
+
+class _Isa:
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def bit_width(self) -> int:
+        return self.width
+
+
+def wide_compiler_for_test(monkeypatch: pytest.MonkeyPatch, width: int = 512) -> str | None:
+    """What :func:`kernels._write_wide_compiler` writes on a machine whose vectors are
+    ``width`` bits wide (inductor's ISA choice faked only while it decides)."""
+    from torch._inductor import cpu_vec_isa
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: _Isa(width))
+        return kernels._write_wide_compiler()
+
+
+def test_the_wide_vector_compiler_is_inductors_own_with_one_flag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    import shutil
+    import subprocess
+
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    assert wide_compiler_for_test(monkeypatch, 256) is None  # AVX2: nothing to correct
+    assert wide_compiler_for_test(monkeypatch, 128) is None  # NEON
+    script = wide_compiler_for_test(monkeypatch, 512)
+    if shutil.which("g++") is None and shutil.which("clang++") is None:
+        assert script is None
+        pytest.skip("no C++ compiler here")
+    assert script is not None and script.startswith(str(tmp_path / "cxx"))
+    text = open(script, encoding="utf-8").read()
+    assert kernels.PREFER_512 in text and text.startswith("#!/bin/sh\n")
+    # inductor chooses its flags by the compiler's name: the script keeps g++ / clang++ in it
+    assert script.endswith(("g++", "clang++", "gcc", "clang"))
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout
+    assert wide_compiler_for_test(monkeypatch, 512) == script  # the same script, rewritten
+
+
+def test_wide_vectors_off_or_decided_named_in_every_kernels_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kernels, "WIDE_VECTORS", False)
+    monkeypatch.setattr(kernels, "_WIDE_COMPILER", [])
+    assert kernels.wide_vector_compiler() is None
+    assert kernels.cpu_options(3) == {"cpp.threads": 3}
+    monkeypatch.setattr(kernels, "_WIDE_COMPILER", ["/x/qbench-wide-g++"])
+    assert kernels.cpu_options(3) == {"cpp.threads": 3, "cpp.cxx": ("/x/qbench-wide-g++",)}
+
+
+def test_inductor_builds_the_kernel_with_the_compiler_qbench_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The compiler reaches inductor's C++ build through the kernel's own options (it is not
+    set for the process): a script that logs its calls, then runs g++, is called."""
+    import shutil
+    import uuid
+
+    real = shutil.which("g++")
+    if real is None or not kernels.COMPILE_ENABLED:
+        pytest.skip("no g++ here, or compiling is off")
+    log = tmp_path / "calls.log"
+    script = tmp_path / "logging-g++"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {real} "$@"\n', encoding="utf-8")
+    script.chmod(0o755)
+    monkeypatch.setattr(kernels, "_WIDE_COMPILER", [str(script)])
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    shift = float(uuid.uuid4().int % 1000) + 0.5  # a kernel no cache holds yet
+    x = torch.randn(6, 5)
+    out = kernels.fused(_stats, (x,), (shift,), path="compiled")
+    torch.testing.assert_close(out, _stats(x, shift), rtol=1e-6, atol=0)
+    assert not kernels._FAILED
+    assert log.is_file() and ".cpp" in log.read_text(encoding="utf-8")
+    # the process's own compiler setting is untouched
+    assert str(script) not in torch._inductor.config.cpp.cxx
+
+
+def test_a_run_that_compiles_nothing_never_probes_the_compiler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A short run keeps kernels eager (no compile has happened): deciding the compiler would
+    build inductor's ISA probes, seconds in a fresh process, for nothing."""
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_WIDE_COMPILER", [])
+    monkeypatch.setattr(kernels, "COMPILE_MIN_NUMEL", 1)
+    x = torch.randn(6, 5)
+    with kernels.expecting(1):
+        out = kernels.fused(_stats, (x,), (0.5,), eager=_stats_twin)
+    assert torch.equal(out, _stats_twin(x, 0.5))
+    assert kernels._WIDE_COMPILER == []

@@ -236,10 +236,10 @@ def test_kernels_are_compiled_for_the_thread_count_they_run_with(
     expected = []
     for threads in (1, 2):
         expected += [
-            ("quantize_kernel", {"cpp.threads": threads}),
-            ("amax_kernel", {"cpp.threads": threads}),
-            *([("scales_kernel", {"cpp.threads": 1})] if threads == 1 else []),
-            ("elements_kernel", {"cpp.threads": threads}),
+            ("quantize_kernel", kernels.cpu_options(threads)),
+            ("amax_kernel", kernels.cpu_options(threads)),
+            *([("scales_kernel", kernels.cpu_options(1))] if threads == 1 else []),
+            ("elements_kernel", kernels.cpu_options(threads)),
         ]
     assert seen == expected
 
@@ -401,3 +401,51 @@ def test_split_whole_tensor_kernel_matches_reference(
             assert bool(same_bits(compiled, reference).all()), i
     pieces = {key[0] for key in quantize_kernels() if key[1][0].whole_tensor}
     assert {quantizer.amax_scales, quantizer.fused_elements} <= pieces
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("fp8_e4m3", {"mode": "chunk", "chunk_size": 16}),
+        ("mxfp4_e2m1", {}),
+        ("int8", {"mode": "channel", "axis": 0}),
+    ],
+)
+def test_compiled_kernels_with_and_without_wide_vectors_match_the_reference(
+    monkeypatch: pytest.MonkeyPatch, wide: bool, name: str, options: dict
+) -> None:
+    """On AVX-512 machines qbench.kernels builds its kernels with a compiler that prefers
+    512-bit vectors (``kernels.wide_vector_compiler``): the bits, codes included, are the
+    reference's either way (on other machines the flag changes nothing, and is still run)."""
+    import shutil
+
+    from torch._inductor import cpu_vec_isa
+
+    if not kernels.COMPILE_ENABLED:
+        pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
+    compiler = None
+    if wide:
+        real_isa = cpu_vec_isa.pick_vec_isa()
+        with monkeypatch.context() as patch:  # the script as an AVX-512 machine gets it
+            patch.setattr(
+                cpu_vec_isa,
+                "pick_vec_isa",
+                lambda: type("Isa", (), {"bit_width": lambda self: 512})(),
+            )
+            compiler = kernels._write_wide_compiler()
+        assert cpu_vec_isa.pick_vec_isa() is real_isa
+        if compiler is None:
+            assert shutil.which("g++") is None and shutil.which("clang++") is None
+            pytest.skip("no gcc or clang here")
+    monkeypatch.setattr(kernels, "_WIDE_COMPILER", [compiler])
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    fmt = qbench.get_format(name)
+    spec = spec_from_arguments(name, **options)
+    x = torch.cat([awkward_tensor(5), awkward_tensor(6)]).reshape(8, -1)
+    got = fmt.quantize(x, spec, return_codes=True, path="compiled")
+    want = fmt.quantize(x, spec, return_codes=True, path="reference")
+    assert not quantize_kernel_failed(lambda plan: True)
+    assert quantize_kernels(), "nothing was compiled"
+    assert bool(same_bits(got.dequantized, want.dequantized).all())
+    assert torch.equal(got.codes, want.codes)

@@ -60,9 +60,10 @@ _FAILED: set[tuple[Any, ...]] = set()
 _HAS_THREADS_OPTION: bool | None = None
 
 
-def thread_options() -> dict[str, int]:
-    """``{"cpp.threads": N}`` with N torch's intra-op thread count now (empty where inductor
-    has no such option): the options of every CPU kernel QBench compiles.
+def cpu_options(threads: int | None = None) -> dict[str, Any]:
+    """The inductor options of every CPU kernel QBench compiles: ``{"cpp.threads": N}`` with N
+    ``threads`` or torch's intra-op thread count now, plus the compiler of
+    :func:`wide_vector_compiler` where there is one (empty where inductor has no such options).
 
     Inductor bakes the thread count into a CPU kernel (``omp parallel num_threads(N)``) but
     leaves it out of its on-disk cache key, so a process allowed fewer threads (a shared
@@ -77,7 +78,92 @@ def thread_options() -> dict[str, int]:
         from torch._inductor import config as inductor_config
 
         _HAS_THREADS_OPTION = "cpp.threads" in inductor_config.get_config_copy()
-    return {"cpp.threads": torch.get_num_threads()} if _HAS_THREADS_OPTION else {}
+    if not _HAS_THREADS_OPTION:
+        return {}
+    options: dict[str, Any] = {
+        "cpp.threads": torch.get_num_threads() if threads is None else threads
+    }
+    compiler = wide_vector_compiler()
+    if compiler is not None:
+        options["cpp.cxx"] = (compiler,)
+    return options
+
+
+#: QBENCH_WIDE_VECTORS=0 compiles QBench's CPU kernels with inductor's compiler as it is,
+#: flags and all (see :func:`wide_vector_compiler`).
+WIDE_VECTORS = os.environ.get("QBENCH_WIDE_VECTORS", "1") not in ("0", "false", "no")
+#: The flag :func:`wide_vector_compiler` adds (gcc and clang both take it).
+PREFER_512 = "-mprefer-vector-width=512"
+_WIDE_COMPILER: list[str | None] = []
+
+
+def wide_vector_compiler() -> str | None:
+    """The C++ compiler QBench's CPU kernels are built with where inductor writes 512-bit
+    vector code (x86 with AVX-512, Linux, gcc or clang): a two-line script in QBench's cache
+    folder that runs inductor's own compiler with ``-mprefer-vector-width=512`` added. None
+    elsewhere (inductor's compiler as it is). Decided once per process.
+
+    Why: inductor (torch 2.9) writes a vector ``bit_cast`` and an integer compare's mask as a
+    loop over the 16 lanes through a stack array, trusting the compiler to merge that loop
+    into single vector moves. With ``-march=native`` on a CPU whose tuning prefers 256-bit
+    vectors (Intel's AVX-512 server parts, for gcc), the compiler merges it into two 256-bit
+    halves, and the 512-bit load that follows their two stores misses store forwarding: a
+    stall on every bit cast. QBench's kernels are float32 bit arithmetic, bit casts all
+    through. Measured on a 2-core Sapphire Rapids VM, one thread, 2^20 floats: eight chained
+    bit-cast round trips 18.3 -> 0.60 ms with the flag, eight integer-compare selects
+    15.8 -> 2.7 ms; the fp8 chunk-128 fake quant of a 4096x4096 tensor 3.3 -> 1.4x a clone
+    (benchmarks/README.md). Compiling for 256-bit vectors instead is no way out: on that
+    machine (``cpp.simdlen=256``) inductor's AVX2 code chose the wrong side of an integer
+    ``where``, found by the bit-exactness tests."""
+    if not _WIDE_COMPILER:
+        _persist_compiled()  # inductor's ISA probes build in its cache folder, fixed at first use
+        _WIDE_COMPILER.append(_write_wide_compiler() if WIDE_VECTORS else None)
+    return _WIDE_COMPILER[0]
+
+
+def _write_wide_compiler() -> str | None:
+    import re
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if sys.platform != "linux":
+        return None
+    try:
+        from torch._inductor import cpp_builder, cpu_vec_isa
+
+        if cpu_vec_isa.pick_vec_isa().bit_width() != 512:
+            return None
+        real = shutil.which(cpp_builder.get_cpp_compiler())
+    except Exception:  # no C++ compiler: compiling fails anyway, and falls back to eager
+        return None
+    if real is None:
+        return None
+    name = os.path.basename(real)
+    # inductor picks its flags by the compiler's path: the script's must say the same
+    clang = "clang" in name
+    if not clang and not re.search(r"(gcc|g\+\+)", name):
+        return None
+    script = cache_dir() / "cxx" / f"qbench-wide-{name}"
+    if ("clang" in str(script)) != clang:
+        return None
+    text = (
+        "#!/bin/sh\n"
+        f"# qbench.kernels.wide_vector_compiler: {name} preferring 512-bit vectors\n"
+        f'exec {shlex.quote(real)} {PREFER_512} "$@"\n'
+    )
+    try:
+        if not script.is_file() or script.read_text(encoding="utf-8") != text:
+            script.parent.mkdir(parents=True, exist_ok=True)
+            partial = script.with_name(f"{script.name}.{os.getpid()}")
+            partial.write_text(text, encoding="utf-8")
+            partial.chmod(0o755)
+            os.replace(partial, script)
+        subprocess.run([str(script), "--version"], capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):  # a read-only home, a noexec mount
+        return None
+    return str(script)
 
 
 def _compiled(
@@ -237,7 +323,7 @@ def fused(
     ``eager`` is an alternative for the eager path taking the same arguments (e.g. one BLAS
     call instead of four reductions); it must compute the same result. ``numel`` defaults to
     the first tensor's element count. ``options`` are inductor options for the compiled
-    kernel (e.g. :data:`ONE_LOOP`), on top of :func:`thread_options`. ``name`` names the
+    kernel (e.g. :data:`ONE_LOOP`), on top of :func:`cpu_options`. ``name`` names the
     compiled function (what dynamo's logs and a profiler show).
 
     The compiled kernel is built once per (``fn``, ``constants``, options) and reused for
@@ -247,9 +333,9 @@ def fused(
     """
     with without_function_modes():  # a kernel's math is never the model's call to intercept
         decision = _decide(tensors[0].numel() if numel is None else numel, path)
-        if decision is False:
+        if decision is False or (decision is None and not _COMPILED):
             return (eager or fn)(*tensors, *constants)
-        frozen = tuple(sorted({**thread_options(), **(options or {})}.items()))
+        frozen = tuple(sorted({**cpu_options(), **(options or {})}.items()))
         key = (fn, constants, frozen)
         if decision is None and key not in _COMPILED:
             return (eager or fn)(*tensors, *constants)

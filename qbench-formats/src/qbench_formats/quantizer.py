@@ -613,7 +613,7 @@ def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]
             return _whole_compiled(xg, noise, plan)
 
         return whole_kernel
-    one_thread = {"cpp.threads": 1} if kernels.thread_options() else None
+    one_thread = {"cpp.threads": 1} if kernels.cpu_options() else None
 
     def split_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
         amax = kernels.fused(group_amax, (xg,), (plan,), path="compiled", name="amax_kernel")

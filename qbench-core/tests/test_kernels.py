@@ -349,3 +349,12 @@ def test_a_run_that_compiles_nothing_never_probes_the_compiler(
         out = kernels.fused(_stats, (x,), (0.5,), eager=_stats_twin)
     assert torch.equal(out, _stats_twin(x, 0.5))
     assert kernels._WIDE_COMPILER == []
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_int_range_is_the_smallest_and_largest_value(dtype: torch.dtype) -> None:
+    info = torch.iinfo(dtype)
+    x = torch.tensor([3, info.max, 0, info.min, 7], dtype=dtype).repeat(1000)
+    x = x.reshape(50, 100).t()  # not contiguous
+    assert kernels.int_range(x) == (info.min, info.max)
+    assert kernels.int_range(torch.tensor([5], dtype=dtype)) == (5, 5)

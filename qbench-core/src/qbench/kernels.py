@@ -219,6 +219,14 @@ def in_memory_order(*tensors: Any) -> tuple[Any, ...]:
     return tuple((t if t.dim() == len(shape) else t.expand(shape)).permute(order) for t in tensors)
 
 
+def int_range(tensor: Any) -> tuple[int, int]:
+    """(smallest, largest) of a non-empty integer tensor, read on the host.
+
+    ``amin`` then ``amax``, not ``aminmax``: ATen's integer ``aminmax`` is not vectorized
+    (measured on a 2-core x86 VM, 3.2 M int32 codes: 5.5 ms against 0.8 ms for the two)."""
+    return int(tensor.amin()), int(tensor.amax())
+
+
 @contextlib.contextmanager
 def without_function_modes() -> Iterator[None]:
     """Torch function modes off for the block, back on after.

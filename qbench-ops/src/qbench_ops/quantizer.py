@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import torch
 from qbench import QuantResult, QuantSpec, get_format
-from qbench.kernels import without_function_modes
+from qbench.kernels import int_range, without_function_modes
 
 #: Attribute on a tensor that a quantizer produced:
 #: ``(spec, version, result_without_tensor, static)`` (``static``: the producer's static scales,
@@ -270,7 +270,7 @@ class _Stub:
         codes = result.codes
         narrow = codes.device.type == "cpu" and codes.element_size() > 1
         if narrow and codes.numel() and not codes.is_floating_point():
-            low, high = (int(v) for v in torch.aminmax(codes))
+            low, high = int_range(codes)
             for dtype, smallest, largest in _NARROW_CODES:
                 if smallest <= low and high <= largest:
                     if torch.empty((), dtype=dtype).element_size() < codes.element_size():

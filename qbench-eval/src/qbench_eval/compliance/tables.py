@@ -18,7 +18,7 @@ from typing import Any
 import qbench
 import torch
 from qbench.errors import QBenchError
-from qbench.kernels import ONE_LOOP, fused
+from qbench.kernels import ONE_LOOP, fused, int_range
 from qbench.types import QuantResult
 
 from .counting import (
@@ -258,11 +258,11 @@ class _CodeTable:
         self, codes: torch.Tensor, dequantized: torch.Tensor, scales: torch.Tensor
     ) -> torch.Tensor | None:
         """:meth:`_mask_counts` in fewer passes where the host can look at a slice first (on
-        the CPU a look costs no device sync). The codes' range (``aminmax``) shows every code
-        in the table and all of them legal: no illegal count, no clamp, no legality lookup,
-        and codes from 0 up index the values as they are. The values' range (``aminmax``, NaN
-        propagates through it) shows them finite: no NaN or ±inf to count, and with no NaN a
-        NaN reconstruction is a mismatch like any other. The decoded values are scaled in
+        the CPU a look costs no device sync). The codes' range (``kernels.int_range``) shows
+        every code in the table and all of them legal: no illegal count, no clamp, no legality
+        lookup, and codes from 0 up index the values as they are. The values' range
+        (``aminmax``, NaN propagates through it) shows them finite: no NaN or ±inf to count,
+        and with no NaN a NaN reconstruction is a mismatch like any other. The decoded values are scaled in
         place and compared by ``torch.equal`` (elementwise ``==``: -0.0 matches 0.0, as for
         ``!=``); only where it finds a difference are the mismatches counted. None where a
         look finds a code outside the table, an illegal code within the codes' range or a NaN
@@ -270,7 +270,7 @@ class _CodeTable:
         five; a channels-last 32x96x112x112 fp8 activation on a 2-core VM, best of several:
         156 ms instead of 280 (chunks along the channels), 249 instead of 356 (along the
         width, its scales expanded)."""
-        low, high = (int(v) for v in torch.aminmax(codes))
+        low, high = int_range(codes)
         span = self.offset - 1
         if low < -span or high >= span:
             return None

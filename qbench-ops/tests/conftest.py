@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-
-# qbench-formats' eager path gives the same bits as its compiled kernels (its own tests check
-# that); skipping compilation keeps this suite fast on a small CPU box.
-os.environ.setdefault("QBENCH_COMPILE", "0")
 
 import pytest
 import torch
-from qbench import QuantResult, hookimpl
+from qbench import QuantResult, hookimpl, kernels
 from qbench import plugins as qplugins
 from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """qbench-formats' eager path gives the same bits as its compiled kernels (its own tests
+    check that); skipping compilation keeps this suite fast on a small CPU box. For these
+    tests only: the environment variable would turn compiling off for every test of a
+    pytest process that also runs the other packages' tests."""
+    monkeypatch.setattr(kernels, "COMPILE_ENABLED", False)
 
 
 class PassThroughFormat:

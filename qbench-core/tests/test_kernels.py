@@ -296,6 +296,9 @@ def test_the_wide_vector_compiler_is_inductors_own_with_one_flag(
     version = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout
     assert wide_compiler_for_test(monkeypatch, 512) == script  # the same script, rewritten
+    # a folder inductor's unquoted command line would split: its own compiler instead
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / "my cache"))
+    assert wide_compiler_for_test(monkeypatch, 512) is None
 
 
 def test_wide_vectors_off_or_decided_named_in_every_kernels_options(

@@ -146,7 +146,8 @@ def _write_wide_compiler() -> str | None:
     if not clang and not re.search(r"(gcc|g\+\+)", name):
         return None
     script = cache_dir() / "cxx" / f"qbench-wide-{name}"
-    if ("clang" in str(script)) != clang:
+    # inductor splits its command line like a shell (unquoted), and picks flags by the path
+    if ("clang" in str(script)) != clang or re.search(r"[\s'\"\\]", str(script)):
         return None
     text = (
         "#!/bin/sh\n"

@@ -103,16 +103,16 @@ def wide_vector_compiler() -> str | None:
     folder that runs inductor's own compiler with ``-mprefer-vector-width=512`` added. None
     elsewhere (inductor's compiler as it is). Decided once per process.
 
-    Why: inductor (torch 2.9) writes a vector ``bit_cast`` and an integer compare's mask as a
-    loop over the 16 lanes through a stack array, trusting the compiler to merge that loop
-    into single vector moves. With ``-march=native`` on a CPU whose tuning prefers 256-bit
+    Why: inductor (torch 2.9) writes a vector ``bit_cast`` as a loop over the 16 lanes
+    through a stack array, trusting the compiler to merge that loop into single vector
+    moves. With ``-march=native`` on a CPU whose tuning prefers 256-bit
     vectors (Intel's AVX-512 server parts, for gcc), the compiler merges it into two 256-bit
     halves, and the 512-bit load that follows their two stores misses store forwarding: a
     stall on every bit cast. QBench's kernels are float32 bit arithmetic, bit casts all
     through. Measured on a 2-core Sapphire Rapids VM, one thread, 2^20 floats: eight chained
-    bit-cast round trips 18.3 -> 0.60 ms with the flag, eight integer-compare selects
-    15.8 -> 2.7 ms; the fp8 chunk-128 fake quant of a 4096x4096 tensor 3.3 -> 1.4x a clone
-    (benchmarks/README.md). Compiling for 256-bit vectors instead is no way out: on that
+    bit-cast round trips 22.4 -> 1.2 ms with the flag, eight integer-compare selects (each
+    with its bit cast) 18.0 -> 4.1 ms (``benchmarks/bit_casts.py``); the fp8 chunk-128 fake
+    quant of a 4096x4096 tensor 3.3 -> 1.3x a clone (benchmarks/README.md). Compiling for 256-bit vectors instead is no way out: on that
     machine (``cpp.simdlen=256``) inductor's AVX2 code chose the wrong side of an integer
     ``where``, found by the bit-exactness tests."""
     if not _WIDE_COMPILER:
@@ -122,6 +122,8 @@ def wide_vector_compiler() -> str | None:
 
 
 def _write_wide_compiler() -> str | None:
+    """Write (or find, unchanged) :func:`wide_vector_compiler`'s script and return its path;
+    None where it does not apply or cannot run."""
     import re
     import shlex
     import shutil

@@ -262,9 +262,9 @@ class _CodeTable:
         every code in the table and all of them legal: no illegal count, no clamp, no legality
         lookup, and codes from 0 up index the values as they are. The values' range
         (``aminmax``, NaN propagates through it) shows them finite: no NaN or ±inf to count,
-        and with no NaN a NaN reconstruction is a mismatch like any other. The decoded values are scaled in
-        place and compared by ``torch.equal`` (elementwise ``==``: -0.0 matches 0.0, as for
-        ``!=``); only where it finds a difference are the mismatches counted. None where a
+        and with no NaN a NaN reconstruction is a mismatch like any other. The decoded values
+        are scaled in place and compared by ``torch.equal`` (elementwise ``==``: -0.0 matches
+        0.0, as for ``!=``); only where it finds a difference are the mismatches counted. None where a
         look finds a code outside the table, an illegal code within the codes' range or a NaN
         value: the general masks count that slice. One full-size temporary a slice instead of
         five; a channels-last 32x96x112x112 fp8 activation on a 2-core VM, best of several:

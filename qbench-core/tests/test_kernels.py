@@ -226,9 +226,11 @@ def test_a_short_run_keeps_kernels_eager_unless_this_process_compiled_them(
 @pytest.mark.slow
 def test_a_second_process_loads_the_kernels_a_first_one_compiled(tmp_path) -> None:
     """Compiled kernels are kept under QBench's cache folder: the second process finds the
-    first one's in inductor's FX graph cache (a hit, no miss) instead of compiling again."""
+    first one's in inductor's FX graph cache (a hit, no miss) instead of compiling again, and
+    runs none of inductor's ISA build checks (the first one's answers are remembered)."""
     import json
     import os
+    import platform
     import subprocess
     import sys
 
@@ -238,7 +240,8 @@ def test_a_second_process_loads_the_kernels_a_first_one_compiled(tmp_path) -> No
         "from torch._dynamo.utils import counters\n"
         "x = torch.arange(1 << 12, dtype=torch.float32)\n"
         "kernels.fused(lambda t, s: (t * s).round() / s, (x,), (3.0,), path='compiled')\n"
-        "print(json.dumps(dict(counters['inductor'])))\n"
+        "found = dict(counters['inductor'], isa_checks=kernels.ISA_CHECKS_RUN)\n"
+        "print(json.dumps(found))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env[kernels.CACHE_ENV] = str(tmp_path / "cache")
@@ -255,11 +258,72 @@ def test_a_second_process_loads_the_kernels_a_first_one_compiled(tmp_path) -> No
     assert runs[0].get("fxgraph_cache_miss", 0) >= 1
     assert runs[1].get("fxgraph_cache_hit", 0) >= 1 and runs[1].get("fxgraph_cache_miss", 0) == 0
     assert list((tmp_path / "cache" / "inductor").iterdir())  # one folder per torch version
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert runs[0]["isa_checks"]  # at least AVX2's check, in a fresh cache folder
+    assert runs[1]["isa_checks"] == []
+
+
+def _check_isas_like_inductor(isas: list[str]) -> str:
+    """What inductor's ``pick_vec_isa`` does the first time, with stand-in ISAs: a build
+    check of every ISA the CPU claims, a second one (an extension) of the widest."""
+    from torch._inductor import cpu_vec_isa
+
+    found = [name for name in isas if cpu_vec_isa.VecISA.check_build(_Isa.named(name), "probe")]
+    cpu_vec_isa.VecISA.check_build(_Isa.named(isas[0]), "extension")
+    return found[0]
+
+
+def test_isa_build_checks_that_passed_are_remembered_for_the_next_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from torch._inductor import cpu_vec_isa
+
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    built: list[str] = []
+
+    def check_build(isa: _Isa, code: str) -> bool:  # inductor's: compiles, loads in a process
+        built.append(f"{isa} {code}")
+        return str(isa) != "broken"
+
+    isas = ["wide", "broken", "narrow"]
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", check_build)
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: _check_isas_like_inductor(isas))
+    monkeypatch.setattr(kernels, "ISA_CHECKS_RUN", [])
+    every = ["wide probe", "broken probe", "narrow probe", "wide extension"]
+    kernels.probe_vec_isas()
+    assert built == every and kernels.ISA_CHECKS_RUN == ["wide", "broken", "narrow", "wide"]
+    assert cpu_vec_isa.VecISA.check_build is check_build  # inductor's own, back in place
+    assert len(list((tmp_path / "isa").iterdir())) == 1
+    built.clear()
+    kernels.probe_vec_isas()  # as a later process would: only the failed check runs again
+    assert built == ["broken probe"]
+    built.clear()
+    with monkeypatch.context() as other:  # another machine, compiler or torch: all again
+        other.setattr(kernels, "_isa_machine_key", lambda: "another-machine")
+        kernels.probe_vec_isas()
+    assert built == every
+    built.clear()
+    for memo in (tmp_path / "isa").iterdir():
+        memo.write_text("{not json", encoding="utf-8")  # damaged: checked again, rewritten
+    kernels.probe_vec_isas()
+    assert built == every
+    built.clear()
+    kernels.probe_vec_isas()
+    assert built == ["broken probe"]
 
 
 class _Isa:
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, name: str = "") -> None:
         self.width = width
+        self.name = name
+        self._arch_flags = f"-m{name}"
+
+    @classmethod
+    def named(cls, name: str) -> _Isa:
+        return cls(0, name)
+
+    def __str__(self) -> str:
+        return self.name
 
     def bit_width(self) -> int:
         return self.width

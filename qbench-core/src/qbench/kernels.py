@@ -117,8 +117,97 @@ def wide_vector_compiler() -> str | None:
     ``where``, found by the bit-exactness tests."""
     if not _WIDE_COMPILER:
         _persist_compiled()  # inductor's ISA probes build in its cache folder, fixed at first use
+        probe_vec_isas()
         _WIDE_COMPILER.append(_write_wide_compiler() if WIDE_VECTORS else None)
     return _WIDE_COMPILER[0]
+
+
+#: The checks :func:`probe_vec_isas` ran for real in this process (for tests: a second
+#: process should run none).
+ISA_CHECKS_RUN: list[str] = []
+
+
+def probe_vec_isas() -> None:
+    """Let inductor pick its vector ISA with the build checks of earlier processes remembered.
+
+    Before its first CPU kernel in a process, inductor (torch 2.9) checks every vector ISA the
+    CPU claims by compiling a probe program and then loading it in a new Python process that
+    imports torch: on an AVX-512 + AMX server, six such checks (AVX-512 and AMX each with their
+    bf16/fp16 extensions, AVX2), 8-20 s of every process's first compile on a 2-core VM (an
+    import of torch each). The answers depend only on the machine, the compiler and torch,
+    so QBench remembers the checks that passed in its cache folder, keyed by torch's version,
+    the Python, the compiler (path, size and time) and the CPU's flags, and answers them from
+    there. Inductor's own logic (which ISAs to check, the flags a passed check turns on) runs
+    unchanged; a failed check is not remembered (it runs again, in case it failed by chance).
+    Called once per process, before QBench's first compile; does nothing where the probe
+    cannot run (no inductor, no compiler: compiling fails later anyway, and falls back)."""
+    import hashlib
+    import json
+
+    try:
+        from torch._inductor import cpu_vec_isa
+
+        original = cpu_vec_isa.VecISA.check_build
+        memo = cache_dir() / "isa" / f"checks-{_isa_machine_key()}.json"
+    except Exception:
+        return
+    try:
+        passed: set[str] = set(json.loads(memo.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        passed = set()
+    learned: set[str] = set()
+
+    def remembered(isa: Any, code: str) -> bool:
+        key = hashlib.sha256(
+            f"{type(isa).__name__}\0{isa._arch_flags}\0{code}".encode()
+        ).hexdigest()
+        if key in passed:
+            return True
+        ISA_CHECKS_RUN.append(str(isa))
+        ok = bool(original(isa, code))
+        if ok:
+            learned.add(key)
+        return ok
+
+    cpu_vec_isa.VecISA.check_build = remembered
+    try:
+        cpu_vec_isa.pick_vec_isa()  # inductor caches the ISAs found for the process
+    except Exception:
+        return
+    finally:
+        cpu_vec_isa.VecISA.check_build = original
+    if learned - passed:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            partial = memo.with_name(f"{memo.name}.{os.getpid()}")
+            partial.write_text(json.dumps(sorted(passed | learned)), encoding="utf-8")
+            os.replace(partial, memo)
+        except OSError:  # a read-only cache folder: the checks run again next time
+            pass
+
+
+def _isa_machine_key() -> str:
+    """What an ISA check's answer depends on besides its code: torch, the Python that loads
+    the probe, the compiler that builds it, and the CPU (its flags)."""
+    import hashlib
+    import platform
+    import shutil
+    import sys
+
+    import torch
+    from torch._inductor import cpp_builder
+
+    compiler = shutil.which(cpp_builder.get_cpp_compiler()) or ""
+    identity = [torch.__version__, sys.executable, platform.machine(), compiler]
+    if compiler:
+        stat = os.stat(os.path.realpath(compiler))
+        identity += [os.path.realpath(compiler), str(stat.st_size), str(stat.st_mtime_ns)]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            identity += [line for line in cpuinfo if line.startswith(("flags", "Features"))][:1]
+    except OSError:
+        identity.append(platform.processor())
+    return hashlib.sha256("\n".join(identity).encode()).hexdigest()[:20]
 
 
 def _write_wide_compiler() -> str | None:

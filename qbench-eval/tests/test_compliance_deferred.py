@@ -11,7 +11,7 @@ import pytest
 import qbench
 import torch
 from eval_helpers import kernels_on, quantize, spec
-from qbench.types import BatchOutputs, QuantResult
+from qbench.types import BatchOutputs, QuantResult, QuantSpec, Scaling
 from qbench_eval.compliance import DEFER_BYTES, ComplianceMetric, counting, tables
 from qbench_eval.compliance import metric as compliance_metric
 
@@ -445,3 +445,37 @@ def test_the_cpu_shortcut_counts_what_the_masks_count_in_every_branch(name: str,
         assert int(codes.min()) >= 128 and "clean" in served
     if "inf codes" in cases:
         assert table._cpu_counts(*cases["inf codes"]).tolist() == [0, 0, 0, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fp8_e4m3", "test_int4"])  # decoded from bits / a table
+def test_a_compiled_count_reads_the_values_in_one_loop(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grid and reconstruction counts and the NaN / ±inf counts of a channels-last
+    activation, chunked along its channels (scales indexed per pixel), come out of one loop
+    nest: inductor does not give the NaN / ±inf counts a loop (and a read of the values) of
+    their own (``counting._nonfinite``). The counts are those of the eager masks."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 64, 56, 56).contiguous(memory_format=torch.channels_last)
+    x[0, 5, 3, 3], x[1, 7, 2, 9] = math.inf, math.nan
+    along_channels = Scaling(mode="chunk", chunk_size=16, axis=1)
+    result = quantize(x, QuantSpec(format=name, scaling=along_channels))
+    table = tables.FormatTables().table(name, qbench.get_format(name), result.codes)
+    (part,) = counting._grouped_parts(result)
+    monkeypatch.setattr(qbench.kernels, "_COMPILED", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # inductor writes one "omp for" per loop nest of a kernel
+    try:
+        with kernels_on("compiled"), inductor_config.patch(force_disable_caches=True):
+            counts, sources = run_and_get_code(table.counts, *part)
+    finally:
+        torch.set_num_threads(threads)
+    if qbench.kernels._FAILED:
+        pytest.skip("torch.compile is unavailable here; the eager twin was used")
+    kernel = next(s for s in sources if "#pragma omp" in s)
+    assert kernel.count("#pragma omp for") == 1
+    assert counts.tolist() == table.counts(*part, sliced=True).tolist()

@@ -163,7 +163,7 @@ def _audit_rows_bits(
     reconstructed = _decode_bits(codes, *fields[:-2]) * scales
     return (
         _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
-        _tally(*_nonfinite(dequantized), row_dims),
+        _tally(*_nonfinite(dequantized, scales), row_dims),
     )
 
 
@@ -174,10 +174,23 @@ def _mismatch(reconstructed: torch.Tensor, dequantized: torch.Tensor) -> torch.T
     return (reconstructed != dequantized) & not_both_nan
 
 
-def _nonfinite(dequantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _nonfinite(
+    dequantized: torch.Tensor, scales: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise (NaN, ±inf) masks of the values the layer used (x != x is the NaN test
-    that inductor vectorizes)."""
-    return dequantized != dequantized, dequantized.abs() == math.inf
+    that inductor vectorizes).
+
+    ``scales`` (broadcasting against ``dequantized``) changes no mask: each is and-ed with
+    ``(s == s) | (s != s)``, true everywhere. It is there for the compiled kernels, so that
+    these masks index the scales like the reconstruction checks beside them, and inductor
+    counts both in one loop. Without it, it merges the dimensions of the contiguous values
+    into a loop of their own and reads them twice: the audit of a channels-last 16x64x56x56
+    activation in chunks along its channels took 4.45 ms instead of 3.07 (2-core VM)."""
+    nan, inf = dequantized != dequantized, dequantized.abs() == math.inf
+    if scales is None:
+        return nan, inf
+    everywhere = (scales == scales) | (scales != scales)
+    return nan & everywhere, inf & everywhere
 
 
 def _tally(illegal: torch.Tensor, mismatch: torch.Tensor, row_dims: int) -> torch.Tensor:
@@ -262,5 +275,5 @@ def _audit_rows(
     illegal = ~legal[index] & (scales == scales)
     return (
         _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
-        _tally(*_nonfinite(dequantized), row_dims),
+        _tally(*_nonfinite(dequantized, scales), row_dims),
     )

@@ -217,3 +217,42 @@ def test_with_a_byte_budget_the_fp32_side_runs_ahead_by_that_much_and_no_more():
     first = outputs[0][0]
     for budget, (got, _) in outputs.items():
         assert torch.equal(got[0], first[0]) and torch.equal(got[1], first[1]), budget
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_the_fp32_side_can_run_its_ops_on_fewer_openmp_threads(threads) -> None:
+    """``reference_threads`` sets the worker thread's own OpenMP thread count (what torch's
+    parallel CPU ops read in that thread); the caller's stays as it was, and the outputs are
+    those of a plain forward."""
+    from qbench.lockstep import set_thread_omp_threads, thread_omp_threads
+
+    mine = thread_omp_threads()
+    if mine is None:
+        pytest.skip("torch's OpenMP runtime is not found here")
+    seen: list[int | None] = []
+    reference, twin = _models()
+    reference[0][0].register_forward_hook(lambda *_: seen.append(thread_omp_threads()))
+    lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0, reference_threads=threads)
+    x = torch.randn(4, 8)
+    try:
+        with torch.no_grad():
+            state = torch.get_rng_state()  # the FP32 side draws from the state at the call
+            expected = reference(x)
+            torch.set_rng_state(state)
+            seen.clear()
+            fp32, _, _ = lockstep.forward(x, torch.get_rng_state())
+    finally:
+        lockstep.close()
+    assert torch.equal(fp32, expected)
+    assert seen == [1 if threads == 1 else mine]
+    assert thread_omp_threads() == mine
+    assert set_thread_omp_threads(mine) and thread_omp_threads() == mine
+
+
+def test_a_cpu_run_of_two_threads_gives_the_fp32_side_one(monkeypatch) -> None:
+    from qbench import runner
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert runner._on_small_cpu("cpu") and not runner._on_small_cpu("cuda")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert not runner._on_small_cpu("cpu")

@@ -25,12 +25,13 @@ in either forward stops both and is raised in the caller.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["AHEAD_BYTES", "Lockstep"]
+__all__ = ["AHEAD_BYTES", "Lockstep", "set_thread_omp_threads", "thread_omp_threads"]
 
 #: The default :class:`Lockstep` ``ahead_bytes``.
 AHEAD_BYTES = 32 << 20
@@ -53,7 +54,16 @@ class Lockstep:
     after every layer.
 
     ``rng`` is a pair of callables ``(get, set)`` for the random number state of the device
-    (see the runner); each side's state is switched in and out with its turn."""
+    (see the runner); each side's state is switched in and out with its turn.
+
+    ``reference_threads``: the OpenMP threads of the worker's own CPU ops (None: as many as
+    any thread gets). Each thread that runs torch's CPU ops parallel has an OpenMP team of
+    its own, and GNU OpenMP, finding more threads in its teams than cores, stops letting a
+    team's idle threads wait busily: every parallel op of the twin's side then wakes its
+    helper from sleep. On a 2-core VM that made a short EfficientNet run's wall time vary
+    from 23 to 57 s for the same ~33 s of CPU; with the FP32 side on one thread (its forward
+    is a small part of a run), 23-30 s (``benchmarks/README.md``). Where the OpenMP runtime
+    cannot be reached (:func:`set_thread_omp_threads`), it is left as it is."""
 
     def __init__(
         self,
@@ -61,8 +71,10 @@ class Lockstep:
         twin: Any,
         rng: tuple[Callable[[], Any], Callable[[Any], None]],
         ahead_bytes: int | None = None,
+        reference_threads: int | None = None,
     ) -> None:
         self.ahead_bytes = AHEAD_BYTES if ahead_bytes is None else ahead_bytes
+        self.reference_threads = reference_threads
         self._reference, self._twin = reference, twin
         self._get_rng, self._set_rng = rng
         self._turn = threading.Condition()
@@ -182,6 +194,8 @@ class Lockstep:
 
     def _serve(self) -> None:
         """The worker: one FP32 forward per :meth:`forward`, until :meth:`close`."""
+        if self.reference_threads is not None:
+            set_thread_omp_threads(self.reference_threads)
         while True:
             with self._turn:
                 self._turn.wait_for(lambda: self._job is not None or self._closing)
@@ -255,3 +269,48 @@ class Lockstep:
                 self._closing = True
                 self._turn.notify_all()
             thread.join()
+
+
+@functools.cache
+def _openmp() -> Any:
+    """The OpenMP runtime torch's CPU ops run on (the one in torch's own ``lib`` folder: GNU
+    libgomp in the Linux wheels, LLVM or Intel's elsewhere), or None."""
+    import ctypes
+    import os
+
+    import torch
+
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    for prefix in ("libgomp", "libomp", "libiomp5"):
+        for name in names:
+            if name.startswith(prefix) and (".so" in name or name.endswith(".dylib")):
+                try:
+                    runtime = ctypes.CDLL(os.path.join(folder, name))
+                    runtime.omp_set_num_threads.argtypes = [ctypes.c_int]
+                    runtime.omp_get_max_threads.restype = ctypes.c_int
+                except (OSError, AttributeError):
+                    continue
+                return runtime
+    return None
+
+
+def set_thread_omp_threads(threads: int) -> bool:
+    """Give the calling thread's parallel CPU ops ``threads`` OpenMP threads (an OpenMP
+    setting of the thread: torch reads it in each parallel region, and ``torch.set_num_threads``
+    of any thread, which sets it for all, is left alone). False where torch's OpenMP runtime
+    is not found."""
+    runtime = _openmp()
+    if runtime is None:
+        return False
+    runtime.omp_set_num_threads(max(1, int(threads)))
+    return True
+
+
+def thread_omp_threads() -> int | None:
+    """The calling thread's OpenMP thread count (None where the runtime is not found)."""
+    runtime = _openmp()
+    return None if runtime is None else int(runtime.omp_get_max_threads())

@@ -427,8 +427,15 @@ def run_twins(
     # the FP32 forward runs once, before them. A long run (kernels compiled) keeps that order
     # too: there the hand-overs cost more than the memory is worth (run_overhead.py
     # --model resnet18: 3.07 in lockstep against 2.77, one quiet run each).
+    # On a CPU of two threads, the FP32 side's ops run on one (see Lockstep: two OpenMP teams
+    # on two cores make every parallel op of the twin's side wake its helper from sleep).
     lockstep = (
-        Lockstep(model, twins[0].model, (partial(_rng_state, dev), partial(_set_rng_state, dev)))
+        Lockstep(
+            model,
+            twins[0].model,
+            (partial(_rng_state, dev), partial(_set_rng_state, dev)),
+            reference_threads=1 if _on_small_cpu(dev) else None,
+        )
         if len(twins) == 1 and stays_eager(evaluated)
         else None
     )
@@ -905,3 +912,11 @@ def _length(batches: Any) -> int | None:
         return len(batches)
     except TypeError:
         return None
+
+
+def _on_small_cpu(device: Any) -> bool:
+    """A CPU run whose ops have at most two threads (where :class:`Lockstep`'s FP32 side is
+    given one: measured on a 2-core VM; more cores were not measured and keep both teams)."""
+    import torch
+
+    return torch.device(device).type == "cpu" and torch.get_num_threads() <= 2

@@ -105,8 +105,8 @@ def test_a_twin_failing_mid_forward_ends_the_fp32_worker_too(tmp_path, monkeypat
     assert not _workers()
     original = qbench.lockstep.Lockstep.__init__
 
-    def failing_twin(self, reference, twin, rng):
-        original(self, reference, twin, rng)
+    def failing_twin(self, reference, twin, rng, **options):
+        original(self, reference, twin, rng, **options)
         modules = dict(twin.named_modules())
 
         def fail(module, inputs):
@@ -139,8 +139,8 @@ def test_fp32_outputs_are_let_go_once_measured_on_the_first_batch_too(tmp_path, 
 
     original = qbench.lockstep.Lockstep.__init__
 
-    def watching(self, reference, twin, rng):
-        original(self, reference, twin, rng)
+    def watching(self, reference, twin, rng, **options):
+        original(self, reference, twin, rng, **options)
         twins = dict(twin.named_modules())
 
         def count(module, inputs):

@@ -11,7 +11,11 @@ process, interleaved run by run (medians):
 * ``audit``: the audit's fused count of a channels-last NCHW activation quantized in chunks
   along its channels (fp8_e4m3 by default: codes decoded from their bit fields);
 * ``audit, NaN/inf apart``: the same kernel as it was before session 29, where inductor gave
-  the NaN / ±inf counts a loop of their own and read the values twice (same counts; checked);
+  the NaN / ±inf counts a loop of their own and read the values twice (same counts; checked).
+  Alone, on a quiet machine, the second read comes from the last-level cache and costs
+  little; inside a run, where the model's own data flows through that cache between the
+  quantizer's write and the audit, it cost resnet18's run 0.4-0.5 of the plain loop's time
+  (``run_overhead.py``, A/B in benchmarks/README.md);
 * ``pair sums + stats``: the layer-wise sums of a pair of outputs in float64 and the
   quantized one's input statistics, in one loop.
 

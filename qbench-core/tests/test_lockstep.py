@@ -226,12 +226,21 @@ def test_the_fp32_side_can_run_its_ops_on_fewer_openmp_threads(threads) -> None:
     those of a plain forward."""
     from qbench.lockstep import set_thread_omp_threads, thread_omp_threads
 
-    mine = thread_omp_threads()
+    def parallel_op_then_count() -> int | None:
+        torch.ones(4).softmax(0)  # a thread's first parallel op sets its count (torch's own)
+        return thread_omp_threads()
+
+    torch.set_num_threads(torch.get_num_threads())  # torch's count then set explicitly
+    mine = parallel_op_then_count()
     if mine is None:
         pytest.skip("torch's OpenMP runtime is not found here")
+    plain: list[int | None] = []
+    plain_thread = threading.Thread(target=lambda: plain.append(parallel_op_then_count()))
+    plain_thread.start()
+    plain_thread.join()
     seen: list[int | None] = []
     reference, twin = _models()
-    reference[0][0].register_forward_hook(lambda *_: seen.append(thread_omp_threads()))
+    reference[0][0].register_forward_hook(lambda *_: seen.append(parallel_op_then_count()))
     lockstep = Lockstep(reference, twin, _rng(), ahead_bytes=0, reference_threads=threads)
     x = torch.randn(4, 8)
     try:
@@ -244,7 +253,7 @@ def test_the_fp32_side_can_run_its_ops_on_fewer_openmp_threads(threads) -> None:
     finally:
         lockstep.close()
     assert torch.equal(fp32, expected)
-    assert seen == [1 if threads == 1 else mine]
+    assert seen == [1 if threads == 1 else plain[0]]
     assert thread_omp_threads() == mine
     assert set_thread_omp_threads(mine) and thread_omp_threads() == mine
 

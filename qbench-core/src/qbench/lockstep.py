@@ -306,6 +306,11 @@ def set_thread_omp_threads(threads: int) -> bool:
     runtime = _openmp()
     if runtime is None:
         return False
+    import torch
+
+    # torch sets a thread's count itself at its first parallel op (to torch.set_num_threads's
+    # value, where one was set): a tiny softmax has that happen now, without a parallel region
+    torch.ones(4).softmax(0)
     runtime.omp_set_num_threads(max(1, int(threads)))
     return True
 

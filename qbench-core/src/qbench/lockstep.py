@@ -62,7 +62,7 @@ class Lockstep:
     team's idle threads wait busily: every parallel op of the twin's side then wakes its
     helper from sleep. On a 2-core VM that made a short EfficientNet run's wall time vary
     from 23 to 57 s for the same ~33 s of CPU; with the FP32 side on one thread (its forward
-    is a small part of a run), 23-30 s (``benchmarks/README.md``). Where the OpenMP runtime
+    is a small part of a run), 20-23 s (``benchmarks/README.md``). Where the OpenMP runtime
     cannot be reached (:func:`set_thread_omp_threads`), it is left as it is."""
 
     def __init__(

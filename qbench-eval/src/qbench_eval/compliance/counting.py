@@ -184,8 +184,10 @@ def _nonfinite(
     ``(s == s) | (s != s)``, true everywhere. It is there for the compiled kernels, so that
     these masks index the scales like the reconstruction checks beside them, and inductor
     counts both in one loop. Without it, it merges the dimensions of the contiguous values
-    into a loop of their own and reads them twice: the audit of a channels-last 16x64x56x56
-    activation in chunks along its channels took 4.45 ms instead of 3.07 (2-core VM)."""
+    into a loop of their own and reads them twice. Alone on a quiet machine the second read
+    comes from the cache and costs little (``benchmarks/metric_kernels.py``); inside a run it
+    does not: resnet18's ``run_overhead.py`` read 2.93-3.05 with it, 2.48-2.57 without (A/B,
+    2-core VM; benchmarks/README.md)."""
     nan, inf = dequantized != dequantized, dequantized.abs() == math.inf
     if scales is None:
         return nan, inf

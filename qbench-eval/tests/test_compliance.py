@@ -610,3 +610,72 @@ def test_a_short_last_block_is_audited_in_two_parts_without_expanded_scales(
             want = table.counts(*whole, sliced=sliced)
             assert got.tolist() == want.tolist(), (sliced, got, want)
     assert got.tolist() == [0, 3, 1, 0]  # two values off and a NaN; one NaN value
+
+
+@pytest.mark.parametrize("numel", [4 * 64, 1 << 21])  # masks / a fused or sliced count
+def test_narrowed_codes_are_audited_as_wide_ones(kernel_path: str, numel: int) -> None:
+    """The ops hand observers codes narrowed to uint8 on the CPU (``qbench_ops.quantizer.
+    narrowed``). Compared as uint8, fp8's ``code >= 256`` would wrap to ``code >= 0`` and call
+    every code illegal; fp4's codes past 15 are illegal however narrow."""
+    import qbench
+
+    x = torch.randn(numel // 64, 64)
+    fp8 = qbench.quantize(x, "fp8_e4m3", return_codes=True, mode="chunk", chunk_size=32)
+    narrow = dataclasses.replace(fp8, codes=fp8.codes.to(torch.uint8))
+    assert int(fp8.codes.max()) > 127  # a value of the top half, where int8 would not do
+    fp4 = qbench.quantize(x, "fp4_e2m1", return_codes=True, mode="chunk", chunk_size=32)
+    codes = fp4.codes.to(torch.uint8)
+    codes[1, 3] = 200  # no fp4 code: illegal (and it decodes to no value of the grid)
+    metric = _metric()
+    metric.on_tensor("a", "input", narrow)
+    metric.on_tensor("b", "input", dataclasses.replace(fp4, codes=codes))
+    layers = _by_layer(metric)
+    assert layers["a"]["status"] == "PASS", layers["a"]
+    assert layers["b"]["failures"]["grid"] == 1, layers["b"]
+    assert layers["b"]["examples"][0]["index"] == [1, 3]
+    assert layers["b"]["examples"][0]["code"] == 200
+    # The counting pass itself, not only the masks that detail a failure it reports.
+    from qbench_eval.compliance.counting import _grouped_parts
+
+    table = metric.tables.table("fp8_e4m3", qbench.get_format("fp8_e4m3"), narrow.codes)
+    assert table is not None
+    [part] = _grouped_parts(narrow)
+    counts = table.counts(*part, sliced=kernel_path == "eager")
+    assert counts.tolist() == [0, 0, 0, 0]
+
+
+def test_a_twin_on_the_cpu_has_its_shared_quantizations_audited_once(kernel_path: str) -> None:
+    """A real twin: a ReLU's quantized output is the next convolution's quantized input, and
+    a block's input feeds two convolutions. The ops report each shared quantization to every
+    consumer as the same (narrowed) tensors, so the audit reads it once and counts it for
+    each layer; they were widened anew per consumer, and every one was read again."""
+    import qbench
+    from qbench.preparation import observe
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.down = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv2(self.relu(self.conv1(x))) + self.down(x)
+
+    torch.manual_seed(0)
+    twin = qbench.prepare(Block().eval(), {"format": "fp8_e4m3", "mode": "chunk", "chunk_size": 8})
+    metric = _metric()
+    with torch.no_grad(), observe(twin, metric):
+        for _ in range(2):
+            twin(torch.randn(2, 8, 6, 6))
+            metric.update(BatchOutputs(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1)))
+    layers = {(t["layer"], t["role"]): t for t in metric.result()["tensors"]}
+    assert metric.result()["status"] == "PASS"
+    # conv1 and down share the block's input; the second of them is told it again
+    shared_input = [layers[("conv1", "input")], layers[("down", "input")]]
+    assert [t["reused_observations"] for t in shared_input] == [0, 2]
+    assert layers[("relu", "act")]["reused_observations"] == 0
+    assert layers[("conv2", "input")]["reused_observations"] == 2  # the ReLU's output
+    assert all(t["observations"] == 2 for t in (*shared_input, layers[("conv2", "input")]))

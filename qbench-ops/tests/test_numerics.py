@@ -437,11 +437,11 @@ def test_short_axis_chunk_is_the_whole_axis_bit_for_bit():
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int8"])
-def test_a_shared_tensor_keeps_its_codes_narrow_and_reports_them_whole(name):
+def test_a_shared_tensor_is_reported_as_the_same_narrow_tensors(name):
     """The second consumer of one tensor is told the first one's QuantResult (shared, not
-    quantized again); what waits on the tensor for it holds the codes in the narrowest
-    integer dtype of their range (uint8 for 8-bit codes), and what the observer gets has
-    int32 codes equal to the first's."""
+    quantized again) as the very same tensors, so that an observer can recognize it; the
+    codes are narrowed once, before the first notification, to the narrowest integer dtype
+    of their range (uint8 for 8-bit codes), and hold the format's own codes."""
     from qbench_ops import quantizer as ops_quantizer
 
     model_q = qbench.prepare(_Fork(16), {"format": name, "weight_enabled": False})
@@ -452,14 +452,17 @@ def test_a_shared_tensor_keeps_its_codes_narrow_and_reports_them_whole(name):
     inputs = [result for _, role, result in recorder.seen if role == "input"]
     assert len(inputs) == 2
     first, second = inputs
-    assert first.codes.dtype == second.codes.dtype == torch.int32
-    assert torch.equal(first.codes, second.codes) and int(first.codes.max()) > 127
+    assert first.codes is second.codes and first.dequantized is second.dequantized
+    assert first.scales is second.scales
+    assert first.codes.dtype == torch.uint8  # int8's codes are its two's complement bytes
+    own = qbench.get_format(name).quantize(x, first.spec, return_codes=True)
+    assert own.codes.dtype == torch.int32 and torch.equal(first.codes.to(torch.int32), own.codes)
+    assert int(own.codes.max()) > 127 or int(own.codes.min()) < 0  # a narrowing that matters
     stub = getattr(x, ops_quantizer._SOURCE_TAG)[3]
-    assert stub.base.codes.dtype == torch.uint8 and stub.base.dequantized is None
-    assert torch.equal(stub.result(first.dequantized).codes, first.codes)
+    assert stub.base.codes is first.codes and stub.base.dequantized is None
 
 
-def test_stub_codes_take_the_narrowest_dtype_of_their_range_and_come_back_as_they_were():
+def test_codes_take_the_narrowest_dtype_of_their_range_and_the_stub_hands_out_the_same():
     from qbench_ops.quantizer import _Stub
 
     base = qbench.quantize(torch.randn(4, 8), "fp8_e4m3", return_codes=True)
@@ -478,7 +481,8 @@ def test_stub_codes_take_the_narrowest_dtype_of_their_range_and_come_back_as_the
         stub = _Stub.of(result)
         assert stub.base.codes.dtype == narrow, (low, high, dtype)
         back = stub.result(result.dequantized)
-        assert back.codes.dtype == dtype and torch.equal(back.codes, codes)
+        assert torch.equal(back.codes.to(dtype), codes) and back.codes.dtype == narrow
+        assert back.codes is stub.result(result.dequantized).codes  # the same at every call
         assert back.dequantized is result.dequantized and back.scales is result.scales
     empty = dataclasses.replace(base, codes=torch.zeros(0, dtype=torch.int32))
     assert _Stub.of(empty).result(base.dequantized).codes.dtype == torch.int32

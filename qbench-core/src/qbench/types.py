@@ -84,7 +84,10 @@ class QuantResult:
     """What a quantizer produced, for the compliance audit.
 
     ``dequantized`` is the fake-quantized tensor (same shape and dtype as the input).
-    ``codes`` are the element format's integer codes (same shape as the input).
+    ``codes`` are the element format's integer codes (same shape as the input), in any
+    integer dtype: a format gives int32, and on the CPU the ops hand observers the same codes
+    narrowed to the smallest dtype that holds them (uint8 for 8-bit codes), so compare them
+    after widening (a uint8 tensor's ``>= 256`` wraps to ``>= 0``).
     ``scales`` are the effective per-group scales, shaped so that
     ``format.decode(codes) * expand_scales()`` equals ``dequantized`` bit for bit.
     ``scale_parts`` names each scale level with its values and format, e.g.

@@ -159,7 +159,8 @@ def _audit_rows_bits(
     """:func:`_audit_rows` with the codes decoded from their bit fields (_BitFields)."""
     bits, negative_legal, row_dims = fields[0], fields[-2], fields[-1]
     span = 1 << bits
-    illegal = ((codes < (-span if negative_legal else 0)) | (codes >= span)) & (scales == scales)
+    wide = codes.to(torch.int32)  # uint8 codes: 256 would wrap to 0 in a comparison
+    illegal = ((wide < (-span if negative_legal else 0)) | (wide >= span)) & (scales == scales)
     reconstructed = _decode_bits(codes, *fields[:-2]) * scales
     return (
         _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),

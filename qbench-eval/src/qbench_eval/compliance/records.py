@@ -177,8 +177,8 @@ def detail_failures(
     expanded = result.expand_scales()
     if table is not None:
         decoded, legal = table.lookup(codes)
-    else:
-        decoded = element.decode(codes)
+    else:  # the format's own decode, on codes as wide as a format gives them
+        decoded = element.decode(codes if codes.element_size() >= 4 else codes.to(torch.int32))
         legal = _legal_values(element, grid, decoded)
     # An element under a NaN scale is NaN whatever its code (OCP MX v1.0, special values).
     off_grid = ~legal & (expanded == expanded)

@@ -244,7 +244,7 @@ class _CodeTable:
     ) -> torch.Tensor:
         """:meth:`counts` from the masks ``records.detail_failures`` counts (eagerly, they
         take fewer passes than the fused kernel's arithmetic): scales broadcast."""
-        if codes.device.type == "cpu" and codes.dtype in (torch.int32, torch.int64):
+        if codes.device.type == "cpu" and not codes.is_floating_point():
             found = self._cpu_counts(codes, dequantized, scales)
             if found is not None:
                 return found
@@ -284,6 +284,8 @@ class _CodeTable:
                 return None
             inf = int(torch.isinf(dequantized).sum())
         index = codes.reshape(-1)
+        if index.dtype not in (torch.int32, torch.int64):  # narrowed codes: index_select's
+            index = index.to(torch.int32)
         if low < 0:  # index 0 is the lowest code
             index, start = index - low, self.offset + low
         else:  # index 0 is code 0

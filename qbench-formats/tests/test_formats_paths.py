@@ -3,6 +3,8 @@ shapes, axes and dtypes."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import qbench
 import torch
@@ -237,7 +239,7 @@ def test_kernels_are_compiled_for_the_thread_count_they_run_with(
     for threads in (1, 2):
         expected += [
             ("quantize_kernel", kernels.cpu_options(threads)),
-            ("amax_kernel", kernels.cpu_options(threads)),
+            ("abs_amax_kernel", kernels.cpu_options(threads)),
             *([("scales_kernel", kernels.cpu_options(1))] if threads == 1 else []),
             ("elements_kernel", kernels.cpu_options(threads)),
         ]
@@ -449,3 +451,67 @@ def test_compiled_kernels_with_and_without_wide_vectors_match_the_reference(
     assert quantize_kernels(), "nothing was compiled"
     assert bool(same_bits(got.dequantized, want.dequantized).all())
     assert torch.equal(got.codes, want.codes)
+
+
+@pytest.mark.parametrize("planted", [None, "inf", "nan"])
+def test_a_split_plans_amax_is_the_plain_pass_unless_a_group_is_not_finite(
+    monkeypatch: pytest.MonkeyPatch, planted: str | None
+) -> None:
+    """On the CPU the first piece of a split plan (NVFP4) takes the plain max |x| and runs the
+    finite-only amax only where a group's maximum is NaN or inf (a NaN or inf in it): the
+    same bits, codes and scales as the reference twin either way, and one pass over x, not
+    two, for a finite tensor."""
+    ran: list[str] = []
+    real_fused = kernels.fused
+
+    def recording(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        ran.append(kwargs.get("name", fn.__name__))
+        return real_fused(fn, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "fused", recording)
+    x = torch.randn(6, 96, generator=torch.Generator().manual_seed(1)) * 3
+    if planted is not None:
+        x[2, 17] = math.inf if planted == "inf" else math.nan
+        x[4, 40] = -math.inf if planted == "inf" else 1.0
+    fmt = qbench.get_format("nvfp4")
+    spec = spec_from_arguments("nvfp4")
+    got = fmt.quantize(x, spec, return_codes=True, path="compiled")
+    want = fmt.quantize(x, spec, return_codes=True, path="reference")
+    assert bool(same_bits(got.dequantized, want.dequantized).all())
+    assert torch.equal(got.codes, want.codes)
+    assert bool(same_bits(got.scales, want.scales).all())
+    amax_kernels = [name for name in ran if name.endswith("amax_kernel")]
+    if planted is None:
+        assert amax_kernels == ["abs_amax_kernel"]
+    else:
+        assert amax_kernels == ["abs_amax_kernel", "amax_kernel"]
+
+
+def test_a_split_plans_many_scales_run_on_torchs_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scales piece of a split plan runs on one thread for few scales, on torch's thread
+    count from :data:`quantizer.SCALES_ONE_THREAD_BELOW` of them (NVFP4's blocks of 16 make
+    a million of them for a 4096x4096 tensor); the bits are the same."""
+    if not kernels.COMPILE_ENABLED:
+        pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
+    seen: list[tuple[str, object]] = []
+
+    def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((fn.__name__, kwargs.get("options")))
+        return fn  # run the traced function eagerly: the options are what is checked
+
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_FAILED", set())
+    monkeypatch.setattr(torch, "compile", recording)
+    fmt, spec = qbench.get_format("nvfp4"), spec_from_arguments("nvfp4")
+    x = torch.randn(4, 64)  # 16 blocks of 16
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        few = fmt.quantize(x, spec, path="compiled")
+        monkeypatch.setattr(quantizer, "SCALES_ONE_THREAD_BELOW", 16)
+        many = fmt.quantize(x, spec, path="compiled")
+    finally:
+        torch.set_num_threads(before)
+    assert bool(same_bits(few, many).all())
+    scales = [options for name, options in seen if name == "scales_kernel"]
+    assert scales == [kernels.cpu_options(1), kernels.cpu_options(2)]

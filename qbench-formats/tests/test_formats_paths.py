@@ -202,6 +202,23 @@ def test_a_channels_last_activation_keeps_its_layout_and_its_values(
         assert tensor.stride() == nhwc.stride()
 
 
+def _recorded_compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """(name, inductor options) of every kernel handed to torch.compile from now on, each
+    then run eagerly: which kernels compile with which options is what is checked."""
+    if not kernels.COMPILE_ENABLED:
+        pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
+    seen: list[tuple[str, object]] = []
+
+    def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((fn.__name__, kwargs.get("options")))
+        return fn
+
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(kernels, "_FAILED", set())
+    monkeypatch.setattr(torch, "compile", recording)
+    return seen
+
+
 def test_kernels_are_compiled_for_the_thread_count_they_run_with(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -209,17 +226,7 @@ def test_kernels_are_compiled_for_the_thread_count_they_run_with(
     whatever count compiled it first and its disk cache ignores the count), the scales piece
     of a split plan on one thread: a second count compiles anew (the one-thread scales piece
     excepted: it is the same kernel), a count seen before reuses its kernels."""
-    if not kernels.COMPILE_ENABLED:
-        pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
-    seen: list[tuple[str, object]] = []
-
-    def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((fn.__name__, kwargs.get("options")))
-        return fn  # run the traced function eagerly: the options are what is checked
-
-    monkeypatch.setattr(kernels, "_COMPILED", {})
-    monkeypatch.setattr(kernels, "_FAILED", set())
-    monkeypatch.setattr(torch, "compile", recording)
+    seen = _recorded_compiles(monkeypatch)
     x = torch.randn(4, 64)
     cases = [
         ("fp8_e4m3", spec_from_arguments("fp8_e4m3", mode="chunk", chunk_size=32)),
@@ -491,17 +498,7 @@ def test_a_split_plans_many_scales_run_on_torchs_threads(monkeypatch: pytest.Mon
     """The scales piece of a split plan runs on one thread for few scales, on torch's thread
     count from :data:`quantizer.SCALES_ONE_THREAD_BELOW` of them (NVFP4's blocks of 16 make
     a million of them for a 4096x4096 tensor); the bits are the same."""
-    if not kernels.COMPILE_ENABLED:
-        pytest.skip("QBENCH_COMPILE=0: nothing is compiled")
-    seen: list[tuple[str, object]] = []
-
-    def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((fn.__name__, kwargs.get("options")))
-        return fn  # run the traced function eagerly: the options are what is checked
-
-    monkeypatch.setattr(kernels, "_COMPILED", {})
-    monkeypatch.setattr(kernels, "_FAILED", set())
-    monkeypatch.setattr(torch, "compile", recording)
+    seen = _recorded_compiles(monkeypatch)
     fmt, spec = qbench.get_format("nvfp4"), spec_from_arguments("nvfp4")
     x = torch.randn(4, 64)  # 16 blocks of 16
     before = torch.get_num_threads()

@@ -679,3 +679,23 @@ def test_a_twin_on_the_cpu_has_its_shared_quantizations_audited_once(kernel_path
     assert layers[("relu", "act")]["reused_observations"] == 0
     assert layers[("conv2", "input")]["reused_observations"] == 2  # the ReLU's output
     assert all(t["observations"] == 2 for t in (*shared_input, layers[("conv2", "input")]))
+
+
+def test_wide_codes_stay_wide_in_the_count(kernel_path: str) -> None:
+    """Only narrow codes are widened (``counting.widened``): an int64 code beyond int32's
+    range is illegal, not its low 32 bits (a legal code) after a cast."""
+    import qbench
+    from qbench_eval.compliance.counting import _grouped_parts
+
+    x = torch.randn(4, 64)
+    result = qbench.quantize(x, "fp8_e4m3", return_codes=True, mode="chunk", chunk_size=32)
+    codes = result.codes.to(torch.int64)
+    codes[2, 9] += 1 << 32
+    wide = dataclasses.replace(result, codes=codes)
+    metric = _metric()
+    table = metric.tables.table("fp8_e4m3", qbench.get_format("fp8_e4m3"), codes)
+    assert table is not None
+    [part] = _grouped_parts(wide)
+    assert table.counts(*part, sliced=kernel_path == "eager").tolist()[0] == 1
+    metric.on_tensor("a", "input", wide)
+    assert _by_layer(metric)["a"]["failures"]["grid"] == 1

@@ -121,6 +121,14 @@ def _largest_divisor(n: int, limit: int) -> int:
     return 1
 
 
+def widened(codes: torch.Tensor) -> torch.Tensor:
+    """``codes`` as int32 where they come narrower (the ops hand observers uint8/int8/int16
+    codes on the CPU), else as they are: compared as uint8, ``code >= 256`` wraps to
+    ``code >= 0``; ``index_select`` and a format's ``decode`` expect int32 or int64. Wide
+    codes stay wide, so an int64 code beyond int32 is still seen as illegal."""
+    return codes if codes.element_size() >= 4 else codes.to(torch.int32)
+
+
 def _decode_bits(
     codes: torch.Tensor,
     bits: int,
@@ -159,7 +167,7 @@ def _audit_rows_bits(
     """:func:`_audit_rows` with the codes decoded from their bit fields (_BitFields)."""
     bits, negative_legal, row_dims = fields[0], fields[-2], fields[-1]
     span = 1 << bits
-    wide = codes.to(torch.int32)  # uint8 codes: 256 would wrap to 0 in a comparison
+    wide = widened(codes)
     illegal = ((wide < (-span if negative_legal else 0)) | (wide >= span)) & (scales == scales)
     reconstructed = _decode_bits(codes, *fields[:-2]) * scales
     return (

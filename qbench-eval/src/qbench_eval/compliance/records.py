@@ -15,7 +15,7 @@ import torch
 from qbench.types import ROLES, QuantResult
 
 from .config import ComplianceConfig, self_and_parents
-from .counting import _nonfinite
+from .counting import _nonfinite, widened
 from .tables import FormatTables, _legal_values, _ScaleCheck
 
 CHECKS = ("grid", "reconstruction", "scale", "shape", "observed")
@@ -178,7 +178,7 @@ def detail_failures(
     if table is not None:
         decoded, legal = table.lookup(codes)
     else:  # the format's own decode, on codes as wide as a format gives them
-        decoded = element.decode(codes if codes.element_size() >= 4 else codes.to(torch.int32))
+        decoded = element.decode(widened(codes))
         legal = _legal_values(element, grid, decoded)
     # An element under a NaN scale is NaN whatever its code (OCP MX v1.0, special values).
     off_grid = ~legal & (expanded == expanded)

@@ -31,6 +31,7 @@ from .counting import (
     _nonfinite,
     _row_dims,
     _rows,
+    widened,
 )
 
 #: OCP MX v1.0 §5.4.1: E8M0 encodes 2^(e) for e in -127..127 (0xFF is NaN).
@@ -190,8 +191,7 @@ class _CodeTable:
 
     def lookup(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, legal = self._on(codes.device)
-        if codes.dtype not in (torch.int32, torch.int64):  # int8/uint8/int16 would overflow
-            codes = codes.to(torch.int32)
+        codes = widened(codes)  # int8/uint8/int16 would overflow
         # index_select with the codes' own integer type: one fused pass per table.
         index = (codes.reshape(-1) + self.offset).clamp_(0, values.numel() - 1)
         return (
@@ -283,9 +283,7 @@ class _CodeTable:
             if nan:
                 return None
             inf = int(torch.isinf(dequantized).sum())
-        index = codes.reshape(-1)
-        if index.dtype not in (torch.int32, torch.int64):  # narrowed codes: index_select's
-            index = index.to(torch.int32)
+        index = widened(codes.reshape(-1))
         if low < 0:  # index 0 is the lowest code
             index, start = index - low, self.offset + low
         else:  # index 0 is code 0

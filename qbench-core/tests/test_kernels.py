@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -60,6 +61,82 @@ def test_one_kernel_per_function_and_constants_serves_every_shape() -> None:
     assert not kernels._FAILED
 
 
+def _affine(x: torch.Tensor, clamp: bool, *, numbers: tuple) -> torch.Tensor:
+    """x * scale + shift (optionally clamped at ``limit``) with the shift's bits ORed in, on
+    ints and floats that come at run time."""
+    scale, shift, bits, limit = numbers
+    y = x * scale + shift
+    if clamp:
+        y = torch.where(y > limit, limit, y)
+    return (y.view(torch.int32) | (bits << 1)).view(torch.float32)
+
+
+def test_numbers_come_at_run_time_one_kernel_serves_every_value() -> None:
+    """``numbers`` reach the kernel as values, not as constants baked into it: one compile
+    per (function, constants, kinds of numbers) serves every value, with the eager bits."""
+    x = torch.randn(4, 300)
+    before = len(kernels._COMPILED)
+    values = [
+        (0.5, -2.0, 0, 3.0),
+        (448.0, 0.25, 3, 1e6),
+        (-0.0, 6.0, 7, -1.5),
+        (1.0, 0.0, 1, math.nan),
+    ]
+    for numbers in values:
+        got = kernels.fused(_affine, (x,), (True,), numbers=numbers, path="compiled")
+        want = _affine(x, True, numbers=numbers)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), numbers
+    assert len(kernels._COMPILED) == before + 1
+    # other kinds of numbers (an int where a float was) are another kernel, as are constants
+    kernels.fused(_affine, (x,), (True,), numbers=(1, 2.0, 0, 3.0), path="compiled")
+    kernels.fused(_affine, (x,), (False,), numbers=(1.0, 2.0, 0, 3.0), path="compiled")
+    assert len(kernels._COMPILED) == before + 3
+    # eager (a small tensor on the auto path): the numbers themselves
+    small = torch.randn(3)
+    assert torch.equal(
+        kernels.fused(_affine, (small,), (False,), numbers=(2.0, 1.0, 0, 0.0)), small * 2.0 + 1.0
+    )
+    assert not kernels._FAILED
+
+
+def test_numbers_baked_in_compile_a_kernel_per_value(
+    monkeypatch: pytest.MonkeyPatch, compiled_options: list[object]
+) -> None:
+    """QBENCH_RUNTIME_NUMBERS=0 (the benchmarks' baseline): the numbers are constants of the
+    kernel, one compile per distinct value (by its bits: -0.0 is not 0.0), with the same
+    results."""
+    monkeypatch.setattr(kernels, "RUNTIME_NUMBERS", False)
+    x = torch.randn(4, 300)
+    values = [(0.5, -2.0, 0, 3.0), (0.5, -0.0, 0, 3.0), (0.5, 0.0, 0, 3.0), (0.5, -2.0, 0, 3.0)]
+    for numbers in values:
+        got = kernels.fused(_affine, (x,), (True,), numbers=numbers, path="compiled")
+        want = _affine(x, True, numbers=numbers)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), numbers
+    assert len(compiled_options) == 3
+    assert not kernels._FAILED
+
+
+def test_numbers_are_passed_exactly_or_refused() -> None:
+    """-0.0 and 0.0 are different numbers (their own words); a float float32 does
+    not hold, or an int beyond int32, is refused rather than rounded."""
+    assert kernels._words((0.0, -0.0), "ff") == (0, -(1 << 31))
+    nan = torch.tensor(kernels._words((math.nan,), "f"), dtype=torch.int32)
+    assert nan.view(torch.float32).isnan().all()
+    assert kernels._words((7, 448.0), "if") == (7, 0x43E00000)
+    with pytest.raises(ValueError, match="not exact in float32"):
+        kernels.fused(
+            _affine, (torch.ones(3),), (False,), numbers=(0.1, 0.0, 0, 0.0), path="compiled"
+        )
+    with pytest.raises(ValueError, match="beyond int32"):
+        kernels.fused(
+            _affine, (torch.ones(3),), (False,), numbers=(1.0, 0.0, 1 << 31, 0.0), path="compiled"
+        )
+    with pytest.raises(TypeError, match="ints and floats"):
+        kernels.fused(
+            _affine, (torch.ones(3),), (False,), numbers=("1", 0.0, 0, 0.0), path="compiled"
+        )
+
+
 def test_inductor_options_compile_a_kernel_of_their_own(compiled_options: list[object]) -> None:
     seen = compiled_options
     x = torch.randn(6, 5)
@@ -102,7 +179,7 @@ def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
     assert not kernels.use_compiled(10**9, "compiled")
     monkeypatch.setattr(kernels, "COMPILE_ENABLED", True)
 
-    def broken(fn, constants, options, name):
+    def broken(*args):
         raise RuntimeError("no C++ compiler\nsecond line")
 
     monkeypatch.setattr(kernels, "_compiled", broken)
@@ -115,6 +192,12 @@ def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
         warnings.simplefilter("error")  # the second call goes straight to eager
         second = kernels.fused(_stats, (x,), (0.0,), path="compiled")
     assert torch.equal(first, _stats(x, 0.0)) and torch.equal(second, first)
+    # a kernel with run-time numbers falls back with the numbers themselves, not their tensor
+    with pytest.warns(RuntimeWarning, match="_affine failed"):
+        fallback = kernels.fused(
+            _affine, (x,), (True,), numbers=(2.0, 1.0, 1, 0.5), path="compiled"
+        )
+    assert torch.equal(fallback, _affine(x, True, numbers=(2.0, 1.0, 1, 0.5)))
 
 
 @pytest.mark.parametrize(

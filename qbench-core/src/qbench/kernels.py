@@ -3,7 +3,8 @@
 A metric that reads every activation of every batch (the layer-wise error, the compliance
 audit) costs one eager pass, one temporary, per torch op. Written as one Python function of
 elementwise ops and reductions, inductor turns it into a single loop over the data. This
-module compiles such a function once per (function, constants) and chooses per call:
+module compiles such a function once per (function, constants) and chooses per call (numbers
+the kernel reads at run time, such as a format's, are no part of that key: :func:`fused`):
 
 * at least :data:`COMPILE_MIN_NUMEL` elements: the compiled kernel (``dynamic=True``, so one
   kernel serves every shape; no recompile per layer);
@@ -54,6 +55,11 @@ ONE_LOOP: Mapping[str, Any] = {
     "realize_opcount_threshold": 1 << 16,
     "realize_reads_threshold": 1 << 16,
 }
+
+#: QBENCH_RUNTIME_NUMBERS=0 bakes a kernel's ``numbers`` (:func:`fused`) into it as
+#: constants, one compiled kernel per distinct value, as before they were read at run time:
+#: the baseline ``benchmarks/format_kernels.py`` measures against. Read at every call.
+RUNTIME_NUMBERS = os.environ.get("QBENCH_RUNTIME_NUMBERS", "1") not in ("0", "false", "no")
 
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _FAILED: set[tuple[Any, ...]] = set()
@@ -263,8 +269,10 @@ def _compiled(
     constants: tuple[Hashable, ...],
     options: tuple[Any, ...] = (),
     name: str = "fused_kernel",
+    kinds: str | None = None,
+    baked: tuple[Any, ...] | None = None,
 ) -> Callable[..., Any]:
-    key = (fn, constants, options)
+    key = (fn, constants, options, kinds) if baked is None else (fn, constants, options, *baked[:2])
     kernel = _COMPILED.get(key)
     if kernel is None:
         import torch
@@ -274,13 +282,95 @@ def _compiled(
         # Dynamo keys its cache (and its recompile limit) on the code object: a fresh one per
         # (function, constants) keeps kernels from evicting each other. The real filename
         # matters, dynamo shares functions it cannot find a file for.
-        namespace: dict[str, Any] = {"FN": fn, "CONSTANTS": constants}
-        source = f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
+        namespace: dict[str, Any] = {"FN": fn, "CONSTANTS": constants, "KINDS": kinds}
+        if kinds is None:
+            source = f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS)\n"
+        elif baked is not None:  # (kinds, words, numbers): the numbers as constants
+            namespace["NUMBERS"] = baked[-1]
+            source = (
+                f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS, numbers=NUMBERS)\n"
+            )
+        elif not kinds:
+            source = f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS, numbers=())\n"
+        else:  # the last len(kinds) arguments are the numbers (:func:`_lifted`)
+            namespace["UNPACK"], namespace["COUNT"] = _unlifted, len(kinds)
+            source = (
+                f"def {name}(*args):\n"
+                "    return FN(*args[:-COUNT], *CONSTANTS, numbers=UNPACK(args[-COUNT:], KINDS))\n"
+            )
         exec(compile(source, __file__, "exec"), namespace)
         _persist_compiled()
         kernel = torch.compile(namespace[name], dynamic=True, options=dict(options) or None)
         _COMPILED[key] = kernel
     return kernel
+
+
+def _kinds(numbers: tuple[int | float, ...]) -> str:
+    """One letter a number, "i" (int, bool) or "f" (float): part of a kernel's key."""
+    kinds = []
+    for number in numbers:
+        if isinstance(number, float):
+            kinds.append("f")
+        elif isinstance(number, int):
+            kinds.append("i")
+        else:
+            raise TypeError(f"a kernel's numbers are ints and floats, found {number!r}")
+    return "".join(kinds)
+
+
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def _words(numbers: tuple[int | float, ...], kinds: str) -> tuple[int, ...]:
+    """``numbers`` as int32 words: each int as it is, each float as its float32 bit pattern
+    (so -0.0 and 0.0 differ, as tuple keys of the numbers themselves would not). Raises
+    ValueError for an int beyond int32 or a float that float32 does not hold exactly: the
+    eager path computes with the number itself, so the compiled one must see the same
+    value."""
+    import struct
+
+    words = []
+    for number, kind in zip(numbers, kinds):
+        if kind == "i":
+            if not _INT32[0] <= number <= _INT32[1]:
+                raise ValueError(f"a kernel's int number {number} is beyond int32")
+            words.append(int(number))
+            continue
+        (word,) = struct.unpack("<i", struct.pack("<f", number))
+        (back,) = struct.unpack("<f", struct.pack("<i", word))
+        if back != number and number == number:  # NaN keeps its quiet pattern
+            raise ValueError(f"a kernel's float number {number!r} is not exact in float32")
+        words.append(word)
+    return tuple(words)
+
+
+#: :func:`_lifted`'s step: the i-th number is passed as its word + (i + 1) * 2^33.
+_LIFT = 1 << 33
+
+
+def _lifted(words: tuple[int, ...]) -> tuple[int, ...]:
+    """The arguments a compiled kernel gets for its numbers: Python ints, which dynamo
+    (``dynamic=True``) makes symbolic, so that inductor passes them to the C++ kernel as
+    scalar parameters, loop-invariant for the compiler, where a tensor of numbers would be
+    loaded, converted and broadcast in every vector iteration (the audit's count: about 10%
+    more time; benchmarks/README.md).
+
+    Each word is lifted into a range of its own: dynamo would specialize a symbolic int
+    whose first value is 0 or 1 into a constant (a recompile for the next format), and give
+    two ints of equal first value one symbol (a guard that they stay equal)."""
+    return tuple(word + (i + 1) * _LIFT for i, word in enumerate(words))
+
+
+def _unlifted(args: tuple[Any, ...], kinds: str) -> tuple[Any, ...]:
+    """Inside a compiled kernel: :func:`_lifted`'s arguments back as 0-dim int32 tensors,
+    float32 ones (the word's bits) for the floats."""
+    import torch
+
+    numbers = []
+    for i, (arg, kind) in enumerate(zip(args, kinds)):
+        word = torch.full((), arg - (i + 1) * _LIFT, dtype=torch.int32)
+        numbers.append(word if kind == "i" else word.view(torch.float32))
+    return tuple(numbers)
 
 
 def memory_order(tensor: Any) -> tuple[int, ...] | None:
@@ -413,6 +503,7 @@ def fused(
     constants: tuple[Hashable, ...] = (),
     *,
     eager: Callable[..., Any] | None = None,
+    numbers: tuple[int | float, ...] | None = None,
     numel: int | None = None,
     path: str = "auto",
     options: Mapping[str, Any] | None = None,
@@ -426,20 +517,41 @@ def fused(
     kernel (e.g. :data:`ONE_LOOP`), on top of :func:`cpu_options`. ``name`` names the
     compiled function (what dynamo's logs and a profiler show).
 
-    The compiled kernel is built once per (``fn``, ``constants``, options) and reused for
-    every shape; where building or running it fails, a warning names ``fn`` once and this
-    call and every later one with that key run eagerly. A "tensor" may be None (an optional
-    argument), and ``constants`` must be hashable.
+    ``numbers`` (ints and floats) are values the kernel reads at run time instead of having
+    them baked in: ``fn`` gets them as the keyword argument ``numbers``, a tuple. Eager, they
+    are the numbers themselves; compiled, 0-dim tensors (int32 for an int, float32 for a
+    float) built from scalar arguments of the kernel (:func:`_lifted`), so one kernel serves
+    every value: a format's parameters, where the kernel would otherwise be compiled once
+    per format. Each int must fit int32 and each float be exact in float32 (ValueError), so
+    both paths compute with the same values; ``fn`` must compute the same bits from either.
+
+    The compiled kernel is built once per (``fn``, ``constants``, options, the kinds of the
+    numbers) and reused for every shape; where building or running it fails, a warning names
+    ``fn`` once and this call and every later one with that key run eagerly. A "tensor" may
+    be None (an optional argument), and ``constants`` must be hashable.
     """
+    extra = {} if numbers is None else {"numbers": numbers}
     with without_function_modes():  # a kernel's math is never the model's call to intercept
         decision = _decide(tensors[0].numel() if numel is None else numel, path)
         if decision is False or (decision is None and not _COMPILED):
-            return (eager or fn)(*tensors, *constants)
+            return (eager or fn)(*tensors, *constants, **extra)
         frozen = tuple(sorted({**cpu_options(), **(options or {})}.items()))
-        key = (fn, constants, frozen)
+        kinds = words = baked = None
+        if numbers is not None:
+            kinds = _kinds(numbers)
+            words = _words(numbers, kinds)
+            if not RUNTIME_NUMBERS:
+                baked = (kinds, words, numbers)
+        # baked: keyed on the words (NaN != NaN would make a key never found again)
+        key = (
+            (fn, constants, frozen, kinds) if baked is None else (fn, constants, frozen, *baked[:2])
+        )
         if decision is None and key not in _COMPILED:
-            return (eager or fn)(*tensors, *constants)
-        return _compiled_or_eager(fn, tensors, constants, eager, frozen, key, name)
+            return (eager or fn)(*tensors, *constants, **extra)
+        lifted = () if words is None or baked is not None else _lifted(words)
+        return _compiled_or_eager(
+            fn, tensors, constants, eager, frozen, key, name, extra, baked, lifted
+        )
 
 
 def _compiled_or_eager(
@@ -450,10 +562,14 @@ def _compiled_or_eager(
     frozen: tuple[Any, ...],
     key: tuple[Any, ...],
     name: str | None,
+    extra: dict[str, Any],
+    baked: tuple[Any, ...] | None,
+    lifted: tuple[int, ...],
 ) -> Any:
     if key not in _FAILED:
         try:
-            return _compiled(fn, constants, frozen, name)(*tensors)
+            kinds = None if not extra else baked[0] if baked else key[-1]
+            return _compiled(fn, constants, frozen, name, kinds, baked)(*tensors, *lifted)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
             _FAILED.add(key)
             # inductor's errors start "backend='inductor' raised:", the cause on the next line
@@ -464,4 +580,4 @@ def _compiled_or_eager(
                 RuntimeWarning,
                 stacklevel=4,
             )
-    return (eager or fn)(*tensors, *constants)
+    return (eager or fn)(*tensors, *constants, **extra)

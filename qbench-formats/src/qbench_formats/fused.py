@@ -14,24 +14,64 @@ rounding that to an integer in float32 is exact, and so is multiplying back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from .bits import F32_BIAS, F32_FRACTION_BITS
+from .bits import F32_BIAS, F32_FRACTION_BITS, pow2_f32
+
+
+class RunTimeNumbers:
+    """A frozen dataclass whose fields named in ``NUMBERS`` are numbers a compiled kernel
+    reads at run time (:func:`qbench.kernels.fused`'s ``numbers``) rather than having them
+    baked in: the kernel is keyed on :meth:`without_numbers` (what decides its code), and
+    rebuilds the object inside it from the numbers (:meth:`with_numbers`), where they are
+    0-dim tensors. Code reading such an object must compute the same bits from Python
+    numbers and from 0-dim tensors: no Python branch on a number (a field of the structure
+    decides instead), and powers of two through :func:`pow2`."""
+
+    NUMBERS: ClassVar[tuple[str, ...]] = ()
+
+    def numbers(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.NUMBERS)
+
+    def without_numbers(self) -> Any:
+        return dataclasses.replace(self, **dict.fromkeys(self.NUMBERS))  # type: ignore[type-var]
+
+    def with_numbers(self, values: tuple[Any, ...]) -> Any:
+        return dataclasses.replace(self, **dict(zip(self.NUMBERS, values)))  # type: ignore[type-var]
+
+    def structure(self, overflow: str) -> Any:
+        """What a compiled kernel is keyed on for ``overflow``: :meth:`without_numbers`, with
+        any other field that cannot change the kernel's results made the same."""
+        return self.without_numbers()
 
 
 @dataclass(frozen=True)
-class Arith:
-    """The format facts the kernels need, as plain constants.
+class Arith(RunTimeNumbers):
+    """The format facts the kernels need, as plain numbers.
 
     Built outside any compiled region (format properties are Python computations dynamo
     would otherwise trace) by the format itself (``FloatFormat.arith()``,
-    ``IntFormat.arith()``; None where float32 arithmetic would not be exact); hashable, so it
-    keys the compiled-kernel cache.
+    ``IntFormat.arith()``; None where float32 arithmetic would not be exact); hashable. A
+    compiled kernel is keyed on its structure (the family, the special values, whether there
+    is a mantissa) and reads the numbers at run time, so one kernel serves fp8_e4m3,
+    fp8_e5m2 and fp6_e2m3 alike (:class:`RunTimeNumbers`).
     """
+
+    NUMBERS = (
+        "max_value",
+        "min_normal",
+        "emax",
+        "mantissa_bits",
+        "emin",
+        "bias",
+        "max_int",
+        "scale_exponent",
+    )
 
     family: str  # "float" | "int"
     max_value: float
@@ -43,6 +83,41 @@ class Arith:
     special: str = "none"
     max_int: int = 0
     scale_exponent: int = 0
+    #: no mantissa bits (powers of two: fp4_e3m0): rounded by a path of its own. Structure,
+    #: derived from ``mantissa_bits`` where that is a number.
+    no_mantissa: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.no_mantissa is None and isinstance(self.mantissa_bits, int):
+            object.__setattr__(self, "no_mantissa", self.mantissa_bits == 0)
+
+    def structure(self, overflow: str) -> Arith:
+        """Saturating, the special values play no part but fnuz's (no -0): fp8_e4m3 (fn),
+        fp8_e5m2 (ieee) and fp6 (none) share a kernel."""
+        stripped = self.without_numbers()
+        if overflow == "saturate" and self.special != "fnuz":
+            return dataclasses.replace(stripped, special="none")
+        return stripped
+
+    def numbers(self) -> tuple[Any, ...]:
+        # max_int is a float32 clamp bound wherever it is used (exact: at most 2^24)
+        values = super().numbers()
+        return (*values[:6], float(self.max_int), *values[7:])
+
+
+def pow2(exponent: Any) -> Any:
+    """2.0**exponent, exactly, for an int or (inside a kernel with run-time numbers) a 0-dim
+    int32 tensor (:func:`~qbench_formats.bits.pow2_f32`: [-149, 127])."""
+    if isinstance(exponent, int):
+        return 2.0**exponent
+    return pow2_f32(exponent)
+
+
+def _clamp_(t: torch.Tensor, low: Any, high: Any) -> torch.Tensor:
+    """``t.clamp_(low, high)`` for bounds that are numbers or 0-dim tensors, mixed."""
+    if isinstance(low, torch.Tensor) != isinstance(high, torch.Tensor):
+        return t.clamp_(min=low).clamp_(max=high)
+    return t.clamp_(low, high)
 
 
 def divide(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
@@ -113,7 +188,7 @@ def e8m0_scale(amax: torch.Tensor, emax: int) -> torch.Tensor:
     form (:func:`~qbench_formats.bits.floor_log2_f32`, :func:`~qbench_formats.bits.pow2_f32`)
     takes thirty, enough for inductor to keep the scale inside the block's loop instead of
     storing it and reading every block of x twice (measured: see benchmarks/README.md)."""
-    assert emax >= 0, emax
+    assert not isinstance(emax, int) or emax >= 0, emax
     field = (amax.view(torch.int32) >> F32_FRACTION_BITS) & 0xFF
     scale_field = torch.clamp(field - emax, 0, 2 * F32_BIAS)
     bits = torch.where(
@@ -155,12 +230,17 @@ def round_float(
     rounding: str,
     overflow: str,
     noise: torch.Tensor | None = None,
+    no_mantissa: bool | None = None,
 ) -> torch.Tensor:
-    """Round float32 ``v`` onto a binary float grid (see module docstring); new tensor."""
+    """Round float32 ``v`` onto a binary float grid (see module docstring); new tensor.
+    ``no_mantissa``: whether ``mantissa_bits`` is 0 (derived from it where it is an int; a
+    kernel with run-time numbers says)."""
+    if no_mantissa is None:
+        no_mantissa = mantissa_bits == 0
     a = v.abs()
     if overflow == "saturate":
         a.clamp_(max=max_value)  # max is on the grid, rounding is monotone
-    if mantissa_bits == 0 and rounding == "nearest_even" and overflow == "saturate":
+    if no_mantissa and rounding == "nearest_even" and overflow == "saturate":
         return _round_no_mantissa_even(a, v, emin=emin, bias=bias, special=special)
     # quantum = 2^(e - m), the grid spacing at |v|, built from the exponent field of |v|
     # with e clamped to the format's normal range below. The upper clamp (2^126) keeps both
@@ -168,11 +248,11 @@ def round_float(
     # supported format's max, still rounds past max and so meets the overflow rule below.
     # inf stays inf, NaN stays NaN.
     quantum_bits = a.view(torch.int32).bitwise_and(0x7F800000)
-    if mantissa_bits:
+    if not no_mantissa:
         quantum_bits.sub_(mantissa_bits << F32_FRACTION_BITS)
     low = (emin - mantissa_bits + F32_BIAS) << F32_FRACTION_BITS
-    quantum_bits.clamp_(low, (126 + F32_BIAS) << F32_FRACTION_BITS)
-    if mantissa_bits == 0 and rounding == "nearest_even":
+    _clamp_(quantum_bits, low, (126 + F32_BIAS) << F32_FRACTION_BITS)
+    if no_mantissa and rounding == "nearest_even":
         # Ties to the even *code*: with no mantissa the code is the exponent field, so a tie
         # 1.5 * 2^e goes to 2^e when e + bias is even (fp4_e3m0: 3 -> 2, 6 -> 8).
         field_lsb = 1 << F32_FRACTION_BITS  # (e + bias) even <=> (field + bias - 127) even
@@ -183,7 +263,7 @@ def round_float(
     inverse_quantum = ((2 * F32_BIAS) << F32_FRACTION_BITS) - quantum_bits
     quantum = quantum_bits.view(torch.float32)
     a.mul_(inverse_quantum.view(torch.float32))  # exact: scaling by a power of two
-    if mantissa_bits == 0 and rounding == "nearest_even":
+    if no_mantissa and rounding == "nearest_even":
         # rint(1.5) = 2; subtracting 1 at the ties that keep the lower code gives 1.
         keep_lower = ((a == 1.5) & even_field).to(torch.float32)
         a = torch.round(a) - keep_lower
@@ -222,8 +302,8 @@ def _round_no_mantissa_even(
     bits = a.view(torch.int32)
     odd_lower = ((bits >> F32_FRACTION_BITS) + ((bias - F32_BIAS) & 1)) & 1
     rounded = ((bits + (0x3FFFFF + odd_lower)) & 0x7F800000).view(torch.float32)
-    min_normal = 2.0**emin
-    small = torch.round(a * 2.0**-emin) * min_normal
+    min_normal = pow2(emin)
+    small = torch.round(a * pow2(-emin)) * min_normal
     out = torch.where(a < min_normal, small, rounded)
     out = torch.where(torch.isnan(a), a, out)
     out = copysign(out, v)
@@ -240,15 +320,18 @@ def round_int(
     rounding: str,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Round float32 ``v`` onto k * 2^scale_exponent, |k| <= max_int (always saturating)."""
-    k = v * 2.0**-scale_exponent if scale_exponent else v.clone()
+    """Round float32 ``v`` onto k * 2^scale_exponent, |k| <= max_int (always saturating).
+    A run-time ``scale_exponent`` (a 0-dim tensor) is applied even where it is 0: scaling by
+    2^0 is exact."""
+    scaled = not isinstance(scale_exponent, int) or scale_exponent != 0
+    k = v * pow2(-scale_exponent) if scaled else v.clone()
     k.clamp_(-max_int, max_int)
     if rounding in ("nearest_even", "toward_zero"):
         k = _round_magnitude_(k, rounding, None)  # both are symmetric about zero
     else:
         k = copysign(_round_magnitude_(k.abs(), rounding, noise), k)
-    if scale_exponent:
-        k.mul_(2.0**scale_exponent)
+    if scaled:
+        k.mul_(pow2(scale_exponent))
     return k.add_(0.0)  # no -0 code in two's complement
 
 
@@ -274,6 +357,7 @@ def round_values(
             rounding=rounding,
             overflow=overflow,
             noise=noise,
+            no_mantissa=arith.no_mantissa,
         )
     return round_int(
         v,
@@ -411,23 +495,91 @@ def _encode_by_cast(fmt: Any, values: torch.Tensor, dtype: torch.dtype) -> torch
     return codes
 
 
+@dataclass(frozen=True)
+class Encoding(RunTimeNumbers):
+    """How :func:`encode_bit_fields` turns a float32 value on a format's grid into its code:
+    numbers derived from the format's fields once (a compiled kernel reads them at run time,
+    :class:`RunTimeNumbers`), and which special values it has."""
+
+    NUMBERS = (
+        "shift",
+        "rebias",
+        "min_normal_bits",
+        "subnormal_scale",
+        "inf_code",
+        "sign_code",
+        "nan_code",
+    )
+
+    #: 23 - m: a float32 magnitude's bits shifted right by it are (its exponent field << m)
+    #: | its top m fraction bits
+    shift: int
+    #: (bias - 127) << m: added to those, the float32 exponent field becomes the format's
+    rebias: int
+    #: the bits of 2^emin: a smaller magnitude is a subnormal of the format
+    min_normal_bits: int
+    #: 2^(m - emin): a subnormal value times it is its code (exact)
+    subnormal_scale: float
+    inf_code: int  # the exponent field all ones, mantissa 0
+    sign_code: int  # the sign bit: 1 << (exponent bits + m)
+    nan_code: int
+    has_inf: bool
+    has_negative_zero: bool
+
+    def structure(self, overflow: str) -> Encoding:
+        """Every format with a -0 (all but fnuz) takes the ±inf branch: values on a grid
+        without infinities are never inf, so it changes no code, and fp8_e4m3 and fp8_e5m2
+        share a kernel at the cost of one compare and select an element."""
+        stripped = self.without_numbers()
+        return dataclasses.replace(stripped, has_inf=True) if self.has_negative_zero else stripped
+
+    @classmethod
+    def of(cls, fmt: Any) -> Encoding:
+        m = int(fmt.mantissa_bits)
+        return cls(
+            shift=F32_FRACTION_BITS - m,
+            rebias=(int(fmt.bias) - F32_BIAS) << m,
+            min_normal_bits=(int(fmt.emin) + F32_BIAS) << F32_FRACTION_BITS,
+            subnormal_scale=2.0 ** (m - int(fmt.emin)),
+            inf_code=int(fmt.exponent_all_ones) << m,
+            sign_code=1 << (int(fmt.exponent_bits) + m),
+            nan_code=int(fmt.nan_code),
+            has_inf=bool(fmt.has_inf),
+            has_negative_zero=bool(fmt.has_negative_zero),
+        )
+
+
+def encoding(fmt: Any) -> Encoding:
+    """``fmt``'s :class:`Encoding` (``fmt`` itself if it is one), built once per format."""
+    if isinstance(fmt, Encoding):
+        return fmt
+    entry = _ENCODINGS.get(id(fmt))
+    if entry is None or entry[0] is not fmt:
+        entry = _ENCODINGS[id(fmt)] = (fmt, Encoding.of(fmt))
+    return entry[1]
+
+
+_ENCODINGS: dict[int, tuple[Any, Encoding]] = {}
+
+#: float32 +inf's bits: a larger magnitude is a NaN
+_F32_INF_BITS = 0x7F800000
+
+
 def encode_bit_fields(fmt: Any, values: torch.Tensor) -> torch.Tensor:
-    """:func:`encode_grid_bits` from the float32 bit fields, for every format it serves."""
-    m = fmt.mantissa_bits
-    bits = values.contiguous().view(torch.int32)
+    """:func:`encode_grid_bits` from the float32 bit fields, for every format it serves
+    (``fmt``: the format, or its :class:`Encoding`): integer ops on the bits throughout, the
+    subnormals as an exact multiple of the subnormal quantum."""
+    enc = encoding(fmt)
+    bits = values.view(torch.int32)  # same size: any strides, and the result keeps them
     magnitude = bits & 0x7FFFFFFF
-    exponent = (magnitude >> F32_FRACTION_BITS) - F32_BIAS
-    normal = exponent >= fmt.emin
-    field = exponent + fmt.bias
-    mantissa = (magnitude >> (F32_FRACTION_BITS - m)) & ((1 << m) - 1)
-    normal_code = (field << m) | mantissa
+    normal_code = (magnitude >> enc.shift) + enc.rebias
     # below min_normal the value is k * 2^(emin - m), k < 2^m, exact in float32
-    subnormal_code = (values.abs() * (2.0 ** (m - fmt.emin))).to(torch.int32)
-    code = torch.where(normal, normal_code, subnormal_code)
-    if fmt.has_inf:
-        code = torch.where(torch.isinf(values), fmt.exponent_all_ones << m, code)
+    subnormal_code = (values.abs() * enc.subnormal_scale).to(torch.int32)
+    code = torch.where(magnitude >= enc.min_normal_bits, normal_code, subnormal_code)
+    if enc.has_inf:
+        code = torch.where(magnitude == _F32_INF_BITS, enc.inf_code, code)
     negative = bits < 0
-    if not fmt.has_negative_zero:
+    if not enc.has_negative_zero:
         negative = negative & (magnitude != 0)
-    code = code | (negative.to(torch.int32) << (fmt.exponent_bits + m))
-    return torch.where(torch.isnan(values), fmt.nan_code, code)
+    code = torch.where(negative, code | enc.sign_code, code)
+    return torch.where(magnitude > _F32_INF_BITS, enc.nan_code, code)

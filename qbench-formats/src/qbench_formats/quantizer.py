@@ -6,8 +6,9 @@ One algorithm, three ways to run it, all giving the same bits:
 * ``eager``: the float32 bit arithmetic of :mod:`.fused`, op by op (cheap per call, used for
   small tensors such as per-layer activations);
 * ``compiled``: the same function through ``torch.compile(dynamic=True)``: one fused loop
-  per format/scaling, not one compile per shape (with a second-level scale, three kernels:
-  amax, scales, elements; see :func:`split_scales`).
+  per kind of format and scaling, not one compile per shape or per format (the format's
+  numbers are read at run time, :func:`kernel_plan`; with a second-level scale, three
+  kernels: amax, scales, elements; see :func:`split_scales`).
 
 Scales (``Scaling.scale_format``):
 
@@ -37,6 +38,7 @@ the scaled tensor, eagerly (:func:`own_round_kernel`); their codes come from the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,16 +244,67 @@ class Plan:
     element_facts: Any = None  # _Facts: max_value and emax as plain numbers
     own_round: bool = False  # the element rounds itself (generic path, eager only)
     whole_tensor: bool = False  # one group: the whole tensor (mode "tensor")
+    encoding: fused.Encoding | None = None  # the element's bit fields, where it encodes from them
 
 
 @dataclass(frozen=True)
-class _Facts:
+class _Facts(fused.RunTimeNumbers):
+    NUMBERS = ("max_value", "emax")
+
     max_value: float
     emax: int
+    #: emax >= 0: E8M0 scales by :func:`fused.e8m0_scale`. Structure, derived from emax.
+    nonnegative_emax: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.nonnegative_emax is None and isinstance(self.emax, int):
+            object.__setattr__(self, "nonnegative_emax", self.emax >= 0)
 
 
 def _facts(element: Any) -> _Facts:
     return _Facts(float(element.max_value), emax_of(element))
+
+
+#: The parts of a :class:`Plan` whose numbers a compiled kernel reads at run time.
+_NUMBERED = ("element_arith", "scale_arith", "element_facts", "encoding")
+
+
+@functools.lru_cache(maxsize=256)
+def kernel_plan(plan: Plan) -> tuple[Plan, tuple[int | float, ...]]:
+    """(the plan a compiled kernel is built for, the numbers it reads at run time).
+
+    The first has no format objects and no format numbers: only what decides the kernel's
+    code (the families, special values where they matter, scaling, rounding, what it
+    returns; :meth:`fused.RunTimeNumbers.structure`). The numbers
+    (each format's max, exponents, bias, codes) reach the kernel as
+    :func:`qbench.kernels.fused`'s ``numbers``, and :func:`bound` puts them back inside it.
+    So one compiled kernel serves every float format with a mantissa (fp8, fp6, fp4_e2m1)
+    under one scaling, and a sweep over formats compiles once; measured: see
+    benchmarks/README.md."""
+    numbers: list[int | float] = []
+    parts = {}
+    for name in _NUMBERED:
+        part = getattr(plan, name)
+        if part is not None:
+            numbers.extend(part.numbers())
+            # the scale format is always rounded saturating
+            parts[name] = part.structure("saturate" if name == "scale_arith" else plan.overflow)
+    return dataclasses.replace(plan, element=None, scale_format=None, **parts), tuple(numbers)
+
+
+def bound(plan: Plan, numbers: tuple[Any, ...] | None) -> Plan:
+    """``plan`` (a :func:`kernel_plan`) with its numbers back (0-dim tensors inside a
+    compiled kernel); ``plan`` itself for None (a plan that has its numbers)."""
+    if numbers is None:
+        return plan
+    parts, at = {}, 0
+    for name in _NUMBERED:
+        part = getattr(plan, name)
+        if part is not None:
+            count = len(part.NUMBERS)
+            parts[name] = part.with_numbers(numbers[at : at + count])
+            at += count
+    return dataclasses.replace(plan, **parts)
 
 
 # --- layout ------------------------------------------------------------------------------
@@ -423,12 +476,18 @@ def _scales(
 
 
 def fused_scales(
-    amax: torch.Tensor, plan: Plan, tensor_amax: torch.Tensor | None = None
+    amax: torch.Tensor,
+    plan: Plan,
+    tensor_amax: torch.Tensor | None = None,
+    *,
+    numbers: tuple[Any, ...] | None = None,
 ) -> tuple[Any, ...]:
     """The fast twin's scales from the groups' amax: (effective scale, block part, tensor
     part), the two parts only where the caller asked for codes (else None, so that a
-    compiled kernel need not store them)."""
-    if plan.scale_kind == "e8m0" and plan.element_facts.emax >= 0:
+    compiled kernel need not store them). ``numbers``: a compiled kernel's (:func:`bound`),
+    here and in every kernel function below."""
+    plan = bound(plan, numbers)
+    if plan.scale_kind == "e8m0" and plan.element_facts.nonnegative_emax:
         scale = block = fused.e8m0_scale(amax, plan.element_facts.emax)
         tensor_scale = None
     else:
@@ -451,19 +510,22 @@ def fused_elements(
     block: torch.Tensor | None,
     tensor_scale: torch.Tensor | None,
     plan: Plan,
+    *,
+    numbers: tuple[Any, ...] | None = None,
 ) -> tuple[Any, ...]:
     """The fast twin's element rounding of ``xg / scale`` and the multiplication back
     (``plan`` last: :func:`qbench.kernels.fused` appends the constants to the tensors)."""
+    plan = bound(plan, numbers)
     elements = round_elements(xg, noise, scale, plan)
     if plan.want_elements:
         dequantized = elements * scale
-        if torch.compiler.is_compiling() and encodes_from_bits(plan.element):
+        if torch.compiler.is_compiling() and plan.encoding is not None:
             # Compiled: the int32 codes come out of the same loop, instead of a float32 copy
             # of the elements stored here and read back by a second kernel (encode_codes).
             # The eager twin keeps the elements (element.encode_grid encodes them).
             return (
                 dequantized,
-                fused.encode_grid_bits(plan.element, elements),
+                fused.encode_bit_fields(plan.encoding, elements),
                 scale,
                 block,
                 tensor_scale,
@@ -484,14 +546,24 @@ def round_elements(
     return round_reference(plan.element, scaled, plan.rounding, plan.overflow, noise)
 
 
-def amax_scales(xg: torch.Tensor, plan: Plan) -> tuple[Any, ...]:
+def amax_scales(
+    xg: torch.Tensor, plan: Plan, *, numbers: tuple[Any, ...] | None = None
+) -> tuple[Any, ...]:
     """The groups' scales from ``xg`` (:func:`group_amax` then :func:`fused_scales`): the
     first kernel of a large whole-tensor plan (:func:`split_tensor_scale`)."""
+    plan = bound(plan, numbers)
     return fused_scales(group_amax(xg, plan), plan)
 
 
-def fused_kernel(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
+def fused_kernel(
+    xg: torch.Tensor,
+    noise: torch.Tensor | None,
+    plan: Plan,
+    *,
+    numbers: tuple[Any, ...] | None = None,
+) -> tuple[Any, ...]:
     """The fast twin (eager or compiled): float32 bit arithmetic throughout."""
+    plan = bound(plan, numbers)
     return fused_elements(xg, noise, *fused_scales(group_amax(xg, plan), plan), plan)
 
 
@@ -611,36 +683,43 @@ def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]
     :data:`SCALES_ONE_THREAD_BELOW` of them, where its loops cost less than a barrier on a
     loaded box; NVFP4's blocks of 16 make a 4096x4096 tensor a million of them, 2.7 ms on
     one thread of a 2-core x86 VM and 1.75 ms on two."""
+    key, numbers = kernel_plan(plan)
     if split_tensor_scale(plan):
 
         def tensor_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
             if xg.numel() < SPLIT_TENSOR_MIN_NUMEL:
-                return _whole_compiled(xg, noise, plan)
+                return _whole_compiled(xg, noise, key, numbers)
             scales = kernels.fused(
-                amax_scales, (xg,), (plan,), path="compiled", name="tensor_scale_kernel"
+                amax_scales,
+                (xg,),
+                (key,),
+                numbers=numbers,
+                path="compiled",
+                name="tensor_scale_kernel",
             )
-            return _elements_compiled(xg, noise, scales, plan)
+            return _elements_compiled(xg, noise, scales, key, numbers)
 
         return tensor_kernel
     if not split_scales(plan):
 
         def whole_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
-            return _whole_compiled(xg, noise, plan)
+            return _whole_compiled(xg, noise, key, numbers)
 
         return whole_kernel
     one_thread = {"cpp.threads": 1} if kernels.cpu_options() else None
 
     def split_kernel(xg: torch.Tensor, noise: torch.Tensor | None) -> tuple[Any, ...]:
-        amax = compiled_group_amax(xg, plan)
+        amax = compiled_group_amax(xg, key)
         scales = kernels.fused(
             fused_scales,
             (amax,),
-            (plan,),
+            (key,),
+            numbers=numbers,
             path="compiled",
             options=one_thread if amax.numel() < SCALES_ONE_THREAD_BELOW else None,
             name="scales_kernel",
         )
-        return _elements_compiled(xg, noise, scales, plan)
+        return _elements_compiled(xg, noise, scales, key, numbers)
 
     return split_kernel
 
@@ -665,19 +744,35 @@ def compiled_group_amax(xg: torch.Tensor, plan: Plan) -> torch.Tensor:
     return kernels.fused(group_amax, (xg,), (plan,), path="compiled", name="amax_kernel")
 
 
-def _whole_compiled(xg: torch.Tensor, noise: torch.Tensor | None, plan: Plan) -> tuple[Any, ...]:
-    """:func:`fused_kernel` as one compiled kernel."""
+def _whole_compiled(
+    xg: torch.Tensor, noise: torch.Tensor | None, key: Plan, numbers: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """:func:`fused_kernel` as one compiled kernel (``key``, ``numbers``: :func:`kernel_plan`)."""
     return kernels.fused(
-        fused_kernel, (xg, noise), (plan,), path="compiled", name="quantize_kernel"
+        fused_kernel,
+        (xg, noise),
+        (key,),
+        numbers=numbers,
+        path="compiled",
+        name="quantize_kernel",
     )
 
 
 def _elements_compiled(
-    xg: torch.Tensor, noise: torch.Tensor | None, scales: tuple[Any, ...], plan: Plan
+    xg: torch.Tensor,
+    noise: torch.Tensor | None,
+    scales: tuple[Any, ...],
+    key: Plan,
+    numbers: tuple[Any, ...],
 ) -> tuple[Any, ...]:
     """:func:`fused_elements` as one compiled kernel, from scales computed before."""
     return kernels.fused(
-        fused_elements, (xg, noise, *scales), (plan,), path="compiled", name="elements_kernel"
+        fused_elements,
+        (xg, noise, *scales),
+        (key,),
+        numbers=numbers,
+        path="compiled",
+        name="elements_kernel",
     )
 
 
@@ -691,18 +786,23 @@ def encode_codes(element: Any, elements: torch.Tensor, path: str = "auto") -> to
         return encode_on_grid(element, elements)
     if elements.dtype == torch.float32 and encodes_from_bits(element):
         kernel_path = path if path in ("auto", "compiled") else "eager"
+        encoding = fused.encoding(element)
         return kernels.fused(
-            _encode_bits, (elements,), (element,), eager=_encode_grid, path=kernel_path
+            _encode_bits,
+            (elements,),
+            (encoding.structure("saturate"),),
+            numbers=encoding.numbers(),
+            eager=lambda values, _, numbers: element.encode_grid(values),
+            path=kernel_path,
         )
     return element.encode_grid(elements)
 
 
-def _encode_bits(values: torch.Tensor, element: Any) -> torch.Tensor:
-    return fused.encode_grid_bits(element, values)
-
-
-def _encode_grid(values: torch.Tensor, element: Any) -> torch.Tensor:
-    return element.encode_grid(values)
+def _encode_bits(
+    values: torch.Tensor, encoding: fused.Encoding, *, numbers: tuple[Any, ...]
+) -> torch.Tensor:
+    """The compiled encoder (its eager twin is the format's own ``encode_grid``)."""
+    return fused.encode_bit_fields(encoding.with_numbers(numbers), values)
 
 
 def compilable(plan: Plan) -> bool:
@@ -782,6 +882,7 @@ def quantize(
         scale_arith=None if scale_format is None else arith_of(scale_format),
         scale_format=scale_format,
         element_facts=_facts(element),
+        encoding=fused.encoding(element) if encodes_from_bits(element) else None,
         second_level=second_level,
         rounding=spec.rounding,
         overflow=spec.overflow,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import quantize, spec
+from eval_helpers import kernels_on, quantize, spec
 from qbench.errors import QBenchError
 from qbench.types import BatchOutputs, QuantResult
 from qbench_eval.compliance import ComplianceMetric, load_config
@@ -374,12 +374,49 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
         fused(
             _audit_rows,
             (codes, dequantized, scales, values, legal),
-            (table.offset, values.numel() - 1, 0),
+            (0,),
+            numbers=(table.offset, values.numel() - 1),
         )
     )
     assert by_bits.tolist() == by_table.tolist()
     illegal, mismatched, _, _ = by_table.tolist()
     assert illegal >= 3 * 3 * 2 and mismatched >= 5  # both checks really counted something
+
+
+def test_the_audit_kernel_reads_a_formats_numbers_at_run_time(monkeypatch) -> None:
+    """One compiled audit kernel serves every bit-field format with the same kinds of
+    special codes (fp6_e2m3, fp6_e3m2, fp4_e2m1, fp4_e3m0: none), and one every code-table
+    format (int8, int4): their fields, special codes and table bounds are read at run time.
+    Each format's counts equal the eager count's, tampered values and illegal codes
+    included, whichever format compiled the kernel."""
+    import qbench
+    import qbench.kernels
+    from qbench_eval.compliance.counting import _audit_rows, _audit_rows_bits
+
+    monkeypatch.setattr(qbench.kernels, "_COMPILED", {})
+    metric = _metric()
+    groups = [["fp6_e2m3", "fp4_e3m0", "fp6_e3m2", "fp4_e2m1"], ["int8", "int4"]]
+    for names in groups:
+        for name in names:
+            element = qbench.get_format(name)
+            span = 2**element.bits
+            # the same shape for every format: rows of 6000 codes, every code in each
+            row = torch.arange(-span - 3, span + 3, dtype=torch.int32).repeat(600)[:6000]
+            codes = row.repeat(3, 1)
+            table = metric._table(name, element, codes)
+            scales = torch.tensor([[0.5], [3.0], [2.0**-20]])
+            decoded, _ = table.lookup(codes)
+            dequantized = decoded * scales
+            dequantized[0, span + 3 : 2 * span + 3 : 3] += 1.0  # tampered values
+            with kernels_on("compiled"):
+                compiled = table.counts(codes, dequantized, scales)
+            with kernels_on("eager"):
+                eager = table.counts(codes, dequantized, scales)
+            assert compiled.tolist() == eager.tolist(), name
+            assert min(compiled.tolist()[:2]) > 0, name  # illegal codes and mismatches seen
+    audit = [key for key in qbench.kernels._COMPILED if key[0] in (_audit_rows, _audit_rows_bits)]
+    assert sorted(key[0].__name__ for key in audit) == ["_audit_rows", "_audit_rows_bits"]
+    assert not qbench.kernels._FAILED
 
 
 @pytest.mark.parametrize(

@@ -144,15 +144,49 @@ def _decode_bits(
     field 0) is its mantissa times 2^(1 - bias - mantissa_bits), exact. No float32 subnormal
     is ever formed, so flush-to-zero settings cannot change a value.
     """
+    fields = decode_numbers(bits, exponent_bits, mantissa_bits, bias)
+    return _decode(codes, fields, specials)
+
+
+def decode_numbers(bits: int, exponent_bits: int, mantissa_bits: int, bias: int) -> tuple:
+    """What :func:`_decode` reads of a format (each derived once here, so that a compiled
+    kernel reading them at run time does no arithmetic on them per element): the code mask,
+    the sign bit, the magnitude mask, the bias change (127 - bias) << m, the shift 23 - m
+    into float32's fields, the smallest normal code 2^m and the subnormal step
+    2^(1 - bias - m) (a float)."""
+    del exponent_bits  # the sign bit's place says it: 1 + exponent bits + m == bits
+    sign_bit = 1 << (bits - 1)
+    return (
+        (1 << bits) - 1,
+        sign_bit,
+        sign_bit - 1,
+        (127 - bias) << mantissa_bits,
+        23 - mantissa_bits,
+        1 << mantissa_bits,
+        2.0 ** (1 - bias - mantissa_bits),
+    )
+
+
+#: float32's sign bit as an int32
+_SIGN = -(1 << 31)
+
+
+def _decode(
+    codes: torch.Tensor, fields: tuple[Any, ...], specials: tuple[tuple[Any, int], ...]
+) -> torch.Tensor:
+    """:func:`_decode_bits` from :func:`decode_numbers`: ints, or inside a compiled kernel
+    0-dim tensors read at run time (one kernel for every such format,
+    :func:`_audit_rows_bits`); the same bits either way."""
+    code_mask, sign_bit, magnitude_mask, rebias, shift, min_normal_code, step = fields
     wide = codes.to(torch.int32)
-    c = wide & ((1 << bits) - 1)
-    sign = c >> (bits - 1)
-    magnitude = c & ((1 << (bits - 1)) - 1)
-    rebias = (127 - bias) << mantissa_bits
-    normal = ((sign << 31) | ((magnitude + rebias) << (23 - mantissa_bits))).view(torch.float32)
-    subnormal = magnitude.to(torch.float32) * (2.0 ** (1 - bias - mantissa_bits))
-    subnormal = torch.where(sign == 1, -subnormal, subnormal)
-    value = torch.where((magnitude >> mantissa_bits) == 0, subnormal, normal)
+    c = wide & code_mask
+    negative = c >= sign_bit
+    magnitude = c & magnitude_mask
+    normal = (magnitude + rebias) << shift
+    normal = torch.where(negative, normal | _SIGN, normal).view(torch.float32)
+    subnormal = magnitude.to(torch.float32) * step
+    subnormal = torch.where(negative, -subnormal, subnormal)
+    value = torch.where(magnitude < min_normal_code, subnormal, normal)
     for code, kind in specials:
         value = torch.where(c == code, math.inf * kind if kind else math.nan, value)
     return torch.where(c == wide, value, math.nan)
@@ -162,14 +196,20 @@ def _audit_rows_bits(
     codes: torch.Tensor,
     dequantized: torch.Tensor,
     scales: torch.Tensor,
-    *fields: Any,
+    kinds: tuple[int, ...],
+    row_dims: int,
+    *,
+    numbers: tuple[Any, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_audit_rows` with the codes decoded from their bit fields (_BitFields)."""
-    bits, negative_legal, row_dims = fields[0], fields[-2], fields[-1]
-    span = 1 << bits
+    """:func:`_audit_rows` with the codes decoded from their bit fields (_BitFields):
+    ``numbers`` are (the lowest and one past the highest legal code, :func:`decode_numbers`,
+    one code per special value), ``kinds`` what each special code is (0 NaN, +1 +inf, -1
+    -inf)."""
+    low, high = numbers[0], numbers[1]
     wide = widened(codes)
-    illegal = ((wide < (-span if negative_legal else 0)) | (wide >= span)) & (scales == scales)
-    reconstructed = _decode_bits(codes, *fields[:-2]) * scales
+    illegal = ((wide < low) | (wide >= high)) & (scales == scales)
+    specials = tuple(zip(numbers[9:], kinds))
+    reconstructed = _decode(codes, numbers[2:9], specials) * scales
     return (
         _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
         _tally(*_nonfinite(dequantized, scales), row_dims),
@@ -273,15 +313,17 @@ def _audit_rows(
     scales: torch.Tensor,
     values: torch.Tensor,
     legal: torch.Tensor,
-    offset: int,
-    last: int,
     row_dims: int,
+    *,
+    numbers: tuple[Any, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How many codes are illegal (a code under a NaN scale is NaN whatever it is: never
     illegal), and how many ``decode(code) * scale`` differ from the dequantized value the
     layer used (NaN matching NaN); then how many values the layer used are NaN and how many
-    ±inf: each pair per row packed, or as two int64 totals (:func:`_tally`)."""
-    index = (codes.to(torch.int64) + offset).clamp(0, last)
+    ±inf: each pair per row packed, or as two int64 totals (:func:`_tally`). ``numbers``:
+    the table's (offset, last slot) (:class:`~.tables._CodeTable`)."""
+    offset, last = numbers
+    index = (codes.to(torch.int64) + offset).clamp(min=0).clamp(max=last)
     reconstructed = values[index] * scales
     illegal = ~legal[index] & (scales == scales)
     return (

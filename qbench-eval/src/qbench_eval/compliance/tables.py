@@ -31,6 +31,7 @@ from .counting import (
     _nonfinite,
     _row_dims,
     _rows,
+    decode_numbers,
     widened,
 )
 
@@ -129,6 +130,20 @@ class _BitFields:
     def key(self) -> tuple[Any, ...]:
         return (self.bits, self.exponent_bits, self.mantissa_bits, self.bias, self.specials)
 
+    @property
+    def numbers(self) -> tuple[int | float, ...]:
+        """What the audit's compiled kernel reads at run time (:func:`_audit_rows_bits`): the
+        legal codes' bounds, the decoding's numbers, the special codes. Its only constant is
+        :attr:`kinds`, so one kernel serves every format of the same special kinds."""
+        span = 1 << self.bits
+        fields = decode_numbers(self.bits, self.exponent_bits, self.mantissa_bits, self.bias)
+        low = -span if self.negative_legal else 0
+        return (low, span, *fields, *(code for code, _ in self.specials))
+
+    @property
+    def kinds(self) -> tuple[int, ...]:
+        return tuple(kind for _, kind in self.specials)
+
     @classmethod
     def matching(
         cls, element: Any, codes: torch.Tensor, values: torch.Tensor, legal: torch.Tensor
@@ -216,19 +231,27 @@ class _CodeTable:
         if sliced:
             parts = [self._mask_counts(*t) for t in _slices((codes, dequantized, scales))]
             return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+        # The format's numbers are read at run time: one compiled kernel per kind of format.
         if self.bit_fields is not None:  # decoded by arithmetic: vectorizes, a gather does not
             fn: Any = _audit_rows_bits
-            constants: tuple[Any, ...] = (*self.bit_fields.key, self.bit_fields.negative_legal)
+            fields = self.bit_fields
+            constants: tuple[Any, ...] = (fields.kinds,)
+            numbers = fields.numbers
             extra: tuple[torch.Tensor, ...] = ()
         else:
             values, legal = self._on(codes.device)
-            fn, constants, extra = _audit_rows, (self.offset, values.numel() - 1), (values, legal)
+            fn, constants, extra = _audit_rows, (), (values, legal)
+            numbers = (self.offset, values.numel() - 1)
         views = _rows(codes, dequantized, scales)
         if views is None:  # a row too long to pack two counts in an int32: int64 totals
             tensors = (codes, dequantized, scales, *extra)
-            return torch.cat(fused(fn, tensors, (*constants, 0), options=ONE_LOOP))
+            return torch.cat(fused(fn, tensors, (*constants, 0), numbers=numbers, options=ONE_LOOP))
         checks, nonfinite = fused(
-            fn, (*views, *extra), (*constants, _row_dims(views[0])), options=ONE_LOOP
+            fn,
+            (*views, *extra),
+            (*constants, _row_dims(views[0])),
+            numbers=numbers,
+            options=ONE_LOOP,
         )
         return torch.stack(
             [

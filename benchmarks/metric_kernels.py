@@ -16,6 +16,8 @@ process, interleaved run by run (medians):
   little; inside a run, where the model's own data flows through that cache between the
   quantizer's write and the audit, it cost resnet18's run 0.4-0.5 of the plain loop's time
   (``run_overhead.py``, A/B in benchmarks/README.md);
+* ``audit, numbers baked in``: the audit's kernel with the format's numbers as constants
+  (``QBENCH_RUNTIME_NUMBERS=0``, one kernel per format) instead of read at run time;
 * ``pair sums + stats``: the layer-wise sums of a pair of outputs in float64 and the
   quantized one's input statistics, in one loop.
 
@@ -91,6 +93,13 @@ def main() -> None:
     def audit() -> Any:
         return table.counts(*part)
 
+    def baked() -> Any:
+        qbench.kernels.RUNTIME_NUMBERS = False
+        try:
+            return table.counts(*part)
+        finally:
+            qbench.kernels.RUNTIME_NUMBERS = True
+
     def apart() -> Any:
         return fused(_audit_apart, views, constants, options=ONE_LOOP, path="compiled")
 
@@ -107,12 +116,14 @@ def main() -> None:
     checks, nonfinite = apart()
     before = [int((checks & counting._LOW_MASK).sum()), int((checks >> 16).sum())]
     before += [int((nonfinite & counting._LOW_MASK).sum()), int((nonfinite >> 16).sum())]
-    if audit().tolist() != before:
-        raise SystemExit(f"counts differ: {audit().tolist()} against {before}")
+    for fn in (audit, baked):
+        if fn().tolist() != before:
+            raise SystemExit(f"counts differ: {fn().tolist()} against {before}")
     fns: dict[str, Callable[[], Any]] = {
         "clone": x.clone,
         "floor (codes + values)": floor_audit,
         "audit": audit,
+        "audit, numbers baked in": baked,
         "audit, NaN/inf apart": apart,
         "floor (two outputs)": floor_pair,
         "pair sums + stats": pair,
@@ -134,6 +145,7 @@ def main() -> None:
     )
     floors = {
         "audit": "floor (codes + values)",
+        "audit, numbers baked in": "floor (codes + values)",
         "audit, NaN/inf apart": "floor (codes + values)",
         "pair sums + stats": "floor (two outputs)",
     }

@@ -127,6 +127,8 @@ def test_numbers_are_passed_exactly_or_refused() -> None:
         kernels.fused(
             _affine, (torch.ones(3),), (False,), numbers=(0.1, 0.0, 0, 0.0), path="compiled"
         )
+    with pytest.raises(ValueError, match="not exact in float32"):
+        kernels._words((1e39,), "f")  # beyond float32's range
     with pytest.raises(ValueError, match="beyond int32"):
         kernels.fused(
             _affine, (torch.ones(3),), (False,), numbers=(1.0, 0.0, 1 << 31, 0.0), path="compiled"

@@ -336,7 +336,10 @@ def _words(numbers: tuple[int | float, ...], kinds: str) -> tuple[int, ...]:
                 raise ValueError(f"a kernel's int number {number} is beyond int32")
             words.append(int(number))
             continue
-        (word,) = struct.unpack("<i", struct.pack("<f", number))
+        try:
+            (word,) = struct.unpack("<i", struct.pack("<f", number))
+        except OverflowError:  # beyond float32's range: not exact either
+            word = 0
         (back,) = struct.unpack("<f", struct.pack("<i", word))
         if back != number and number == number:  # NaN keeps its quiet pattern
             raise ValueError(f"a kernel's float number {number!r} is not exact in float32")

@@ -296,7 +296,8 @@ def _compiled(
             namespace["UNPACK"], namespace["COUNT"] = _unlifted, len(kinds)
             source = (
                 f"def {name}(*args):\n"
-                "    return FN(*args[:-COUNT], *CONSTANTS, numbers=UNPACK(args[-COUNT:], KINDS))\n"
+                "    numbers = UNPACK(args[-COUNT:], KINDS, args[0].device)\n"
+                "    return FN(*args[:-COUNT], *CONSTANTS, numbers=numbers)\n"
             )
         exec(compile(source, __file__, "exec"), namespace)
         _persist_compiled()
@@ -364,14 +365,15 @@ def _lifted(words: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(word + (i + 1) * _LIFT for i, word in enumerate(words))
 
 
-def _unlifted(args: tuple[Any, ...], kinds: str) -> tuple[Any, ...]:
+def _unlifted(args: tuple[Any, ...], kinds: str, device: Any) -> tuple[Any, ...]:
     """Inside a compiled kernel: :func:`_lifted`'s arguments back as 0-dim int32 tensors,
-    float32 ones (the word's bits) for the floats."""
+    float32 ones (the word's bits) for the floats, on the first tensor's ``device`` (a CPU
+    scalar in a CUDA graph would be a kernel and a copy of its own)."""
     import torch
 
     numbers = []
     for i, (arg, kind) in enumerate(zip(args, kinds)):
-        word = torch.full((), arg - (i + 1) * _LIFT, dtype=torch.int32)
+        word = torch.full((), arg - (i + 1) * _LIFT, dtype=torch.int32, device=device)
         numbers.append(word if kind == "i" else word.view(torch.float32))
     return tuple(numbers)
 

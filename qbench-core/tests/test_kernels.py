@@ -77,7 +77,7 @@ def test_numbers_come_at_run_time_one_kernel_serves_every_value() -> None:
     x = torch.randn(4, 300)
     before = len(kernels._COMPILED)
     values = [
-        (0.5, -2.0, 0, 3.0),
+        (0.5, 0.0, 1, 0.0),  # first: a 0 and a 1 (dynamo would make them constants), equal words
         (448.0, 0.25, 3, 1e6),
         (-0.0, 6.0, 7, -1.5),
         (1.0, 0.0, 1, math.nan),
@@ -87,6 +87,10 @@ def test_numbers_come_at_run_time_one_kernel_serves_every_value() -> None:
         want = _affine(x, True, numbers=numbers)
         assert torch.equal(got.view(torch.int32), want.view(torch.int32)), numbers
     assert len(kernels._COMPILED) == before + 1
+    # one graph: dynamo neither specialized the first call's 0 and 1 nor tied its equal words
+    kernel = list(kernels._COMPILED.values())[before]
+    code = kernel._torchdynamo_orig_callable.__code__  # type: ignore[attr-defined]
+    assert len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) == 1
     # other kinds of numbers (an int where a float was) are another kernel, as are constants
     kernels.fused(_affine, (x,), (True,), numbers=(1, 2.0, 0, 3.0), path="compiled")
     kernels.fused(_affine, (x,), (False,), numbers=(1.0, 2.0, 0, 3.0), path="compiled")

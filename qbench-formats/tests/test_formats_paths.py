@@ -215,6 +215,9 @@ def test_formats_of_one_kind_share_a_compiled_kernel_that_reads_their_numbers(
     for name in SHARING:
         check(name)
     assert len(quantize_kernels()) == 2
+    for kernel in quantize_kernels().values():  # and no recompile for another format's numbers
+        code = kernel._torchdynamo_orig_callable.__code__  # type: ignore[attr-defined]
+        assert len(torch._dynamo.eval_frame._debug_get_cache_entry_list(code)) == 1
     for name in ("fp4_e3m0", "int8"):
         check(name)
     assert len(quantize_kernels()) == 6

@@ -292,8 +292,8 @@ def _compiled(
             )
         elif not kinds:
             source = f"def {name}(*tensors):\n    return FN(*tensors, *CONSTANTS, numbers=())\n"
-        else:  # the last len(kinds) arguments are the numbers (:func:`_lifted`)
-            namespace["UNPACK"], namespace["COUNT"] = _unlifted, len(kinds)
+        else:  # the last len(kinds) arguments are the numbers' words (:func:`_unpacked`)
+            namespace["UNPACK"], namespace["COUNT"] = _unpacked, len(kinds)
             source = (
                 f"def {name}(*args):\n"
                 "    numbers = UNPACK(args[-COUNT:], KINDS, args[0].device)\n"
@@ -348,33 +348,23 @@ def _words(numbers: tuple[int | float, ...], kinds: str) -> tuple[int, ...]:
     return tuple(words)
 
 
-#: :func:`_lifted`'s step: the i-th number is passed as its word + (i + 1) * 2^33.
-_LIFT = 1 << 33
+def _unpacked(words: tuple[Any, ...], kinds: str, device: Any) -> tuple[Any, ...]:
+    """Inside a compiled kernel: the numbers' words (:func:`_words`, passed as Python ints)
+    as 0-dim int32 tensors, float32 ones (the word's bits) for the floats, on the first
+    tensor's ``device`` (a CPU scalar in a CUDA graph would be a kernel and a copy of its own).
 
-
-def _lifted(words: tuple[int, ...]) -> tuple[int, ...]:
-    """The arguments a compiled kernel gets for its numbers: Python ints, which dynamo
-    (``dynamic=True``) makes symbolic, so that inductor passes them to the C++ kernel as
-    scalar parameters, loop-invariant for the compiler, where a tensor of numbers would be
-    loaded, converted and broadcast in every vector iteration (the audit's count: about 10%
-    more time; benchmarks/README.md).
-
-    Each word is lifted into a range of its own: dynamo would specialize a symbolic int
-    whose first value is 0 or 1 into a constant (a recompile for the next format), and give
-    two ints of equal first value one symbol (a guard that they stay equal)."""
-    return tuple(word + (i + 1) * _LIFT for i, word in enumerate(words))
-
-
-def _unlifted(args: tuple[Any, ...], kinds: str, device: Any) -> tuple[Any, ...]:
-    """Inside a compiled kernel: :func:`_lifted`'s arguments back as 0-dim int32 tensors,
-    float32 ones (the word's bits) for the floats, on the first tensor's ``device`` (a CPU
-    scalar in a CUDA graph would be a kernel and a copy of its own)."""
+    Passed as ints, not as a tensor of numbers: dynamo (``dynamic=True``) makes them
+    symbolic, and inductor hands them to the C++ kernel as scalar parameters, loop-invariant
+    for the compiler, where a tensor's numbers are loaded, converted and broadcast in every
+    vector iteration (the audit's count: about 10% more time; benchmarks/README.md). Dynamo
+    keeps every value symbolic, a first call's 0 or 1 and equal values included: one graph
+    for all (tested)."""
     import torch
 
     numbers = []
-    for i, (arg, kind) in enumerate(zip(args, kinds)):
-        word = torch.full((), arg - (i + 1) * _LIFT, dtype=torch.int32, device=device)
-        numbers.append(word if kind == "i" else word.view(torch.float32))
+    for word, kind in zip(words, kinds):
+        number = torch.full((), word, dtype=torch.int32, device=device)
+        numbers.append(number if kind == "i" else number.view(torch.float32))
     return tuple(numbers)
 
 
@@ -525,7 +515,7 @@ def fused(
     ``numbers`` (ints and floats) are values the kernel reads at run time instead of having
     them baked in: ``fn`` gets them as the keyword argument ``numbers``, a tuple. Eager, they
     are the numbers themselves; compiled, 0-dim tensors (int32 for an int, float32 for a
-    float) built from scalar arguments of the kernel (:func:`_lifted`), so one kernel serves
+    float) built from scalar arguments of the kernel (:func:`_unpacked`), so one kernel serves
     every value: a format's parameters, where the kernel would otherwise be compiled once
     per format. Each int must fit int32 and each float be exact in float32 (ValueError), so
     both paths compute with the same values; ``fn`` must compute the same bits from either.
@@ -553,9 +543,9 @@ def fused(
         )
         if decision is None and key not in _COMPILED:
             return (eager or fn)(*tensors, *constants, **extra)
-        lifted = () if words is None or baked is not None else _lifted(words)
+        passed = () if words is None or baked is not None else words
         return _compiled_or_eager(
-            fn, tensors, constants, eager, frozen, key, name, extra, baked, lifted
+            fn, tensors, constants, eager, frozen, key, name, extra, baked, passed
         )
 
 
@@ -569,12 +559,12 @@ def _compiled_or_eager(
     name: str | None,
     extra: dict[str, Any],
     baked: tuple[Any, ...] | None,
-    lifted: tuple[int, ...],
+    passed: tuple[int, ...],
 ) -> Any:
     if key not in _FAILED:
         try:
             kinds = None if not extra else baked[0] if baked else key[-1]
-            return _compiled(fn, constants, frozen, name, kinds, baked)(*tensors, *lifted)
+            return _compiled(fn, constants, frozen, name, kinds, baked)(*tensors, *passed)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
             _FAILED.add(key)
             # inductor's errors start "backend='inductor' raised:", the cause on the next line

@@ -545,7 +545,7 @@ def fused(
             return (eager or fn)(*tensors, *constants, **extra)
         passed = () if words is None or baked is not None else words
         return _compiled_or_eager(
-            fn, tensors, constants, eager, frozen, key, name, extra, baked, passed
+            fn, tensors, constants, eager, frozen, key, name, extra, kinds, baked, passed
         )
 
 
@@ -558,12 +558,12 @@ def _compiled_or_eager(
     key: tuple[Any, ...],
     name: str | None,
     extra: dict[str, Any],
+    kinds: str | None,
     baked: tuple[Any, ...] | None,
     passed: tuple[int, ...],
 ) -> Any:
     if key not in _FAILED:
         try:
-            kinds = None if not extra else baked[0] if baked else key[-1]
             return _compiled(fn, constants, frozen, name, kinds, baked)(*tensors, *passed)
         except Exception as exc:  # no C++ compiler, unsupported op: the eager twin is exact
             _FAILED.add(key)

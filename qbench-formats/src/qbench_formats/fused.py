@@ -101,8 +101,10 @@ class Arith(RunTimeNumbers):
 
     def numbers(self) -> tuple[Any, ...]:
         # max_int is a float32 clamp bound wherever it is used (exact: at most 2^24)
-        values = super().numbers()
-        return (*values[:6], float(self.max_int), *values[7:])
+        return tuple(
+            float(self.max_int) if name == "max_int" else getattr(self, name)
+            for name in self.NUMBERS
+        )
 
 
 def pow2(exponent: Any) -> Any:
@@ -464,9 +466,15 @@ def float8_dtype(fmt: Any) -> torch.dtype | None:
     format's one NaN code for every NaN), or None. Decided once per format by encoding all
     256 of its decoded values both ways: a third-party format with an fp8-like grid but
     other codes (another bias, its own NaN) keeps the bit-field encoder."""
-    entry = _FLOAT8.get(id(fmt))
+    return _per_format(_FLOAT8, fmt, _matching_float8)
+
+
+def _per_format(memo: dict[int, tuple[Any, Any]], fmt: Any, build: Any) -> Any:
+    """``build(fmt)``, once per format object: kept by ``id`` with the object itself (a
+    format need not be hashable; a new object at a reused id is built anew)."""
+    entry = memo.get(id(fmt))
     if entry is None or entry[0] is not fmt:
-        entry = _FLOAT8[id(fmt)] = (fmt, _matching_float8(fmt))
+        entry = memo[id(fmt)] = (fmt, build(fmt))
     return entry[1]
 
 
@@ -553,10 +561,7 @@ def encoding(fmt: Any) -> Encoding:
     """``fmt``'s :class:`Encoding` (``fmt`` itself if it is one), built once per format."""
     if isinstance(fmt, Encoding):
         return fmt
-    entry = _ENCODINGS.get(id(fmt))
-    if entry is None or entry[0] is not fmt:
-        entry = _ENCODINGS[id(fmt)] = (fmt, Encoding.of(fmt))
-    return entry[1]
+    return _per_format(_ENCODINGS, fmt, Encoding.of)
 
 
 _ENCODINGS: dict[int, tuple[Any, Encoding]] = {}

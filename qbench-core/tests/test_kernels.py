@@ -177,6 +177,43 @@ def test_a_kernel_is_compiled_for_the_thread_count_it_runs_with(
     assert [options["cpp.threads"] for options in seen] == [1, 2]
 
 
+def _scaled_rows(x: torch.Tensor, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x - shift) * 0.5, x.abs().amax(dim=-1)
+
+
+def test_a_kernel_first_compiled_on_a_small_tensor_still_runs_on_the_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inductor decides from the sizes of the call that compiles a CPU kernel whether its loops
+    run on the threads, and the kernel (``dynamic=True``, on disk keyed by its graph) then
+    serves every later shape: a first call on a small tensor must not leave large ones on
+    one core (PARALLEL_FROM_FIRST_CALL)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.graph import GraphLowering
+
+    codes: list[str] = []
+    monkeypatch.setattr(GraphLowering, "save_output_code", staticmethod(codes.append))
+    small = torch.randn(6, 5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with inductor_config.patch(fx_graph_cache=False):  # compiled here, not loaded
+            out, amax = kernels.fused(_scaled_rows, (small,), (0.25,), path="compiled")
+        large = torch.randn(300, 257)
+        torch.testing.assert_close(
+            kernels.fused(_scaled_rows, (large,), (0.25,), path="compiled"),
+            _scaled_rows(large, 0.25),
+            rtol=0,
+            atol=0,
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out, (small - 0.25) * 0.5) and torch.equal(amax, small.abs().amax(-1))
+    kernel_code = [code for code in codes if 'extern "C"' in code]
+    assert kernel_code, codes
+    assert all("#pragma omp parallel num_threads(2)" in code for code in kernel_code)
+
+
 def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -461,9 +498,11 @@ def test_wide_vectors_off_or_decided_named_in_every_kernels_options(
     monkeypatch.setattr(kernels, "WIDE_VECTORS", False)
     monkeypatch.setattr(kernels, "_WIDE_COMPILER", [])
     assert kernels.wide_vector_compiler() is None
-    assert kernels.cpu_options(3) == {"cpp.threads": 3}
+    parallel = {"cpp.min_chunk_size": kernels.PARALLEL_FROM_FIRST_CALL}
+    assert kernels.cpu_options(3) == {"cpp.threads": 3, **parallel}
     monkeypatch.setattr(kernels, "_WIDE_COMPILER", ["/x/qbench-wide-g++"])
-    assert kernels.cpu_options(3) == {"cpp.threads": 3, "cpp.cxx": ("/x/qbench-wide-g++",)}
+    wide = {"cpp.cxx": ("/x/qbench-wide-g++",)}
+    assert kernels.cpu_options(3) == {"cpp.threads": 3, **parallel, **wide}
 
 
 def test_inductor_builds_the_kernel_with_the_compiler_qbench_names(

@@ -61,9 +61,21 @@ ONE_LOOP: Mapping[str, Any] = {
 #: the baseline ``benchmarks/format_kernels.py`` measures against. Read at every call.
 RUNTIME_NUMBERS = os.environ.get("QBENCH_RUNTIME_NUMBERS", "1") not in ("0", "false", "no")
 
+#: Inductor's ``cpp.min_chunk_size`` for QBench's CPU kernels. Inductor decides whether a
+#: loop runs on the threads (``omp parallel``) from the sizes of the call that compiles the
+#: kernel: under 512 elements a thread (its default), one thread. A kernel compiled with
+#: ``dynamic=True`` then serves every later shape, in this process and, through inductor's
+#: on-disk cache (which keys on the graph, not on those sizes), in every later one: a test or
+#: a look at a small tensor on ``path="compiled"`` left later 4096x4096 calls of the same
+#: kernel on one core (fp8_e4m3 chunk 32 and channel 2.3-2.5x ``clone()`` against 1.2-1.3,
+#: the NVFP4 elements kernel 50 ms against 29 on a 2-core x86 VM; benchmarks/README.md).
+#: With 1, a loop runs on the threads unless its first call had fewer elements than
+#: threads; kernels first compiled on large tensors come out as before.
+PARALLEL_FROM_FIRST_CALL = 1
+
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _FAILED: set[tuple[Any, ...]] = set()
-_HAS_THREADS_OPTION: bool | None = None
+_CPP_OPTIONS: frozenset[str] | None = None  # which of cpu_options' names inductor has
 
 
 def cpu_options(threads: int | None = None) -> dict[str, Any]:
@@ -76,19 +88,25 @@ def cpu_options(threads: int | None = None) -> dict[str, Any]:
     machine, ``torch.set_num_threads(1)``) would load kernels compiled by an earlier process
     for more and run them on more cores than it allowed. Named in the options, the count is
     part of both that cache's key and this module's, and a changed count compiles anew.
+
+    ``cpp.min_chunk_size`` 1 (see :data:`PARALLEL_FROM_FIRST_CALL`): a kernel's loops run on
+    the threads whatever the size of the call that compiled it.
     """
-    global _HAS_THREADS_OPTION
+    global _CPP_OPTIONS
     import torch
 
-    if _HAS_THREADS_OPTION is None:
+    if _CPP_OPTIONS is None:
         from torch._inductor import config as inductor_config
 
-        _HAS_THREADS_OPTION = "cpp.threads" in inductor_config.get_config_copy()
-    if not _HAS_THREADS_OPTION:
+        known = inductor_config.get_config_copy()
+        _CPP_OPTIONS = frozenset(n for n in ("cpp.threads", "cpp.min_chunk_size") if n in known)
+    if "cpp.threads" not in _CPP_OPTIONS:
         return {}
     options: dict[str, Any] = {
         "cpp.threads": torch.get_num_threads() if threads is None else threads
     }
+    if "cpp.min_chunk_size" in _CPP_OPTIONS:
+        options["cpp.min_chunk_size"] = PARALLEL_FROM_FIRST_CALL
     compiler = wide_vector_compiler()
     if compiler is not None:
         options["cpp.cxx"] = (compiler,)

@@ -11,9 +11,11 @@ kernel per format, as before. Results: benchmarks/README.md.
    each result with codes (the compliance audit's count); printed: the kernels compiled and
    the seconds, with inductor's disk cache cold (an empty folder) and
    then warm (the same folder again), run-time numbers against baked ones.
-2. The kernels, in one process: each row's compiled quantization with run-time numbers
-   against baked ones, timed alternately, the median of the per-round ratios (<= 1.05 is
-   "no slower": the rounds' noise on a quiet 2-core VM).
+2. The kernels, in one process: each row's compiled quantization with codes, run-time
+   numbers against baked ones, timed alternately, the median of the per-round ratios
+   (<= 1.05 is "no slower": the rounds' noise on a quiet 2-core VM). Rows: the sweep's
+   formats and ``--other-formats`` under channel, chunk-32 and tensor scaling, and the
+   ``--presets`` (MX and NVFP4) with their own.
 
     .venv/bin/python benchmarks/format_kernels.py
     .venv/bin/python benchmarks/format_kernels.py --formats fp8_e4m3 fp6_e2m3 --skip-compile
@@ -32,6 +34,12 @@ import time
 
 FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1"]
 SCALINGS = [("channel", None), ("chunk", 32)]
+#: The kernel table (2.) also times the other kinds of kernel: a format without mantissa
+#: (its own rounding), an int format, whole-tensor scaling (two kernels), and the presets
+#: with E8M0 block scales and with a second-level scale (three kernels). A kind left out
+#: here is a kind whose run-time numbers nobody times (fp4_e3m0 once ran 4x slower so).
+OTHER_FORMATS = ["fp4_e3m0", "int8"]
+PRESETS = ["mxfp8_e4m3", "mxfp4_e2m1", "nvfp4"]
 #: A ratio of kernel times this close to 1 is within the rounds' noise.
 NO_SLOWER = 1.05
 
@@ -99,7 +107,7 @@ def compile_table(formats: list[str], size: int) -> None:
         print(f"   {state}: baked / run-time = {saved:.2f}x")
 
 
-def kernel_table(formats: list[str], size: int, rounds: int) -> None:
+def kernel_table(formats: list[str], presets: list[str], size: int, rounds: int) -> None:
     import qbench
     import torch
     from qbench import kernels
@@ -108,29 +116,33 @@ def kernel_table(formats: list[str], size: int, rounds: int) -> None:
     print(f"2. kernels, {size}x{size} float32, run-time / baked numbers (median of {rounds})")
     x = torch.randn(size, size)
     worst = 0.0
-    for name in formats:
+    rows = [
+        (f"{name} {mode}{chunk_size or ''}", name, {"mode": mode, "chunk_size": chunk_size})
+        for name in formats
+        for mode, chunk_size in [*SCALINGS, ("tensor", None)]
+    ]
+    rows += [(name, name, {}) for name in presets]
+    for label, name, scaling in rows:
         fmt = qbench.get_format(name)
-        for mode, chunk_size in SCALINGS:
-            spec = spec_from_arguments(name, mode=mode, chunk_size=chunk_size)
+        spec = spec_from_arguments(name, **scaling)
 
-            def run(runtime: bool, spec=spec, fmt=fmt) -> float:
-                kernels.RUNTIME_NUMBERS = runtime
-                start = time.perf_counter()
-                fmt.quantize(x, spec, return_codes=True, path="compiled")
-                return time.perf_counter() - start
+        def run(runtime: bool, spec=spec, fmt=fmt) -> float:
+            kernels.RUNTIME_NUMBERS = runtime
+            start = time.perf_counter()
+            fmt.quantize(x, spec, return_codes=True, path="compiled")
+            return time.perf_counter() - start
 
-            run(True), run(False)  # compile both
-            ratios = []
-            for i in range(rounds):
-                first = i % 2 == 0
-                a = run(first)
-                b = run(not first)
-                runtime_s, baked_s = (a, b) if first else (b, a)
-                ratios.append(runtime_s / baked_s)
-            ratio = statistics.median(ratios)
-            worst = max(worst, ratio)
-            label = f"{name} {mode}{chunk_size or ''}"
-            print(f"   {label:<22}{ratio:>6.2f}")
+        run(True), run(False)  # compile both
+        ratios = []
+        for i in range(rounds):
+            first = i % 2 == 0
+            a = run(first)
+            b = run(not first)
+            runtime_s, baked_s = (a, b) if first else (b, a)
+            ratios.append(runtime_s / baked_s)
+        ratio = statistics.median(ratios)
+        worst = max(worst, ratio)
+        print(f"   {label:<22}{ratio:>6.2f}")
     kernels.RUNTIME_NUMBERS = True
     verdict = "no slower" if worst <= NO_SLOWER else "SLOWER"
     print(f"   worst {worst:.2f} (<= {NO_SLOWER}: {verdict})")
@@ -139,6 +151,8 @@ def kernel_table(formats: list[str], size: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", nargs="*", default=FORMATS)
+    parser.add_argument("--other-formats", nargs="*", default=OTHER_FORMATS, help="kernels only")
+    parser.add_argument("--presets", nargs="*", default=PRESETS, help="kernels only")
     parser.add_argument("--size", type=int, default=1024, help="the sweep's tensor side")
     parser.add_argument("--kernel-size", type=int, default=2048, help="the timed tensor side")
     parser.add_argument("--rounds", type=int, default=11)
@@ -152,7 +166,9 @@ def main() -> None:
     if not args.skip_compile:
         compile_table(args.formats, args.size)
     if not args.skip_kernels:
-        kernel_table(args.formats, args.kernel_size, args.rounds)
+        kernel_table(
+            [*args.formats, *args.other_formats], args.presets, args.kernel_size, args.rounds
+        )
 
 
 if __name__ == "__main__":

@@ -233,17 +233,20 @@ def round_float(
     overflow: str,
     noise: torch.Tensor | None = None,
     no_mantissa: bool | None = None,
+    min_normal: Any = None,
 ) -> torch.Tensor:
     """Round float32 ``v`` onto a binary float grid (see module docstring); new tensor.
     ``no_mantissa``: whether ``mantissa_bits`` is 0 (derived from it where it is an int; a
-    kernel with run-time numbers says)."""
+    kernel with run-time numbers says). ``min_normal``: 2^emin, where the caller has it."""
     if no_mantissa is None:
         no_mantissa = mantissa_bits == 0
     a = v.abs()
     if overflow == "saturate":
         a.clamp_(max=max_value)  # max is on the grid, rounding is monotone
     if no_mantissa and rounding == "nearest_even" and overflow == "saturate":
-        return _round_no_mantissa_even(a, v, emin=emin, bias=bias, special=special)
+        if min_normal is None:
+            min_normal = pow2(emin)
+        return _round_no_mantissa_even(a, v, min_normal=min_normal, bias=bias, special=special)
     # quantum = 2^(e - m), the grid spacing at |v|, built from the exponent field of |v|
     # with e clamped to the format's normal range below. The upper clamp (2^126) keeps both
     # quantum and 1/quantum normal floats: |v| that high (>= 2^(126 + m)) is beyond every
@@ -290,7 +293,7 @@ def round_float(
 
 
 def _round_no_mantissa_even(
-    a: torch.Tensor, v: torch.Tensor, *, emin: int, bias: int, special: str
+    a: torch.Tensor, v: torch.Tensor, *, min_normal: Any, bias: int, special: str
 ) -> torch.Tensor:
     """Powers of two (no mantissa), ties to the even exponent *field*, on the bits.
 
@@ -304,8 +307,7 @@ def _round_no_mantissa_even(
     bits = a.view(torch.int32)
     odd_lower = ((bits >> F32_FRACTION_BITS) + ((bias - F32_BIAS) & 1)) & 1
     rounded = ((bits + (0x3FFFFF + odd_lower)) & 0x7F800000).view(torch.float32)
-    min_normal = pow2(emin)
-    small = torch.round(a * pow2(-emin)) * min_normal
+    small = torch.round(a * (1.0 / min_normal)) * min_normal  # 1 / 2^emin: exact
     out = torch.where(a < min_normal, small, rounded)
     out = torch.where(torch.isnan(a), a, out)
     out = copysign(out, v)
@@ -360,6 +362,7 @@ def round_values(
             overflow=overflow,
             noise=noise,
             no_mantissa=arith.no_mantissa,
+            min_normal=arith.min_normal,
         )
     return round_int(
         v,

@@ -558,3 +558,67 @@ def test_a_split_plans_many_scales_run_on_torchs_threads(monkeypatch: pytest.Mon
     assert bool(same_bits(few, many).all())
     scales = [options for name, options in seen if name == "scales_kernel"]
     assert scales == [kernels.cpu_options(1), kernels.cpu_options(2)]
+
+
+NARROW_CASES = [
+    ("fp8_e4m3", {"mode": "chunk", "chunk_size": 20}),  # a short last block: unpadded eagerly
+    ("fp8_e5m2", {"mode": "chunk", "chunk_size": 16, "overflow": "format"}),  # inf codes
+    ("fp8_e4m3fnuz", {"mode": "channel"}),  # no -0: NaN is 0x80
+    ("fp6_e2m3", {"mode": "tensor"}),
+    ("fp4_e2m1", {"mode": "chunk", "chunk_size": 32, "rounding": "stochastic"}),
+    ("fp4_e3m0", {"mode": "channel"}),
+    ("nvfp4", {}),
+    ("mxfp8_e4m3", {}),
+]
+
+
+@pytest.mark.parametrize("path", ["compiled", "eager", "reference"])
+@pytest.mark.parametrize(("name", "scaling"), NARROW_CASES)
+def test_narrow_codes_are_the_int32_codes_a_byte_each(
+    monkeypatch: pytest.MonkeyPatch, name: str, scaling: dict, path: str
+) -> None:
+    """``narrow_codes`` (what the audit's quantizer asks for) gives codes a byte each (uint8,
+    or int8 for a format without NaN, whose NaN input's code is -1) equal to the int32 ones
+    on every path: compiled (written so by the kernel), eager in slices (each
+    slice's codes straight into the uint8 buffer: float8 cast or bit encoding), reference;
+    the same values, scales and channels-last strides. Without it the codes stay int32."""
+    monkeypatch.setattr(quantizer, "EAGER_SLICE", 96)  # several slices even here
+    fmt = qbench.get_format(name)
+    spec = spec_from_arguments(name, **scaling)
+    x = torch.cat([awkward_tensor(5), awkward_tensor(6)]).reshape(2, 4, 3, 48)
+    x = x.contiguous(memory_format=torch.channels_last)
+    seed = torch.Generator().manual_seed
+    wide = fmt.quantize(x, spec, return_codes=True, path=path, generator=seed(3))
+    narrow = fmt.quantize(
+        x, spec, return_codes=True, path=path, narrow_codes=True, generator=seed(3)
+    )
+    element = getattr(fmt, "element_format", fmt)
+    byte = torch.uint8 if element.has_nan else torch.int8  # without NaN, a NaN's code is -1
+    assert wide.codes.dtype == torch.int32 and narrow.codes.dtype == byte
+    assert torch.equal(narrow.codes.to(torch.int32), wide.codes)
+    assert int(wide.codes.max()) >= 1 << (element.bits - 1)  # negative values: the sign bit
+    assert int(wide.codes.min()) == (0 if element.has_nan else -1)  # the NaN planted
+    assert bool(same_bits(narrow.dequantized, wide.dequantized).all())
+    assert bool(same_bits(narrow.scales, wide.scales).all())
+    assert narrow.codes.stride() == wide.codes.stride()
+
+
+def test_narrow_codes_stay_int32_where_a_byte_would_not_hold_them() -> None:
+    """int8 (codes not encoded from float bit fields: their range is not known to the
+    quantizer) and a 9-bit float keep int32 codes when asked for narrow ones; an empty
+    tensor's codes take the asked dtype too."""
+    from qbench_formats.families import FloatFormat
+
+    x = awkward_tensor(7)
+    nine_bits = FloatFormat("fp9_e4m4", exponent_bits=4, mantissa_bits=4, bias=7)
+    for fmt, name in [(qbench.get_format("int8"), "int8"), (nine_bits, "fp8_e4m3")]:
+        spec = spec_from_arguments(name, mode="channel")  # fp9: only the scaling is read
+        got = fmt.quantize(x, spec, return_codes=True, narrow_codes=True)
+        assert got.codes.dtype == torch.int32, fmt.name
+        assert torch.equal(got.codes, fmt.quantize(x, spec, return_codes=True).codes)
+        assert int(got.codes.max()) > 255 or fmt.name == "int8"
+    spec = spec_from_arguments("fp8_e4m3", mode="channel")
+    empty = qbench.get_format("fp8_e4m3").quantize(
+        torch.zeros(0, 4), spec, return_codes=True, narrow_codes=True
+    )
+    assert empty.codes.dtype == torch.uint8 and empty.codes.shape == (0, 4)

@@ -432,7 +432,8 @@ def test_short_axis_chunk_is_the_whole_axis_bit_for_bit():
     result = quantizer.quantize_result(x)
     assert result.spec == quantizer.spec_for(x) and result.spec.scaling.chunk_size == 128
     assert torch.equal(result.dequantized, padded.dequantized)
-    assert torch.equal(result.codes, padded.codes)
+    assert result.codes.dtype == torch.uint8  # written a byte each (narrow_codes)
+    assert torch.equal(result.codes.to(torch.int32), padded.codes)
     assert torch.equal(result.expand_scales(), padded.expand_scales())
 
 
@@ -486,3 +487,38 @@ def test_codes_take_the_narrowest_dtype_of_their_range_and_the_stub_hands_out_th
         assert back.dequantized is result.dequantized and back.scales is result.scales
     empty = dataclasses.replace(base, codes=torch.zeros(0, dtype=torch.int32))
     assert _Stub.of(empty).result(base.dequantized).codes.dtype == torch.int32
+
+
+class _OwnQuantize:
+    """A plugin format whose own ``quantize`` knows nothing of ``narrow_codes``."""
+
+    def __init__(self) -> None:
+        self.inner = qbench.get_format("fp8_e4m3")
+        self.asked: list[dict] = []
+
+    def quantize(self, x, spec, *, return_codes=False, generator=None, path="auto"):
+        self.asked.append({"return_codes": return_codes})
+        return self.inner.quantize(x, spec, return_codes=return_codes, generator=generator)
+
+
+def test_the_audits_codes_come_a_byte_each_from_formats_that_take_narrow_codes():
+    """A quantizer asks a format for codes a byte each (``narrow_codes``) where its
+    ``quantize`` takes the keyword (every built-in format), and leaves it out where it does
+    not (a plugin's own ``quantize``): that format's int32 codes are narrowed afterwards."""
+    from qbench_ops.quantizer import TensorQuantizer, narrow_codes, narrowed
+
+    spec = QuantSpec("fp8_e4m3", Scaling(mode="chunk", chunk_size=16))
+    x = torch.randn(4, 32) * 3
+    builtin = TensorQuantizer(spec, "x", "input", [])
+    assert narrow_codes(builtin.format) == {"narrow_codes": True}
+    byte = builtin.quantize_result(x)
+    assert byte.codes.dtype == torch.uint8
+    plugin = TensorQuantizer(spec, "x", "input", [])
+    own = _OwnQuantize()
+    plugin._format = own
+    assert narrow_codes(own) == {}
+    wide = plugin.quantize_result(x)
+    assert own.asked == [{"return_codes": True}] and wide.codes.dtype == torch.int32
+    assert torch.equal(wide.codes.to(torch.uint8), byte.codes)
+    assert narrowed(wide).codes.dtype == torch.uint8
+    assert torch.equal(wide.dequantized, byte.dequantized)

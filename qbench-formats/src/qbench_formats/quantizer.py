@@ -93,9 +93,19 @@ class QuantizeMethod:
         return_codes: bool = False,
         generator: torch.Generator | None = None,
         path: str = "auto",
+        narrow_codes: bool = False,
     ) -> Any:
-        """Fake-quantize ``x`` with ``spec``; with ``return_codes`` a :class:`QuantResult`."""
-        return quantize(self, x, spec, return_codes=return_codes, generator=generator, path=path)
+        """Fake-quantize ``x`` with ``spec``; with ``return_codes`` a :class:`QuantResult`
+        (``narrow_codes``: see :func:`quantize`)."""
+        return quantize(
+            self,
+            x,
+            spec,
+            return_codes=return_codes,
+            generator=generator,
+            path=path,
+            narrow_codes=narrow_codes,
+        )
 
 
 class ElementFormat(QuantizeMethod):
@@ -245,6 +255,7 @@ class Plan:
     own_round: bool = False  # the element rounds itself (generic path, eager only)
     whole_tensor: bool = False  # one group: the whole tensor (mode "tensor")
     encoding: fused.Encoding | None = None  # the element's bit fields, where it encodes from them
+    codes_dtype: torch.dtype = torch.int32  # the codes' dtype (see :func:`narrow_codes_dtype`)
 
 
 @dataclass(frozen=True)
@@ -525,7 +536,7 @@ def fused_elements(
             # The eager twin keeps the elements (element.encode_grid encodes them).
             return (
                 dequantized,
-                fused.encode_bit_fields(plan.encoding, elements),
+                fused.encode_bit_fields(plan.encoding, elements).to(plan.codes_dtype),
                 scale,
                 block,
                 tensor_scale,
@@ -805,6 +816,22 @@ def _encode_bits(
     return fused.encode_bit_fields(encoding.with_numbers(numbers), values)
 
 
+def narrow_codes_dtype(encoding: fused.Encoding | None) -> torch.dtype:
+    """The narrowest dtype that holds every code :func:`fused.encode_bit_fields` gives for
+    ``encoding``: codes from 0 up to the sign bit's (the top bit) and the NaN code, which is
+    -1 for a format without NaN (a NaN input has no code). uint8 for the 8-bit formats with
+    a NaN code, int8 for the narrower formats without one (fp6, fp4); int32 otherwise, and
+    for formats encoded otherwise (their codes' range is not known here)."""
+    if encoding is None:
+        return torch.int32
+    top = 2 * encoding.sign_code - 1
+    for dtype in (torch.uint8, torch.int8):
+        info = torch.iinfo(dtype)
+        if info.min <= encoding.nan_code <= info.max and top <= info.max:
+            return dtype
+    return torch.int32
+
+
 def compilable(plan: Plan) -> bool:
     return plan.element_arith is not None and not plan.own_round
 
@@ -860,9 +887,15 @@ def quantize(
     return_codes: bool = False,
     generator: torch.Generator | None = None,
     path: str = "auto",
+    narrow_codes: bool = False,
 ) -> Any:
     """Fake-quantize ``x`` per ``spec`` with element format ``fmt`` (a preset passes its
-    element). Returns a tensor like ``x``, or a :class:`QuantResult` with codes and scales."""
+    element). Returns a tensor like ``x``, or a :class:`QuantResult` with codes and scales.
+
+    The codes are int32, or with ``narrow_codes`` a byte each (uint8 or int8,
+    :func:`narrow_codes_dtype`) where every code of the element format fits one: the kernels
+    then write them so, instead of four bytes that a consumer keeping them (the compliance
+    audit) reads back to narrow them itself."""
     if path not in PATHS:
         raise QBenchError(f"path {path!r} is not one of {', '.join(PATHS)}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -870,6 +903,7 @@ def quantize(
     validate(spec)
     element = getattr(fmt, "element_format", fmt)
     own_round = uses_own_round(element)
+    encoding = fused.encoding(element) if encodes_from_bits(element) else None
     scale_kind, scale_format, second_level = _scale_plan(spec)
     scaling = spec.scaling
     layout = layout_for(x.shape, scaling.mode, scaling.axis, scaling.chunk_size)
@@ -882,7 +916,8 @@ def quantize(
         scale_arith=None if scale_format is None else arith_of(scale_format),
         scale_format=scale_format,
         element_facts=_facts(element),
-        encoding=fused.encoding(element) if encodes_from_bits(element) else None,
+        encoding=encoding,
+        codes_dtype=narrow_codes_dtype(encoding) if narrow_codes else torch.int32,
         second_level=second_level,
         rounding=spec.rounding,
         overflow=spec.overflow,
@@ -895,7 +930,7 @@ def quantize(
         if x32.numel() == 0:  # nothing to scale: an empty result of the right shape
             if not return_codes:
                 return x.detach().clone()
-            codes = torch.zeros(x.shape, dtype=torch.int32, device=x.device)
+            codes = torch.zeros(x.shape, dtype=plan.codes_dtype, device=x.device)
             empty = torch.zeros((), device=x.device)
             return QuantResult(x.detach().clone(), codes, empty, spec, {}, lambda s: s)
         if scaling.scale_method != "absmax":
@@ -928,6 +963,8 @@ def quantize(
         codes = (
             elements if not elements.is_floating_point() else encode_codes(element, elements, path)
         )
+        if codes.dtype != plan.codes_dtype:  # the paths that do not write narrow codes
+            codes = codes.to(plan.codes_dtype)
         parts = _scale_parts(scaling.mode, scaling.scale_format, layout, block, tensor_scale)
         return QuantResult(
             dequantized=dequantized,
@@ -983,7 +1020,7 @@ def unpadded_kernel(
     Outputs: ``x``'s shape (no restore); scales in the padded layout's grouped shape."""
     full = length // chunk
     dequantized = torch.empty_like(x)  # x's layout: a channels-last activation stays so
-    codes = torch.empty_like(x, dtype=torch.int32) if plan.want_elements else None
+    codes = torch.empty_like(x, dtype=plan.codes_dtype) if plan.want_elements else None
     parts = []
     for start, blocks, size in ((0, full, chunk), (full * chunk, 1, length - full * chunk)):
 
@@ -1017,7 +1054,7 @@ def sliced_kernel(
     (:func:`encode_codes`) and returns the codes in their place. The scales come from the
     whole tensor first and rounding is elementwise, so the bits are those of
     :func:`fused_kernel`. ``into``: views like ``xg`` the dequantized values and the codes
-    (int32; None without codes) are written into, in place of new tensors."""
+    (``plan.codes_dtype``; None without codes) are written into, in place of new tensors."""
     rows = xg.shape[0] if xg.dim() else 1
     per_row = xg.numel() // max(rows, 1)
     step = max(1, EAGER_SLICE // max(per_row, 1))
@@ -1040,7 +1077,7 @@ def sliced_kernel(
     # the cast's bits are the codes: widened straight into the codes
     bit_codes = plan.want_elements and cast is not None and fused.float8_dtype(plan.element) == cast
     if codes is None and bit_codes:
-        codes = torch.empty_like(xg, dtype=torch.int32)
+        codes = torch.empty_like(xg, dtype=plan.codes_dtype)
     for start in range(0, rows, step):
         scale_rows = rows_of(scale, start)
         out = dequantized[start : start + step]
@@ -1056,7 +1093,7 @@ def sliced_kernel(
             part = encode_codes(plan.element, elements, "eager") if plan.want_elements else None
         if part is not None:
             if codes is None:
-                codes = torch.empty_like(xg, dtype=part.dtype)
+                codes = torch.empty_like(xg, dtype=plan.codes_dtype)
             codes[start : start + step].copy_(part)
     if plan.want_elements:
         return dequantized, codes, scale, block, tensor_scale

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -176,13 +177,16 @@ class TensorQuantizer:
         return quantized.reshape(x.shape) if self.flatten else quantized
 
     def quantize_result(self, x: torch.Tensor) -> QuantResult:
-        """The full QuantResult, shaped like ``x`` (codes and scales for the audit)."""
+        """The full QuantResult, shaped like ``x`` (codes and scales for the audit), its codes
+        a byte each where the format writes them so (:func:`narrow_codes`)."""
         static = self.static
         if static is not None:
             return static.quantize(self, x, self.spec_for(x), return_codes=True)
         source = x.reshape(x.shape[0], -1) if self.flatten else x
         spec = self.spec_for(source)
-        result = self.format.quantize(source, self._kernel_spec(source, spec), return_codes=True)
+        result = self.format.quantize(
+            source, self._kernel_spec(source, spec), return_codes=True, **narrow_codes(self.format)
+        )
         if result.spec is not spec:
             result = dataclasses.replace(result, spec=spec)  # report the spec as configured
         return _reshape_result(result, x.shape) if self.flatten else result
@@ -244,6 +248,24 @@ class TensorQuantizer:
             for observer in list(self.observers):
                 observer.on_tensor(self.layer, self.role, result)
 
+
+def narrow_codes(fmt: Any) -> dict[str, bool]:
+    """``{"narrow_codes": True}`` where ``fmt.quantize`` takes that keyword (every built-in
+    format: its kernels then write codes that fit a byte as uint8, not int32 for
+    :func:`narrowed` to read back and narrow), else nothing: a plugin format's own
+    ``quantize`` may not take it. Looked up once per format class."""
+    kind = type(fmt)
+    takes = _TAKES_NARROW_CODES.get(kind)
+    if takes is None:
+        try:
+            parameters = inspect.signature(fmt.quantize).parameters
+        except (TypeError, ValueError):  # no signature to read: not asked
+            parameters = {}  # type: ignore[assignment]
+        takes = _TAKES_NARROW_CODES[kind] = "narrow_codes" in parameters
+    return {"narrow_codes": True} if takes else {}
+
+
+_TAKES_NARROW_CODES: dict[type, bool] = {}
 
 #: Integer dtypes codes may be narrowed to (:func:`narrowed`), narrowest first, with their
 #: ranges.

@@ -601,6 +601,12 @@ def test_narrow_codes_are_the_int32_codes_a_byte_each(
     assert bool(same_bits(narrow.dequantized, wide.dequantized).all())
     assert bool(same_bits(narrow.scales, wide.scales).all())
     assert narrow.codes.stride() == wide.codes.stride()
+    # without codes the keyword changes nothing: the same values from the same kernels
+    fmt.quantize(x, spec, path=path, generator=seed(3))
+    compiled = set(quantize_kernels())
+    alone = fmt.quantize(x, spec, path=path, narrow_codes=True, generator=seed(3))
+    assert bool(same_bits(alone, wide.dequantized).all())
+    assert set(quantize_kernels()) == compiled
 
 
 def test_narrow_codes_stay_int32_where_a_byte_would_not_hold_them() -> None:

@@ -917,7 +917,8 @@ def quantize(
         scale_format=scale_format,
         element_facts=_facts(element),
         encoding=encoding,
-        codes_dtype=narrow_codes_dtype(encoding) if narrow_codes else torch.int32,
+        # only with codes: without, the same kernel serves narrow_codes and not
+        codes_dtype=narrow_codes_dtype(encoding) if narrow_codes and return_codes else torch.int32,
         second_level=second_level,
         rounding=spec.rounding,
         overflow=spec.overflow,

@@ -209,6 +209,8 @@ def test_a_kernel_first_compiled_on_a_small_tensor_still_runs_on_the_threads(
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out, (small - 0.25) * 0.5) and torch.equal(amax, small.abs().amax(-1))
+    if any(key[0] is _scaled_rows for key in kernels._FAILED):
+        pytest.skip("torch.compile is unavailable here (no C++ compiler): nothing compiled")
     kernel_code = [code for code in codes if 'extern "C"' in code]
     assert kernel_code, codes
     assert all("#pragma omp parallel num_threads(2)" in code for code in kernel_code)

@@ -964,8 +964,7 @@ def quantize(
         codes = (
             elements if not elements.is_floating_point() else encode_codes(element, elements, path)
         )
-        if codes.dtype != plan.codes_dtype:  # the paths that do not write narrow codes
-            codes = codes.to(plan.codes_dtype)
+        codes = codes.to(plan.codes_dtype)  # the paths that do not write narrow codes
         parts = _scale_parts(scaling.mode, scaling.scale_format, layout, block, tensor_scale)
         return QuantResult(
             dequantized=dequantized,
@@ -1077,7 +1076,7 @@ def sliced_kernel(
     dequantized, codes = (torch.empty_like(xg), None) if into is None else into  # xg's strides
     # the cast's bits are the codes: widened straight into the codes
     bit_codes = plan.want_elements and cast is not None and fused.float8_dtype(plan.element) == cast
-    if codes is None and bit_codes:
+    if codes is None and plan.want_elements:
         codes = torch.empty_like(xg, dtype=plan.codes_dtype)
     for start in range(0, rows, step):
         scale_rows = rows_of(scale, start)
@@ -1093,9 +1092,7 @@ def sliced_kernel(
             # the slice's codes, not a float32 copy of all the elements encoded afterwards
             part = encode_codes(plan.element, elements, "eager") if plan.want_elements else None
         if part is not None:
-            if codes is None:
-                codes = torch.empty_like(xg, dtype=plan.codes_dtype)
-            codes[start : start + step].copy_(part)
+            codes[start : start + step].copy_(part)  # type: ignore[index]
     if plan.want_elements:
         return dequantized, codes, scale, block, tensor_scale
     return (dequantized,)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import warnings
 
 import pytest
@@ -19,14 +21,21 @@ def _stats_twin(x: torch.Tensor, shift: float) -> torch.Tensor:
     return _stats(x, shift) + 1000.0  # a deliberately different twin, to see which one ran
 
 
+def inductor_options(options: dict[str, object] | None) -> dict[str, object] | None:
+    """``options`` of a torch.compile call less ``guard_filter_fn`` (dynamo's, not inductor's)."""
+    kept = {k: v for k, v in (options or {}).items() if k != "guard_filter_fn"}
+    return kept or None
+
+
 @pytest.fixture
 def compiled_options(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """The inductor options of every torch.compile call made while the test runs."""
+    """The inductor options of every torch.compile call made while the test runs (without
+    dynamo's ``guard_filter_fn``, which torch.compile takes among them)."""
     seen: list[object] = []
     compile_ = torch.compile
 
     def recording(fn, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(kwargs.get("options"))
+        seen.append(inductor_options(kwargs.get("options")))
         return compile_(fn, **kwargs)
 
     monkeypatch.setattr(torch, "compile", recording)
@@ -214,6 +223,67 @@ def test_a_kernel_first_compiled_on_a_small_tensor_still_runs_on_the_threads(
     kernel_code = [code for code in codes if 'extern "C"' in code]
     assert kernel_code, codes
     assert all("#pragma omp parallel num_threads(2)" in code for code in kernel_code)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scaled:
+    """A kernel's constant of the kind quantize kernels take: a frozen dataclass."""
+
+    scale: float
+
+
+def _plus_one(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
+
+
+def _plus_three(x: torch.Tensor) -> torch.Tensor:
+    return x + 3
+
+
+#: A module global a kernel reads (replaced by the test below).
+_finish = _plus_one
+
+
+def _offset_rows(x: torch.Tensor, plan: _Scaled) -> torch.Tensor:
+    return _finish(dataclasses.replace(plan, scale=plan.scale * 2).scale * x)
+
+
+def test_a_compiled_kernel_rechecks_tensors_and_module_globals_not_its_own_constants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dynamo re-checks on every call what its trace read through a frame's globals: for a
+    quantize kernel, hundreds of guards on its frozen plan and on ``dataclasses``. The
+    kernel's key already pins its function and constants, so those guards go; those on the
+    tensors and on other modules' globals stay."""
+    decisions: list[list[tuple[str, bool, bool]]] = []
+    keep_guards = kernels._kernel_guards
+
+    def recording(own, entries):  # type: ignore[no-untyped-def]
+        keep = keep_guards(own, entries)
+        decisions.append([(e.name, e.guard_type, k) for e, k in zip(entries, keep, strict=True)])
+        return keep
+
+    monkeypatch.setattr(kernels, "_kernel_guards", recording)
+    x, plan = torch.randn(4, 5), _Scaled(0.25)
+    assert torch.equal(kernels.fused(_offset_rows, (x,), (plan,), path="compiled"), x * 0.5 + 1)
+    if any(key[0] is _offset_rows for key in kernels._FAILED):
+        pytest.skip("torch.compile is unavailable here (no C++ compiler): nothing compiled")
+    if not decisions:
+        pytest.skip("this torch has no guard_filter_fn: every guard is kept")
+    (first,) = decisions
+    dropped = [name for name, _, keep in first if not keep]
+    kept = [(name, kind) for name, kind, keep in first if keep]
+    assert any("G['CONSTANTS']" in name for name in dropped), first
+    assert any("dataclasses" in name for name in dropped), first
+    assert not any("G['CONSTANTS']" in name or "G['FN']" in name for name, _ in kept), kept
+    assert any(kind == "TENSOR_MATCH" for _, kind in kept), kept
+    # a module global the kernel reads is still checked: replaced, the kernel traces anew
+    monkeypatch.setattr(sys.modules[__name__], "_finish", _plus_three)
+    assert torch.equal(kernels.fused(_offset_rows, (x,), (plan,), path="compiled"), x * 0.5 + 3)
+    # and so is the tensor: another dtype gets a kernel of its own
+    x64 = x.double()
+    assert torch.equal(kernels.fused(_offset_rows, (x64,), (plan,), path="compiled"), x64 * 0.5 + 3)
+    assert len(decisions) == 3
 
 
 def test_compile_off_or_failing_falls_back_to_eager_with_one_warning(

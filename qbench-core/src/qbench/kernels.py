@@ -21,7 +21,9 @@ each piece of a split one, and its code encoder included), and :data:`COMPILE_EN
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from pathlib import Path
@@ -237,7 +239,6 @@ def _isa_machine_key() -> str:
 def _write_wide_compiler() -> str | None:
     """Write (or find, unchanged) :func:`wide_vector_compiler`'s script and return its path;
     None where it does not apply or cannot run."""
-    import re
     import shlex
     import shutil
     import subprocess
@@ -317,11 +318,51 @@ def _compiled(
                 "    numbers = UNPACK(args[-COUNT:], KINDS, args[0].device)\n"
                 "    return FN(*args[:-COUNT], *CONSTANTS, numbers=numbers)\n"
             )
+        own = frozenset(namespace)
         exec(compile(source, __file__, "exec"), namespace)
         _persist_compiled()
-        kernel = torch.compile(namespace[name], dynamic=True, options=dict(options) or None)
+        compile_options = dict(options)
+        if hasattr(torch.compiler, "skip_guard_on_globals_unsafe"):  # guard_filter_fn exists
+            compile_options["guard_filter_fn"] = functools.partial(_kernel_guards, own)
+        kernel = torch.compile(namespace[name], dynamic=True, options=compile_options or None)
         _COMPILED[key] = kernel
     return kernel
+
+
+#: Globals a kernel's trace reads that nothing changes at run time, as dynamo names what
+#: it reaches from a frame's globals: the modules (and their submodules) of the standard
+#: library's ``dataclasses`` (``dataclasses.replace`` of a frozen plan walks its fields: a
+#: sixth of a quantize kernel's guards) and of torch, and the builtins.
+_STATIC_MODULES = ("__import_dataclasses", "__import_torch")
+_BUILTINS = "__builtins_dict__"
+#: The global a guard's name starts from: ``G['CONSTANTS'][0].encoding`` -> CONSTANTS.
+_GLOBAL_ROOT = re.compile(r"G\['([^']+)'\]")
+
+
+def _static_global(root: str) -> bool:
+    """Whether a guard on the global ``root`` checks something that never changes."""
+    return root.startswith(_BUILTINS) or any(
+        root == module or root.startswith(f"{module}_dot_") for module in _STATIC_MODULES
+    )
+
+
+def _kernel_guards(own: frozenset[str], entries: list[Any]) -> list[bool]:
+    """Which of dynamo's guards a compiled kernel keeps (``guard_filter_fn``): all but those
+    on the kernel's own globals (``own``: its function, constants and number kinds, fixed
+    for the kernel as its key says) and on :data:`_STATIC_MODULES` and the builtins.
+
+    Dynamo re-checks, on every call, every attribute its trace read of anything reachable
+    from a frame's globals. A quantize kernel's plan is a frozen dataclass of frozen
+    dataclasses, rebuilt around the run-time numbers with ``dataclasses.replace``: 420-450
+    guards a kernel, about 350 of them on the plan, on ``dataclasses``, torch and the
+    builtins. Guards on the tensors, the shapes, grad mode, the function-mode stack and
+    qbench's and plugins' module globals (a function replaced by a test) stay. Measured on
+    a 2-core x86 VM, tiny tensors, A/B in one process: see benchmarks/README.md."""
+    keep = []
+    for entry in entries:
+        root = _GLOBAL_ROOT.search(entry.name) if entry.is_global else None
+        keep.append(root is None or not (root[1] in own or _static_global(root[1])))
+    return keep
 
 
 def _kinds(numbers: tuple[int | float, ...]) -> str:

@@ -90,7 +90,7 @@ def bench(session: nox.Session) -> None:
     """Print the performance ratios (not pass/fail): kernels, model, run and sweep overhead."""
     _install(session, *ALL)
     scripts = ("bit_casts.py", "quantize.py", "eager_activation.py", "model_overhead.py")
-    scripts += ("metric_kernels.py", "format_kernels.py", "run_overhead.py")
+    scripts += ("metric_kernels.py", "call_overhead.py", "format_kernels.py", "run_overhead.py")
     for script in (*scripts, "sweep_cost.py"):
         session.run("python", f"benchmarks/{script}", *session.posargs)
 

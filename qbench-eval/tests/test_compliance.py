@@ -370,13 +370,11 @@ def test_bit_field_decoding_counts_like_the_code_table(name: str, kernel_path: s
     dequantized[1, span + 5] = math.nan  # NaN used where the code decodes to a number
     values, legal = table._on(codes.device)
     by_bits = table.counts(codes, dequantized, scales)
-    by_table = torch.cat(
-        fused(
-            _audit_rows,
-            (codes, dequantized, scales, values, legal),
-            (0,),
-            numbers=(table.offset, values.numel() - 1),
-        )
+    by_table = fused(
+        _audit_rows,
+        (codes, dequantized, scales, values, legal),
+        (0,),
+        numbers=(table.offset, values.numel() - 1),
     )
     assert by_bits.tolist() == by_table.tolist()
     illegal, mismatched, _, _ = by_table.tolist()

@@ -210,9 +210,10 @@ def _audit_rows_bits(
     illegal = ((wide < low) | (wide >= high)) & (scales == scales)
     specials = tuple(zip(numbers[9:], kinds))
     reconstructed = _decode(codes, numbers[2:9], specials) * scales
-    return (
+    return _totals(
         _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
         _tally(*_nonfinite(dequantized, scales), row_dims),
+        row_dims,
     )
 
 
@@ -251,6 +252,25 @@ def _tally(illegal: torch.Tensor, mismatch: torch.Tensor, row_dims: int) -> torc
         both = illegal.to(torch.int32) + (mismatch.to(torch.int32) << _PACK_SHIFT)
         return both.sum(dim=tuple(range(-row_dims, 0)), dtype=torch.int32)
     return torch.stack([illegal.sum(), mismatch.sum()])
+
+
+def _totals(checks: torch.Tensor, nonfinite: torch.Tensor, row_dims: int) -> torch.Tensor:
+    """[illegal, mismatches, NaN, ±inf] as int64 totals, from two :func:`_tally` results.
+
+    Inside the audit's kernel, so that its compiled graph ends in the four totals: summed
+    after it, the packed per-row counts took nine eager ops (masks, shifts, sums, a stack)
+    an audited tensor, each a dispatch (a launch on a GPU) that cost more host time than
+    the compiled call itself on a small tensor (``benchmarks/call_overhead.py``)."""
+    if not row_dims:
+        return torch.cat([checks, nonfinite])
+    return torch.stack(
+        [
+            (checks & _LOW_MASK).sum(),
+            (checks >> _PACK_SHIFT).sum(),
+            (nonfinite & _LOW_MASK).sum(),
+            (nonfinite >> _PACK_SHIFT).sum(),
+        ]
+    )
 
 
 def _grouped_parts(
@@ -320,13 +340,15 @@ def _audit_rows(
     """How many codes are illegal (a code under a NaN scale is NaN whatever it is: never
     illegal), and how many ``decode(code) * scale`` differ from the dequantized value the
     layer used (NaN matching NaN); then how many values the layer used are NaN and how many
-    ±inf: each pair per row packed, or as two int64 totals (:func:`_tally`). ``numbers``:
-    the table's (offset, last slot) (:class:`~.tables._CodeTable`)."""
+    ±inf: four int64 totals, counted per row packed (:func:`_tally`) or, with ``row_dims``
+    0, directly (:func:`_totals`). ``numbers``: the table's (offset, last slot)
+    (:class:`~.tables._CodeTable`)."""
     offset, last = numbers
     index = (codes.to(torch.int64) + offset).clamp(min=0).clamp(max=last)
     reconstructed = values[index] * scales
     illegal = ~legal[index] & (scales == scales)
-    return (
+    return _totals(
         _tally(illegal, _mismatch(reconstructed, dequantized), row_dims),
         _tally(*_nonfinite(dequantized, scales), row_dims),
+        row_dims,
     )

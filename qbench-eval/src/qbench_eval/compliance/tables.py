@@ -22,8 +22,6 @@ from qbench.kernels import ONE_LOOP, fused, int_range
 from qbench.types import QuantResult
 
 from .counting import (
-    _LOW_MASK,
-    _PACK_SHIFT,
     _audit_rows,
     _audit_rows_bits,
     _decode_bits,
@@ -245,21 +243,13 @@ class _CodeTable:
         views = _rows(codes, dequantized, scales)
         if views is None:  # a row too long to pack two counts in an int32: int64 totals
             tensors = (codes, dequantized, scales, *extra)
-            return torch.cat(fused(fn, tensors, (*constants, 0), numbers=numbers, options=ONE_LOOP))
-        checks, nonfinite = fused(
+            return fused(fn, tensors, (*constants, 0), numbers=numbers, options=ONE_LOOP)
+        return fused(
             fn,
             (*views, *extra),
             (*constants, _row_dims(views[0])),
             numbers=numbers,
             options=ONE_LOOP,
-        )
-        return torch.stack(
-            [
-                (checks & _LOW_MASK).sum(),
-                (checks >> _PACK_SHIFT).sum(),
-                (nonfinite & _LOW_MASK).sum(),
-                (nonfinite >> _PACK_SHIFT).sum(),
-            ]
         )
 
     def _mask_counts(

@@ -353,11 +353,12 @@ def _kernel_guards(own: frozenset[str], entries: list[Any]) -> list[bool]:
 
     Dynamo re-checks, on every call, every attribute its trace read of anything reachable
     from a frame's globals. A quantize kernel's plan is a frozen dataclass of frozen
-    dataclasses, rebuilt around the run-time numbers with ``dataclasses.replace``: 420-450
-    guards a kernel, about 350 of them on the plan, on ``dataclasses``, torch and the
+    dataclasses, rebuilt around the run-time numbers with ``dataclasses.replace``: 335-450
+    guards a kernel, 260-370 of them on the plan, on ``dataclasses``, torch and the
     builtins. Guards on the tensors, the shapes, grad mode, the function-mode stack and
     qbench's and plugins' module globals (a function replaced by a test) stay. Measured on
-    a 2-core x86 VM, tiny tensors, A/B in one process: see benchmarks/README.md."""
+    a 2-core x86 VM, tiny tensors, A/B in one process: a quantize call's host cost 12-22%
+    lower (``benchmarks/call_overhead.py``, benchmarks/README.md)."""
     keep = []
     for entry in entries:
         root = _GLOBAL_ROOT.search(entry.name) if entry.is_global else None
@@ -582,7 +583,9 @@ def fused(
     The compiled kernel is built once per (``fn``, ``constants``, options, the kinds of the
     numbers) and reused for every shape; where building or running it fails, a warning names
     ``fn`` once and this call and every later one with that key run eagerly. A "tensor" may
-    be None (an optional argument), and ``constants`` must be hashable.
+    be None (an optional argument), and ``constants`` must be hashable and must not change
+    afterwards: the compiled kernel does not re-check ``fn`` or what it reaches through
+    ``constants`` on each call, as their key already names them (:func:`_kernel_guards`).
     """
     extra = {} if numbers is None else {"numbers": numbers}
     with without_function_modes():  # a kernel's math is never the model's call to intercept

@@ -259,8 +259,9 @@ def _totals(checks: torch.Tensor, nonfinite: torch.Tensor, row_dims: int) -> tor
 
     Inside the audit's kernel, so that its compiled graph ends in the four totals: summed
     after it, the packed per-row counts took nine eager ops (masks, shifts, sums, a stack)
-    an audited tensor, each a dispatch (a launch on a GPU) that cost more host time than
-    the compiled call itself on a small tensor (``benchmarks/call_overhead.py``)."""
+    an audited tensor, each a dispatch (a launch on a GPU). In the graph they are two small
+    loops after the one that reads the tensors: the count took 5-11% less time at every
+    size measured, 4x16x2x2 to 16x64x56x56 (A/B in one process, benchmarks/README.md)."""
     if not row_dims:
         return torch.cat([checks, nonfinite])
     return torch.stack(

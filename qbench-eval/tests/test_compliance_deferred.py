@@ -148,9 +148,9 @@ def test_counts_wait_on_cuda_only_and_within_the_byte_budget() -> None:
         assert metric.result()["status"] == "PASS"
 
 
-# -- the eager audit of large tensors (a short run, or compilation off) counts slice by slice
-# (``EAGER_COUNT_ABOVE``, ``tables.SLICE_ELEMENTS``) instead of from whole-tensor masks, so its
-# intermediates stay a slice's size: the result is the very result of the masks.
+# -- the eager audit (a short run, or compilation off) counts slice by slice
+# (``tables.SLICE_ELEMENTS``), on the CPU with ``_cpu_counts``'s shortcut, and reads masks only
+# for a tensor that failed: the result is the very result of the masks of every element.
 
 
 def _with_nonfinite() -> list[list[tuple[str, str, object]]]:
@@ -178,11 +178,12 @@ def test_sliced_eager_counts_give_the_result_of_the_masks(
     max_examples: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with kernels_on("eager"):
-        monkeypatch.setattr(compliance_metric, "EAGER_COUNT_ABOVE", 1 << 62)
-        masks = _audit(max_examples)
+        with monkeypatch.context() as patched:
+            # No code table: every observation counted from the masks of the format's decode.
+            patched.setattr(tables.FormatTables, "table", lambda *args: None)
+            masks = _audit(max_examples)
         sliced = []
         for elements in (1, 7, 1 << 20):  # slices of one row, of a few rows, one slice
-            monkeypatch.setattr(compliance_metric, "EAGER_COUNT_ABOVE", 0)
             monkeypatch.setattr(tables, "SLICE_ELEMENTS", elements)
             sliced.append(_audit(max_examples))
     with kernels_on("compiled"):
@@ -193,6 +194,32 @@ def test_sliced_eager_counts_give_the_result_of_the_masks(
     assert failures[("fc", "input")] == {"grid": 2}
     nonfinite = [t for t in masks["tensors"] if t["layer"] in ("nan", "mx")]
     assert nonfinite and all(sum(t["nonfinite"].values()) for t in nonfinite), nonfinite
+
+
+@pytest.mark.parametrize("path", ["eager", "compiled"])
+def test_only_a_failed_observation_is_read_for_masks(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean small tensor is only counted; the masks and their examples are computed for
+    the one that failed, once (the eager audit of the demo's activations read masks for
+    every observation, twice the time of its counts)."""
+    read = []
+    detail = compliance_metric.detail_failures
+    monkeypatch.setattr(
+        compliance_metric,
+        "detail_failures",
+        lambda audit, *args: read.append(audit.layer) or detail(audit, *args),
+    )
+    clean = qbench.quantize(torch.randn(4, 64), "fp8_e4m3", return_codes=True)
+    with kernels_on(path):
+        metric = _metric(False)
+        metric.on_tensor("clean", "input", clean)
+        metric.on_tensor("nudged", "input", _nudged(clean, (2, 5)))
+        metric.update(BATCH)
+    assert read == ["nudged"]
+    (failed,) = metric.result()["failures"]
+    assert (failed["layer"], failed["failures"]) == ("nudged", {"reconstruction": 1})
+    assert [e["index"] for e in failed["examples"]] == [[2, 5]]
 
 
 def test_slices_cut_the_first_dimension_and_keep_broadcast_tensors_whole(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 
 import pytest
 import qbench
@@ -281,6 +282,40 @@ def test_conv_weight_chunks_run_along_input_channels_and_kernel():
         conv.weight.detach(), "fp8_e4m3", mode="chunk", chunk_size=3, axis=-1
     )
     assert torch.equal(model_w[0]._q_weight.get(model_w[0]), along_width)
+
+
+@pytest.mark.parametrize("path", ["result", "fast"])
+def test_a_channels_last_twin_keeps_the_layout_of_its_fp32_model(path: str):
+    """Chunks run along a flattened weight's logical order whatever its layout, and the
+    quantized weight is laid out like the weight: a contiguous copy of a one-input-channel
+    convolution's channels-last weight made that convolution's output, and every layer after
+    it, contiguous while the FP32 model ran channels-last."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3))
+    model = model.to(memory_format=torch.channels_last)
+    spec = {"format": "fp8_e4m3", "weight_mode": "chunk", "weight_chunk_size": 8}
+    twin = qbench.prepare(model, spec)
+    x = torch.randn(4, 1, 12, 12).contiguous(memory_format=torch.channels_last)
+    recorder = Recorder()
+    with torch.no_grad(), observe(twin, recorder) if path == "result" else nullcontext():
+        outputs = [(model[0](x), twin[0](x)), (model(x), twin(x))]
+    for _, role, result in recorder.seen:  # the audit's codes are laid out like the values
+        if role == "weight":
+            assert result.codes.stride() == result.dequantized.stride()
+    for conv, q in ((model[0], twin[0]), (model[2], twin[2])):
+        weight = q._q_weight.get(q)
+        assert weight.stride() == conv.weight.stride()
+        flat = qbench.quantize(
+            conv.weight.detach().reshape(conv.out_channels, -1),
+            "fp8_e4m3",
+            mode="chunk",
+            chunk_size=8,
+            axis=-1,
+        )
+        assert torch.equal(weight, flat.reshape(conv.weight.shape))
+    for reference, quantized in outputs:
+        assert quantized.stride() == reference.stride()
+    assert outputs[-1][1].is_contiguous(memory_format=torch.channels_last)
 
 
 # -- one quantization per tensor and spec ---------------------------------------------

@@ -174,7 +174,7 @@ class TensorQuantizer:
         source = x.reshape(x.shape[0], -1) if self.flatten else x
         spec = self.spec_for(source)
         quantized = self.format.quantize(source, self._kernel_spec(source, spec))
-        return quantized.reshape(x.shape) if self.flatten else quantized
+        return _in_layout_of(quantized, x) if self.flatten else quantized
 
     def quantize_result(self, x: torch.Tensor) -> QuantResult:
         """The full QuantResult, shaped like ``x`` (codes and scales for the audit), its codes
@@ -189,7 +189,7 @@ class TensorQuantizer:
         )
         if result.spec is not spec:
             result = dataclasses.replace(result, spec=spec)  # report the spec as configured
-        return _reshape_result(result, x.shape) if self.flatten else result
+        return _reshape_result(result, x) if self.flatten else result
 
     # -- with sharing and observation ---------------------------------------------------
 
@@ -338,8 +338,26 @@ def _tag(tensor: torch.Tensor, attribute: str, value: Any) -> None:
         pass
 
 
-def _reshape_result(result: QuantResult, shape: torch.Size) -> QuantResult:
-    """A result computed on a flattened view, with codes and expanded scales in ``shape``."""
+def _in_layout_of(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t``, computed on the flattened view of ``x``, shaped like ``x`` and laid out like it:
+    a channels-last weight flattens to a contiguous copy, and quantized so it would come back
+    contiguous, and a convolution with a contiguous weight and an input of one channel (or
+    one whose layout is ambiguous) runs contiguous; every layer after it then did too, while
+    the FP32 model ran channels-last (the demo's twin: all its convolutions, and a copy of
+    each output to compare it with the FP32 one). The strides are matched exactly: a
+    channels-last weight of one input channel is contiguous too, but its strides alone
+    decide the layout of its convolution's output."""
+    t = t.reshape(x.shape)
+    if t.stride() == x.stride():
+        return t
+    out = torch.empty_like(x, dtype=t.dtype)  # x's strides where x is dense
+    return out.copy_(t) if out.stride() == x.stride() else t
+
+
+def _reshape_result(result: QuantResult, x: torch.Tensor) -> QuantResult:
+    """A result computed on the flattened view of ``x``, with codes and expanded scales in
+    its shape, the dequantized values and codes in its layout (:func:`_in_layout_of`)."""
+    shape = x.shape
     flat_shape = result.codes.shape
     inner: Callable[[torch.Tensor], torch.Tensor] | None = result.expand
 
@@ -349,8 +367,8 @@ def _reshape_result(result: QuantResult, shape: torch.Size) -> QuantResult:
 
     return dataclasses.replace(
         result,
-        dequantized=result.dequantized.reshape(shape),
-        codes=result.codes.reshape(shape),
+        dequantized=_in_layout_of(result.dequantized, x),
+        codes=_in_layout_of(result.codes, x),
         expand=expand,
     )
 

@@ -393,6 +393,18 @@ def _shortcut_layouts(
     }
 
 
+def test_the_in_place_scaling_check_broadcasts_as_torch_does() -> None:
+    target = (4, 6, 8, 2, 32)
+    shapes = [(), (1,), (32,), (2, 1), (2, 32), (1, 1, 1, 1, 1), (4, 6, 8, 2, 1), target]
+    shapes += [(3,), (8, 2, 3), (4, 6, 8, 2, 32, 1), (1, 4, 6, 8, 2, 32), (5, 1, 1, 1, 1)]
+    for shape in shapes:
+        try:
+            same = torch.broadcast_shapes(target, shape) == target
+        except RuntimeError:
+            same = False
+        assert tables._broadcasts_into(torch.Size(shape), torch.Size(target)) == same, shape
+
+
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "int8", "fp4_e2m1", "test_int4"])
 @pytest.mark.parametrize("sign", ["mixed", "positive", "negative"])
 def test_the_cpu_shortcut_counts_what_the_masks_count_in_every_branch(name: str, sign: str) -> None:

@@ -302,8 +302,8 @@ class _CodeTable:
         else:  # index 0 is code 0
             start = self.offset
         decoded = values[start:].index_select(0, index).reshape(codes.shape)
-        if torch.result_type(decoded, scales) == decoded.dtype and (
-            torch.broadcast_shapes(decoded.shape, scales.shape) == decoded.shape
+        if torch.result_type(decoded, scales) == decoded.dtype and _broadcasts_into(
+            scales.shape, decoded.shape
         ):
             decoded.mul_(scales)  # the product ``decoded * scales`` would be, in place
         else:
@@ -318,6 +318,14 @@ class _CodeTable:
         else:
             mismatch = int((decoded != dequantized).sum())
         return torch.tensor([0, mismatch, nan, inf], dtype=torch.int64)
+
+
+def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
+    """Does ``shape`` broadcast to ``target`` as it is (``torch.broadcast_shapes(target,
+    shape) == target``, which took 0.15 ms a call, a tenth of a small tensor's count)?"""
+    return len(shape) <= len(target) and all(
+        n in (1, m) for n, m in zip(reversed(shape), reversed(target), strict=False)
+    )
 
 
 #: Elements per slice of a sliced eager count (:meth:`_CodeTable.counts`): its masks and

@@ -129,6 +129,18 @@ def test_numbers_baked_in_compile_a_kernel_per_value(
     assert not kernels._FAILED
 
 
+def test_the_words_of_a_numbers_tuple_are_kept_for_that_very_tuple() -> None:
+    """Equal tuples are not the same numbers (0.0 == -0.0): the words are reused only for
+    the same tuple object, which the cache holds so that its id is not reused."""
+    kernels._WORDS.clear()
+    zero, negative = (1.5, 0.0), (1.5, -0.0)
+    assert zero == negative
+    assert kernels._kinds_and_words(zero) == ("ff", (0x3FC00000, 0))
+    assert kernels._kinds_and_words(negative) == ("ff", (0x3FC00000, -(1 << 31)))
+    assert kernels._WORDS[id(zero)][0] is zero
+    assert kernels._kinds_and_words(zero)[1] is kernels._WORDS[id(zero)][2]
+
+
 def test_numbers_are_passed_exactly_or_refused() -> None:
     """-0.0 and 0.0 are different numbers (their own words); a float float32 does
     not hold, or an int beyond int32, is refused rather than rounded."""

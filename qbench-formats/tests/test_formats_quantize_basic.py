@@ -62,3 +62,77 @@ def test_bad_spec_values_raise_qbench_error() -> None:
         qbench.quantize(x, "fp8_e4m3", mode="channel", axis=5)
     with pytest.raises(qbench.QBenchError, match="scale_method"):
         qbench.quantize(x, "fp8_e4m3", scale_method="minmax")
+
+
+# -- a quantized layer's plan is built once (``quantizer._prepared``) ---------------------
+
+
+def test_a_repeated_call_reuses_its_plan_and_a_new_scale_format_is_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qbench.spec import spec_from_arguments
+    from qbench_formats import quantizer
+    from qbench_formats.families import FloatFormat
+
+    monkeypatch.setattr(quantizer, "_PREPARED", {})
+    built = []
+    validate = quantizer.validate
+    monkeypatch.setattr(quantizer, "validate", lambda spec: built.append(spec) or validate(spec))
+    fmt = qbench.get_format("fp4_e2m1")
+    spec = spec_from_arguments("fp4_e2m1", mode="chunk", chunk_size=16, scale_format="fp8_e4m3")
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(1))
+    first = fmt.quantize(x, spec, return_codes=True)
+    again = fmt.quantize(x.clone(), spec, return_codes=True)
+    assert len(built) == 1
+    assert torch.equal(first.codes, again.codes) and torch.equal(first.scales, again.scales)
+    fmt.quantize(x[:3], spec, return_codes=True)  # another shape: its own layout
+    fmt.quantize(x, spec)  # no codes: its own plan
+    same_values = spec_from_arguments(
+        "fp4_e2m1", mode="chunk", chunk_size=16, scale_format="fp8_e4m3"
+    )
+    fmt.quantize(x, same_values, return_codes=True)  # keyed by identity, not by value
+    assert len(built) == 4
+    # The scale format is looked up on every call: another one registered under its name is
+    # the one used from then on (here: scales of one mantissa bit, so other scales).
+    coarse = FloatFormat("fp8_e4m3", exponent_bits=4, mantissa_bits=1, bias=7)
+    registered = qbench.plugins.get
+    monkeypatch.setattr(
+        qbench.plugins,
+        "get",
+        lambda kind, name: (
+            coarse if (kind, name) == ("format", "fp8_e4m3") else registered(kind, name)
+        ),
+    )
+    coarser = fmt.quantize(x, spec, return_codes=True)
+    assert len(built) == 5
+    assert not torch.equal(coarser.scales, first.scales)
+    assert torch.equal(coarser.scales, coarse.round(coarser.scales, "nearest_even", "saturate"))
+
+
+def test_a_format_that_is_not_a_frozen_family_is_planned_on_every_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its constants (max_value, its own round) could change between calls."""
+    from qbench.spec import spec_from_arguments
+    from qbench_formats import quantizer
+
+    monkeypatch.setattr(quantizer, "_PREPARED", {})
+
+    class Halves:  # rounds itself: to multiples of 1/2 up to its max_value
+        name, bits = "halves", 8
+
+        def __init__(self, max_value: float) -> None:
+            self.max_value = max_value
+
+        def round(self, x, rounding, overflow, generator=None):  # type: ignore[no-untyped-def]
+            return ((x * 2).round() / 2).clamp(-self.max_value, self.max_value)
+
+    spec = spec_from_arguments("fp8_e4m3", mode="tensor")
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(2))
+    fmt = Halves(4.0)
+    before = quantizer.quantize(fmt, x, spec)
+    fmt.max_value = 2.0  # the absmax now scales to 2: other values
+    after = quantizer.quantize(fmt, x, spec)
+    assert not quantizer._PREPARED
+    assert not torch.equal(before, after)
+    assert torch.equal(after, quantizer.quantize(Halves(2.0), x, spec))

@@ -682,6 +682,7 @@ def split_tensor_scale(plan: Plan) -> bool:
 SCALES_ONE_THREAD_BELOW = 1 << 18
 
 
+@functools.lru_cache(maxsize=256)
 def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]]:
     """The compiled fused kernel for ``plan``: :func:`fused_kernel`, for a large tensor of a
     whole-tensor plan (:func:`split_tensor_scale`) :func:`amax_scales` then
@@ -693,7 +694,8 @@ def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]
     piece covers n/chunk values and runs on one thread below
     :data:`SCALES_ONE_THREAD_BELOW` of them, where its loops cost less than a barrier on a
     loaded box; NVFP4's blocks of 16 make a 4096x4096 tensor a million of them, 2.7 ms on
-    one thread of a 2-core x86 VM and 1.75 ms on two."""
+    one thread of a 2-core x86 VM and 1.75 ms on two. Built once per plan: the same
+    ``numbers`` tuple on every call lets :func:`qbench.kernels.fused` reuse their words."""
     key, numbers = kernel_plan(plan)
     if split_tensor_scale(plan):
 
@@ -879,6 +881,82 @@ def validate(spec: QuantSpec) -> None:
             raise QBenchError(f"chunk_size must be a positive integer, found {size!r}")
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What :func:`quantize` derives from its arguments before any tensor is touched."""
+
+    element: Any
+    spec: QuantSpec
+    scale_source: Any  # the registered scale format the plan was built with, or None
+    plan: Plan
+    layout: Layout
+
+
+#: :func:`_prepared`'s entries, by the identity of the element format and the spec, the
+#: tensor's shape and what is returned. Cleared whole when full (specs made per call, as
+#: ``qbench.quantize(x, "fp8_e4m3")`` makes them, only churn it).
+_PREPARED: dict[tuple[Any, ...], _Prepared] = {}
+_PREPARED_MAX = 1024
+
+
+def _prepared(
+    element: Any, spec: QuantSpec, shape: torch.Size, return_codes: bool, narrow_codes: bool
+) -> tuple[Plan, Layout]:
+    """The validated plan and the layout of a call, built once per (element format, spec,
+    shape, codes or not): a quantized layer passes the same spec object on every call, and
+    building them took about a quarter of a small tensor's compiled call (validation, the
+    format's constants, a frozen plan of 15 fields). Kept only for a format of a built-in
+    family, a frozen dataclass whose constants cannot change; a registered scale format is
+    looked up on every call, so a plugin registered since is seen."""
+    scaling = spec.scaling
+    source = None
+    if scaling.scale_format not in ("fp32", "e8m0"):
+        from qbench.plugins import get
+
+        try:
+            source = get("format", scaling.scale_format)
+        except QBenchError:  # _scale_plan names the problem
+            source = None
+    key = (id(element), id(spec), shape, return_codes, narrow_codes)
+    hit = _PREPARED.get(key)
+    if (
+        hit is not None
+        and hit.element is element
+        and hit.spec is spec
+        and hit.scale_source is source
+    ):
+        return hit.plan, hit.layout
+    validate(spec)
+    own_round = uses_own_round(element)
+    encoding = fused.encoding(element) if encodes_from_bits(element) else None
+    scale_kind, scale_format, second_level = _scale_plan(spec)
+    layout = layout_for(shape, scaling.mode, scaling.axis, scaling.chunk_size)
+    plan = Plan(
+        element=element,
+        element_arith=None if own_round else arith_of(element),
+        own_round=own_round,
+        reduce_dims=layout.reduce_dims,
+        scale_kind=scale_kind,
+        scale_arith=None if scale_format is None else arith_of(scale_format),
+        scale_format=scale_format,
+        element_facts=_facts(element),
+        encoding=encoding,
+        # only with codes: without, the same kernel serves narrow_codes and not
+        codes_dtype=narrow_codes_dtype(encoding) if narrow_codes and return_codes else torch.int32,
+        second_level=second_level,
+        rounding=spec.rounding,
+        overflow=spec.overflow,
+        want_elements=return_codes,
+        whole_tensor=scaling.mode == "tensor",
+    )
+    params = getattr(type(element), "__dataclass_params__", None)
+    if isinstance(element, FamilyFormat) and params is not None and params.frozen:
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[key] = _Prepared(element, spec, source, plan, layout)
+    return plan, layout
+
+
 def quantize(
     fmt: Any,
     x: torch.Tensor,
@@ -900,31 +978,9 @@ def quantize(
         raise QBenchError(f"path {path!r} is not one of {', '.join(PATHS)}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise QBenchError(f"quantize needs a floating-point tensor, found {type(x).__name__}")
-    validate(spec)
     element = getattr(fmt, "element_format", fmt)
-    own_round = uses_own_round(element)
-    encoding = fused.encoding(element) if encodes_from_bits(element) else None
-    scale_kind, scale_format, second_level = _scale_plan(spec)
     scaling = spec.scaling
-    layout = layout_for(x.shape, scaling.mode, scaling.axis, scaling.chunk_size)
-    plan = Plan(
-        element=element,
-        element_arith=None if own_round else arith_of(element),
-        own_round=own_round,
-        reduce_dims=layout.reduce_dims,
-        scale_kind=scale_kind,
-        scale_arith=None if scale_format is None else arith_of(scale_format),
-        scale_format=scale_format,
-        element_facts=_facts(element),
-        encoding=encoding,
-        # only with codes: without, the same kernel serves narrow_codes and not
-        codes_dtype=narrow_codes_dtype(encoding) if narrow_codes and return_codes else torch.int32,
-        second_level=second_level,
-        rounding=spec.rounding,
-        overflow=spec.overflow,
-        want_elements=return_codes,
-        whole_tensor=scaling.mode == "tensor",
-    )
+    plan, layout = _prepared(element, spec, x.shape, return_codes, narrow_codes)
     restore = layout.restore
     with torch.no_grad():
         x32 = x.detach().to(torch.float32)
@@ -940,10 +996,10 @@ def quantize(
             if xg.numel() != x32.numel():  # a padded short last block: its zeros do not rank
                 valid = layout.grouped(torch.ones_like(x32, dtype=torch.bool))
             noise = None
-            if spec.rounding == "stochastic" and not own_round:
+            if spec.rounding == "stochastic" and not plan.own_round:
                 noise = layout.grouped(torch.rand(x.shape, generator=generator, device=x.device))
             outputs = clipped_kernel(plan, scaling, xg, valid, noise, generator, path)
-        elif own_round:
+        elif plan.own_round:
             outputs = own_round_kernel(layout.grouped(x32), generator, plan, path)
         else:
             noise = None

@@ -101,6 +101,47 @@ def test_layerwise_matches_independent_computation(kernel_path: str, grad_mode: 
     assert metric._inputs.hits == (2 * len(batches) if shared else 0)
 
 
+@pytest.mark.parametrize("fold", [1, 3, 1 << 30])
+def test_sums_and_statistics_folded_every_few_calls_are_those_of_every_call(
+    fold: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer adds its calls into its totals every ``_FOLD_CALLS`` calls (and when read):
+    every call counted once, a NaN call among them, inputs of two dtypes, whatever the
+    fold's size (1: as each call used to be added; 2^30: only when read)."""
+    from qbench_eval import layerwise
+    from qbench_eval._identity import Seen
+
+    monkeypatch.setattr(layerwise, "_FOLD_CALLS", fold)
+    generator = torch.Generator().manual_seed(4)
+    stats = layerwise._LayerStats("layer", {})
+    pairs, inputs = [], []
+    for i in range(10):
+        r = torch.randn(6, 5, generator=generator)
+        q = torch.round(r * 4) / 4
+        x = torch.relu(torch.randn(6, 5, generator=generator)) * (i + 1)
+        if i == 5:
+            q[1, 2] = math.nan
+        if i == 7:
+            x = x.to(torch.float16)
+        stats.add_pair(r, q)
+        stats.add_input(x, Seen())
+        pairs.append((r.double().numpy(), q.double().numpy()))
+        inputs.append(np.abs(x.double().numpy()))
+    result = stats.result()
+    assert repr(result) == repr(stats.result())  # reading folds what is pending only
+    assert result["calls"] == 10 and result["elements"] == 300
+    assert result["nonfinite_calls"] == 1 and math.isnan(result["mse"])
+    magnitude = np.concatenate(inputs)
+    assert result["input"]["max_abs"] == magnitude.max()
+    assert result["input"]["min_nonzero_abs"] == magnitude[magnitude > 0].min()
+    assert result["input"]["zero_fraction"] == np.mean(magnitude == 0)
+    finite = layerwise._LayerStats("finite", {})
+    for rr, qq in pairs[:5]:
+        finite.add_pair(torch.from_numpy(rr).float(), torch.from_numpy(qq).float())
+    r, q = np.concatenate([p[0] for p in pairs[:5]]), np.concatenate([p[1] for p in pairs[:5]])
+    assert finite.result()["mse"] == pytest.approx(np.mean((r - q) ** 2), rel=1e-12)
+
+
 def test_identical_models_give_zero_error_and_infinite_sqnr() -> None:
     reference, _ = _models()
     quantized = copy.deepcopy(reference)

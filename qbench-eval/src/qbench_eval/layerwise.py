@@ -49,6 +49,11 @@ _WATCHED_BATCHES = 4
 # Slots of the per-layer output accumulator (float64, on the output's device).
 _SSE, _REF_SQ, _Q_SQ, _DOT, _NONFINITE_CALLS = range(5)
 
+#: Calls whose sums and input statistics a layer keeps before adding them into its totals in
+#: one stack and reduction: added one call at a time, they took about ten tiny ops a call
+#: (on a GPU, ten kernel launches). 64 calls of a layer hold a few kilobytes.
+_FOLD_CALLS = 64
+
 
 def first_tensor(value: Any) -> torch.Tensor | None:
     """The first tensor in a module's output or input (tuples from e.g. MultiheadAttention)."""
@@ -335,6 +340,10 @@ class _LayerStats:
         self.input_zeros: torch.Tensor | None = None
         self.input_min_nonzero: torch.Tensor | None = None
         self.input_max: torch.Tensor | None = None
+        # Each call's sums and input statistics, added into the totals above every
+        # _FOLD_CALLS calls (and by result()): a handful of tiny ops per call otherwise.
+        self._sums_pending: list[torch.Tensor] = []
+        self._inputs_pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.pending: dict[str, deque[_Kept]] = {"reference": deque(), "quantized": deque()}
         # Whether a later op (ReLU(inplace=True), ``out += identity``) changes this layer's
         # output in place before its twin's output arrives: learned on the first call.
@@ -425,11 +434,22 @@ class _LayerStats:
             seen.put((quantized,), stats)
         else:
             sums = pair_sums(r, q)
-        # any NaN/inf in q makes q.q non-finite
-        row = torch.cat([sums, (~torch.isfinite(sums[_Q_SQ : _Q_SQ + 1])).to(torch.float64)])
-        self.sums = row if self.sums is None else self.sums + row
+        self._sums_pending.append(sums)
+        if len(self._sums_pending) >= _FOLD_CALLS:
+            self._fold_sums()
         self.elements += r.numel()
         self.calls += 1
+
+    def _fold_sums(self) -> None:
+        """Add the pending calls' sums into :attr:`sums`, with how many of them were not
+        finite (any NaN/inf in q makes q.q non-finite)."""
+        if not self._sums_pending:
+            return
+        calls = torch.stack(self._sums_pending)
+        self._sums_pending = []
+        nonfinite = (~torch.isfinite(calls[:, _Q_SQ])).sum().to(torch.float64)
+        row = torch.cat([calls.sum(0), nonfinite.reshape(1)])
+        self.sums = row if self.sums is None else self.sums + row
 
     def add_input(self, x: torch.Tensor, seen: Seen[Any]) -> None:
         # Zeros are mapped to +inf for the minimum, which is then the smallest non-zero
@@ -440,22 +460,31 @@ class _LayerStats:
         if found is None:
             found = input_stats(x.detach())
             seen.put((x,), found)
-        zeros, largest, smallest_nonzero = found
-        largest = largest.to(torch.float64)
-        smallest_nonzero = smallest_nonzero.to(torch.float64)
-        if self.input_min_nonzero is None:
-            self.input_min_nonzero, self.input_max, self.input_zeros = (
-                smallest_nonzero,
-                largest,
-                zeros,
-            )
-        else:
-            self.input_min_nonzero = torch.minimum(self.input_min_nonzero, smallest_nonzero)
-            self.input_max = torch.maximum(self.input_max, largest)
-            self.input_zeros = self.input_zeros + zeros
+        self._inputs_pending.append(found)
+        if len(self._inputs_pending) >= _FOLD_CALLS:
+            self._fold_inputs()
         self.input_elements += x.numel()
 
+    def _fold_inputs(self) -> None:
+        """Fold the pending calls' input statistics into the running ones (float64 extremes:
+        an input's dtype may differ between calls)."""
+        if not self._inputs_pending:
+            return
+        zeros, largest, smallest = (torch.stack(part) for part in zip(*self._inputs_pending))
+        self._inputs_pending = []
+        zeros = zeros.sum()
+        largest = largest.to(torch.float64).amax()  # a NaN stays NaN
+        smallest = smallest.to(torch.float64).amin()
+        if self.input_min_nonzero is None:
+            self.input_min_nonzero, self.input_max, self.input_zeros = smallest, largest, zeros
+        else:
+            self.input_min_nonzero = torch.minimum(self.input_min_nonzero, smallest)
+            self.input_max = torch.maximum(self.input_max, largest)
+            self.input_zeros = self.input_zeros + zeros
+
     def result(self) -> dict[str, Any]:
+        self._fold_sums()
+        self._fold_inputs()
         out: dict[str, Any] = {
             "name": self.name,
             **self.info,

@@ -523,3 +523,31 @@ def test_a_compiled_count_reads_the_values_in_one_loop(
     assert sum(bool(re.search(r"\bin_ptr\d", loop)) for loop in loops) == 1, kernel
     assert counts.tolist() == table.counts(*part, sliced=True).tolist()
     assert sum(counts.tolist()[2:]) > 0  # the planted NaN / inf were counted, in that loop
+
+
+@pytest.mark.parametrize("scale_format", ["fp32", "e8m0", "fp8_e4m3"])
+def test_scale_counts_by_range_are_those_of_the_masks(scale_format: str) -> None:
+    """A CPU level of fp32 scales seen finite and positive by its range makes no masks;
+    every other case is counted from them (zero, negative, ±inf, NaN scales; e8m0's powers
+    of two and fp8's grid need the masks whatever the range)."""
+    fp32_tables = tables.FormatTables()
+    clean = torch.tensor([[0.5, 2.0], [3.0, 1.0e-30]])
+    cases = {"clean": clean}
+    for name, value in (("zero", 0.0), ("negative", -1.0), ("inf", math.inf), ("nan", math.nan)):
+        bad = clean.clone()
+        bad[1, 0] = value
+        cases[name] = bad
+    for name, values in cases.items():
+        for as_dtype in (torch.float32, torch.float64):
+            check = tables._ScaleCheck("block", scale_format, values.to(as_dtype))
+            counts = fp32_tables.scale_counts([check]).tolist()
+            illegal, nan = tables.FormatTables().scale_masks(
+                tables._ScaleCheck("block", scale_format, values.to(as_dtype))
+            )
+            assert counts == [int(illegal.sum()), int(nan.sum())], (name, as_dtype)
+            masked = check.masks is not None
+            assert masked == (name != "clean" or scale_format != "fp32"), (name, scale_format)
+    if scale_format == "fp32":  # NaN is legal in fp32, zero, negative and inf are not
+        assert tables.FormatTables().scale_counts(
+            [tables._ScaleCheck("a", "fp32", cases["nan"]), tables._ScaleCheck("b", "fp32", clean)]
+        ).tolist() == [0, 0, 1, 0]

@@ -169,8 +169,7 @@ class ComplianceMetric:
             scales,
         )
         table = self.tables.table(element_name, element, codes)
-        counts = [check.illegal.sum().reshape(1) for check in scale_checks]
-        counts += [check.nan.sum().reshape(1) for check in scale_checks]
+        scale_counts = self.tables.scale_counts(scale_checks)
         compiled = use_compiled(codes.numel())
         if table is not None:
             # The grid and reconstruction checks only count: in one fused pass compiled;
@@ -192,7 +191,12 @@ class ComplianceMetric:
                 _versions(tensors),
                 scale_checks,
                 clean,
-                torch.cat([*counts, found[0] if len(found) == 1 else torch.stack(found).sum(0)]),
+                torch.cat(
+                    [
+                        scale_counts.to(codes.device),
+                        found[0] if len(found) == 1 else torch.stack(found).sum(0),
+                    ]
+                ),
             )
             self._pending.append(observation)
             self._pending_bytes += sum(t.numel() * t.element_size() for t in tensors or ())
@@ -206,7 +210,7 @@ class ComplianceMetric:
         # after every pending observation (examples stay in observation order).
         self.settle()
         levels = len(scale_checks)
-        scale_counts = torch.cat(counts).tolist() if counts else []
+        scale_counts = scale_counts.tolist()
         failed = self._add_scale_counts(audit, scale_counts[:levels])
         detail_failed, nan, inf = detail_failures(
             audit, result, element_name, max_examples, self.tables

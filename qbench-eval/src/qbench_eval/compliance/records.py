@@ -246,7 +246,7 @@ def scale_examples(
         if not count or len(audit.examples) >= max_examples:
             continue
         level, scale_format, values = check.level, check.scale_format, check.values
-        bad = check.illegal
+        bad = tables.scale_masks(check)[0]
         for i in _first(bad, max_examples - len(audit.examples)):
             value = float(values.reshape(-1)[i])
             nearest: list[Any] = []

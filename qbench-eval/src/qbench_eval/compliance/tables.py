@@ -351,15 +351,27 @@ def _slices(tensors: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]
     ]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _ScaleCheck:
-    """One scale level of an observation: its values, which are illegal, which are NaN."""
+    """One scale level of an observation: its values, and (:meth:`FormatTables.scale_masks`,
+    computed when needed) which are illegal, which are NaN."""
 
     level: str
     scale_format: str
     values: torch.Tensor
-    illegal: torch.Tensor
-    nan: torch.Tensor
+    masks: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def _positive_only(check: _ScaleCheck, tables: FormatTables) -> bool:
+    """Whether a CPU level of a format asking only for finite positive scales is seen, by
+    its range, to hold only such scales (:meth:`FormatTables.scale_counts`)."""
+    v, scale_format = check.values, check.scale_format
+    if v.device.type != "cpu" or not v.is_floating_point() or not v.numel():
+        return False
+    if scale_format == "e8m0" or tables.enumerable(scale_format):
+        return False
+    low, high = (float(t) for t in torch.aminmax(v))
+    return low > 0 and high < math.inf  # NaN fails both
 
 
 class FormatTables:
@@ -391,32 +403,57 @@ class FormatTables:
         return table
 
     def scale_checks(self, result: QuantResult) -> list[_ScaleCheck]:
-        """Every scale level's values with their illegal and NaN masks. A NaN scale is legal
-        where the scale format encodes NaN (e8m0's 0xFF, OCP MX v1.0 §5.4.1: every element
-        of its block is NaN; fp32; fp8_e4m3's S.1111.111), illegal elsewhere."""
+        """Every scale level of ``result``: its values and scale format."""
         parts = dict(result.scale_parts or {})
         if not parts:
             parts = {"scale": (result.scales, result.spec.scaling.scale_format)}
-        checks = []
-        for level, (values, scale_format) in parts.items():
-            values = torch.as_tensor(values)
-            v = values if values.is_floating_point() else values.to(torch.float64)
-            legal = (v > 0) & (v < math.inf)  # finite and positive (NaN fails both)
-            if scale_format == "e8m0":
-                mantissa, exponent = torch.frexp(v.to(torch.float64))
-                # 2^e has frexp mantissa 0.5 and exponent e + 1.
-                legal &= (
-                    (mantissa == 0.5)
-                    & (exponent - 1 >= E8M0_MIN_EXPONENT)
-                    & (exponent - 1 <= E8M0_MAX_EXPONENT)
-                )
-            elif self.enumerable(scale_format):
-                legal &= self.grid(scale_format).contains(v)
-            nan = v != v
-            if _encodes_nan(scale_format):
-                legal |= nan
-            checks.append(_ScaleCheck(level, scale_format, values, ~legal, nan))
-        return checks
+        return [
+            _ScaleCheck(level, scale_format, torch.as_tensor(values))
+            for level, (values, scale_format) in parts.items()
+        ]
+
+    def scale_masks(self, check: _ScaleCheck) -> tuple[torch.Tensor, torch.Tensor]:
+        """(illegal, NaN) masks of a level's values, computed once. A NaN scale is legal
+        where the scale format encodes NaN (e8m0's 0xFF, OCP MX v1.0 §5.4.1: every element
+        of its block is NaN; fp32; fp8_e4m3's S.1111.111), illegal elsewhere."""
+        if check.masks is not None:
+            return check.masks
+        values, scale_format = check.values, check.scale_format
+        v = values if values.is_floating_point() else values.to(torch.float64)
+        legal = (v > 0) & (v < math.inf)  # finite and positive (NaN fails both)
+        if scale_format == "e8m0":
+            mantissa, exponent = torch.frexp(v.to(torch.float64))
+            # 2^e has frexp mantissa 0.5 and exponent e + 1.
+            legal &= (
+                (mantissa == 0.5)
+                & (exponent - 1 >= E8M0_MIN_EXPONENT)
+                & (exponent - 1 <= E8M0_MAX_EXPONENT)
+            )
+        elif self.enumerable(scale_format):
+            legal &= self.grid(scale_format).contains(v)
+        nan = v != v
+        if _encodes_nan(scale_format):
+            legal |= nan
+        check.masks = (~legal, nan)
+        return check.masks
+
+    def scale_counts(self, checks: list[_ScaleCheck]) -> torch.Tensor:
+        """[illegal scales of each level..., NaN scales of each level...] (int64). On the
+        CPU, where a look costs no device sync, a level of a format that only asks for
+        finite positive scales (fp32, fp64) is first looked at by its range: all finite and
+        positive (NaN propagates through ``aminmax``), it has neither, and no mask is made
+        (its masks took nine ops and two sums an observation)."""
+        counts: list[Any] = [None] * (2 * len(checks))
+        for i, check in enumerate(checks):
+            if _positive_only(check, self):
+                counts[i] = counts[len(checks) + i] = 0
+                continue
+            illegal, nan = self.scale_masks(check)
+            counts[i], counts[len(checks) + i] = illegal.sum(), nan.sum()
+        if all(isinstance(c, int) for c in counts):
+            return torch.tensor(counts, dtype=torch.int64)
+        device = next(c.device for c in counts if isinstance(c, torch.Tensor))
+        return torch.stack([torch.as_tensor(c, device=device) for c in counts])
 
     def enumerable(self, format_name: str) -> bool:
         """Is the scale format's grid small enough to test membership (fp8 yes, fp32 no)?"""

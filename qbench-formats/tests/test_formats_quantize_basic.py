@@ -136,3 +136,26 @@ def test_a_format_that_is_not_a_frozen_family_is_planned_on_every_call(
     assert not quantizer._PREPARED
     assert not torch.equal(before, after)
     assert torch.equal(after, quantizer.quantize(Halves(2.0), x, spec))
+
+
+def test_a_family_subclass_without_a_hash_still_compiles_and_its_plan_is_kept() -> None:
+    """The kept plans and kernels are found by identity: a plugin's format need not hash."""
+    from qbench.spec import spec_from_arguments
+    from qbench_formats import quantizer
+    from qbench_formats.families import FloatFormat
+
+    class Unhashable(FloatFormat):
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+        __hash__ = None  # type: ignore[assignment]
+
+    fmt = Unhashable("fp8_e4m3_unhashable", 4, 3, 7, "fn")
+    spec = spec_from_arguments("fp8_e4m3", mode="chunk", chunk_size=8)
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
+    want = qbench.get_format("fp8_e4m3").quantize(x, spec, path="reference")
+    for _ in range(2):
+        got = quantizer.quantize(fmt, x, spec, path="compiled")
+        assert torch.equal(got, want)
+    plan, _ = quantizer._prepared(fmt, spec, x.shape, False, False)
+    assert quantizer._KERNELS[id(plan)][0] is plan

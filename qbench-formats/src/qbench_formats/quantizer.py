@@ -38,7 +38,6 @@ the scaled tensor, eagerly (:func:`own_round_kernel`); their codes come from the
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -280,7 +279,6 @@ def _facts(element: Any) -> _Facts:
 _NUMBERED = ("element_arith", "scale_arith", "element_facts", "encoding")
 
 
-@functools.lru_cache(maxsize=256)
 def kernel_plan(plan: Plan) -> tuple[Plan, tuple[int | float, ...]]:
     """(the plan a compiled kernel is built for, the numbers it reads at run time).
 
@@ -682,7 +680,25 @@ def split_tensor_scale(plan: Plan) -> bool:
 SCALES_ONE_THREAD_BELOW = 1 << 18
 
 
-@functools.lru_cache(maxsize=256)
+#: :func:`compiled_kernel`'s closures by the identity of their plan (held, so that its id is
+#: not reused): :func:`_prepared` hands a layer the same plan object on every call, and an
+#: identity needs no hash of a plan's fields, which a plugin's format subclass may not have.
+_KERNELS: dict[int, tuple[Plan, Callable[[torch.Tensor, Any], tuple[Any, ...]]]] = {}
+_KERNELS_MAX = 256
+
+
+def kernel_for(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]]:
+    """:func:`compiled_kernel` of ``plan``, built once for the same plan object."""
+    hit = _KERNELS.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    kernel = compiled_kernel(plan)
+    if len(_KERNELS) >= _KERNELS_MAX:
+        _KERNELS.clear()
+    _KERNELS[id(plan)] = (plan, kernel)
+    return kernel
+
+
 def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]]:
     """The compiled fused kernel for ``plan``: :func:`fused_kernel`, for a large tensor of a
     whole-tensor plan (:func:`split_tensor_scale`) :func:`amax_scales` then
@@ -694,8 +710,9 @@ def compiled_kernel(plan: Plan) -> Callable[[torch.Tensor, Any], tuple[Any, ...]
     piece covers n/chunk values and runs on one thread below
     :data:`SCALES_ONE_THREAD_BELOW` of them, where its loops cost less than a barrier on a
     loaded box; NVFP4's blocks of 16 make a 4096x4096 tensor a million of them, 2.7 ms on
-    one thread of a 2-core x86 VM and 1.75 ms on two. Built once per plan: the same
-    ``numbers`` tuple on every call lets :func:`qbench.kernels.fused` reuse their words."""
+    one thread of a 2-core x86 VM and 1.75 ms on two. Kept per plan (:func:`kernel_for`):
+    the same ``numbers`` tuple on every call lets :func:`qbench.kernels.fused` reuse their
+    words."""
     key, numbers = kernel_plan(plan)
     if split_tensor_scale(plan):
 
@@ -1046,7 +1063,7 @@ def _run(plan: Plan, xg: torch.Tensor, noise: Any, path: str, numel: int) -> tup
     if path == "reference":
         return reference_kernel(xg, noise, plan)
     if compilable(plan) and kernels.use_compiled(numel, path):
-        return compiled_kernel(plan)(xg, noise)
+        return kernel_for(plan)(xg, noise)
     return sliced_kernel(xg, noise, plan)
 
 

@@ -551,3 +551,27 @@ def test_scale_counts_by_range_are_those_of_the_masks(scale_format: str) -> None
         assert tables.FormatTables().scale_counts(
             [tables._ScaleCheck("a", "fp32", cases["nan"]), tables._ScaleCheck("b", "fp32", clean)]
         ).tolist() == [0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "test_int4"])  # bit fields; the gathered table
+def test_a_compiled_count_packs_its_numbers_once(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The numbers the audit's kernel reads are one tuple per code table, so their words are
+    packed on its first call only (``qbench.kernels._kinds_and_words``)."""
+    from qbench import kernels
+
+    packed = []
+    words = kernels._words
+    monkeypatch.setattr(kernels, "_words", lambda *args: packed.append(args) or words(*args))
+    monkeypatch.setattr(kernels, "_WORDS", {})
+    result = qbench.quantize(
+        torch.randn(4, 64), name, mode="chunk", chunk_size=32, return_codes=True
+    )
+    table = tables.FormatTables().table(name, qbench.get_format(name), result.codes)
+    assert table is not None and (table.bit_fields is None) == (name == "test_int4")
+    parts = (result.codes, result.dequantized, result.expand_scales())
+    with kernels_on("compiled"):
+        counts = [table.counts(*parts).tolist() for _ in range(3)]
+    assert counts == [[0, 0, 0, 0]] * 3
+    assert len(packed) == 1

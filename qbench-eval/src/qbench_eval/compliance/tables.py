@@ -128,17 +128,18 @@ class _BitFields:
     def key(self) -> tuple[Any, ...]:
         return (self.bits, self.exponent_bits, self.mantissa_bits, self.bias, self.specials)
 
-    @property
+    @functools.cached_property
     def numbers(self) -> tuple[int | float, ...]:
         """What the audit's compiled kernel reads at run time (:func:`_audit_rows_bits`): the
         legal codes' bounds, the decoding's numbers, the special codes. Its only constant is
-        :attr:`kinds`, so one kernel serves every format of the same special kinds."""
+        :attr:`kinds`, so one kernel serves every format of the same special kinds. Built
+        once: the same tuple on every call lets ``qbench.kernels.fused`` reuse its words."""
         span = 1 << self.bits
         fields = decode_numbers(self.bits, self.exponent_bits, self.mantissa_bits, self.bias)
         low = -span if self.negative_legal else 0
         return (low, span, *fields, *(code for code, _ in self.specials))
 
-    @property
+    @functools.cached_property
     def kinds(self) -> tuple[int, ...]:
         return tuple(kind for _, kind in self.specials)
 
@@ -196,6 +197,8 @@ class _CodeTable:
         self.legal = torch.cat([legal.new_zeros(1), legal, legal.new_zeros(1)])
         self._on_device: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
         self.bit_fields = _BitFields.matching(element, codes, values, legal)
+        #: What :func:`_audit_rows` reads at run time: the offset and the last slot.
+        self.gather_numbers = (self.offset, self.values.numel() - 1)
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on_device:
@@ -239,7 +242,7 @@ class _CodeTable:
         else:
             values, legal = self._on(codes.device)
             fn, constants, extra = _audit_rows, (), (values, legal)
-            numbers = (self.offset, values.numel() - 1)
+            numbers = self.gather_numbers
         views = _rows(codes, dequantized, scales)
         if views is None:  # a row too long to pack two counts in an int32: int64 totals
             tensors = (codes, dequantized, scales, *extra)

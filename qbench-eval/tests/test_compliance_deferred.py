@@ -530,7 +530,7 @@ def test_scale_counts_by_range_are_those_of_the_masks(scale_format: str) -> None
     """A CPU level of fp32 scales seen finite and positive by its range makes no masks;
     every other case is counted from them (zero, negative, ±inf, NaN scales; e8m0's powers
     of two and fp8's grid need the masks whatever the range)."""
-    fp32_tables = tables.FormatTables()
+    shared = tables.FormatTables()  # its grids, built once for every case
     clean = torch.tensor([[0.5, 2.0], [3.0, 1.0e-30]])
     cases = {"clean": clean}
     for name, value in (("zero", 0.0), ("negative", -1.0), ("inf", math.inf), ("nan", math.nan)):
@@ -540,7 +540,7 @@ def test_scale_counts_by_range_are_those_of_the_masks(scale_format: str) -> None
     for name, values in cases.items():
         for as_dtype in (torch.float32, torch.float64):
             check = tables._ScaleCheck("block", scale_format, values.to(as_dtype))
-            counts = fp32_tables.scale_counts([check]).tolist()
+            counts = shared.scale_counts([check]).tolist()
             illegal, nan = tables.FormatTables().scale_masks(
                 tables._ScaleCheck("block", scale_format, values.to(as_dtype))
             )

